@@ -1,0 +1,36 @@
+# int4onnx: `make demo` and `make test` do all set-up from a clean clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+ORT_INC := .deps/onnxruntime/include/onnxruntime_c_api.h
+STAMP  := $(VENV)/.installed
+NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/include/*.h) native/build_ffi.py
+
+.PHONY: all deps venv demo test test-fast clean
+
+all: venv
+
+# ONNX Runtime's C headers (skipped when ORT_INCLUDE_DIR points at them)
+deps: $(if $(ORT_INCLUDE_DIR),,$(ORT_INC))
+$(ORT_INC):
+	tools/fetch_ort_headers.sh .deps/onnxruntime/include
+
+$(STAMP): pyproject.toml setup.py $(NATIVE_SRC) | deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(PY) tools/demo.py
+
+test: venv
+	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf build dist *.egg-info int4onnx/*.so models/out

@@ -1,0 +1,164 @@
+"""The only importer of the cffi extension: the packing layout and kernels live in C (native/).
+
+Everything here is a thin, checked wrapper around int4onnx.h; no layout logic is written in Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from int4onnx.errors import NativeLibraryError
+
+try:
+    from int4onnx import _int4onnx_native as _ext
+except ImportError as exc:  # pragma: no cover - only without a build
+    raise ImportError(
+        "int4onnx's native library is not built. Install the package with `pip install .` "
+        "(or run `make venv`); it needs ONNX Runtime's C headers (see DEVELOPERS.md)."
+    ) from exc
+
+ffi = _ext.ffi
+lib = _ext.lib
+
+QUANT_TYPES = {"int": lib.I4O_QUANT_INT, "nf4": lib.I4O_QUANT_NF4}
+COMPUTE = {"fp32": lib.I4O_COMPUTE_FP32, "int8": lib.I4O_COMPUTE_INT8}
+DOMAIN = ffi.string(lib.i4o_op_domain()).decode()
+OP_NAME = ffi.string(lib.i4o_op_name()).decode()
+VERSION = ffi.string(lib.i4o_version()).decode()
+
+
+def library_path() -> str:
+    """Path of the shared library to pass to ``SessionOptions.register_custom_ops_library``."""
+    return _ext.__file__
+
+
+def _ptr(array: np.ndarray, ctype: str):
+    return ffi.cast(ctype, ffi.from_buffer(array))
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise NativeLibraryError(f"{what} failed (native error code {rc})")
+
+
+def check_layout(K: int, N: int, bits: int, block_size: int) -> bool:
+    return lib.i4o_check_layout(K, N, bits, block_size) == 0
+
+
+def n_blocks(K: int, block_size: int) -> int:
+    return int(lib.i4o_n_blocks(K, block_size))
+
+
+def blob_bytes(bits: int, block_size: int) -> int:
+    return int(lib.i4o_blob_bytes(bits, block_size))
+
+
+def zero_point_row_bytes(n_blocks_: int, bits: int) -> int:
+    return int(lib.i4o_zero_point_row_bytes(n_blocks_, bits))
+
+
+def pack_weights(codes: np.ndarray, bits: int, block_size: int, quant_type: str = "int",
+                 zero_points: np.ndarray | None = None) -> np.ndarray:
+    """codes: uint8 [N, K] (row n = column n of the [K, N] weight) -> uint8 [N, n_blocks, blob]."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    N, K = codes.shape
+    nb = n_blocks(K, block_size)
+    out = np.empty((N, nb, blob_bytes(bits, block_size)), dtype=np.uint8)
+    zp_ptr = ffi.NULL
+    if zero_points is not None:
+        zero_points = np.ascontiguousarray(zero_points, dtype=np.uint8)
+        if zero_points.shape != (N, nb):
+            raise ValueError(f"zero_points shape {zero_points.shape} != {(N, nb)}")
+        zp_ptr = _ptr(zero_points, "uint8_t *")
+    rc = lib.i4o_pack_weights(_ptr(codes, "uint8_t *"), K, N, bits, block_size, QUANT_TYPES[quant_type], zp_ptr,
+                              _ptr(out, "uint8_t *"))
+    _check(rc, f"pack_weights(K={K}, N={N}, bits={bits}, block_size={block_size})")
+    return out
+
+
+def unpack_weights(packed: np.ndarray, K: int, N: int, bits: int, block_size: int) -> np.ndarray:
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    if packed.size != lib.i4o_weight_bytes(K, N, bits, block_size):
+        raise ValueError("packed size does not match K, N, bits, block_size")
+    out = np.empty((N, K), dtype=np.uint8)
+    _check(lib.i4o_unpack_weights(_ptr(packed, "uint8_t *"), K, N, bits, block_size, _ptr(out, "uint8_t *")),
+           "unpack_weights")
+    return out
+
+
+def pack_zero_points(zero_points: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 [N, n_blocks] -> uint8 [N, ceil(n_blocks * bits / 8)]."""
+    zero_points = np.ascontiguousarray(zero_points, dtype=np.uint8)
+    N, nb = zero_points.shape
+    out = np.empty((N, zero_point_row_bytes(nb, bits)), dtype=np.uint8)
+    _check(lib.i4o_pack_zero_points(_ptr(zero_points, "uint8_t *"), N, nb, bits, _ptr(out, "uint8_t *")),
+           "pack_zero_points")
+    return out
+
+
+def unpack_zero_points(packed: np.ndarray, N: int, n_blocks_: int, bits: int) -> np.ndarray:
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    if packed.size != N * zero_point_row_bytes(n_blocks_, bits):
+        raise ValueError("packed zero-point size does not match N, n_blocks, bits")
+    out = np.empty((N, n_blocks_), dtype=np.uint8)
+    _check(lib.i4o_unpack_zero_points(_ptr(packed, "uint8_t *"), N, n_blocks_, bits, _ptr(out, "uint8_t *")),
+           "unpack_zero_points")
+    return out
+
+
+def nf4_codebook() -> np.ndarray:
+    return np.frombuffer(ffi.buffer(lib.i4o_nf4_codebook(), 16 * 4), dtype=np.float32).copy()
+
+
+class _Weights:
+    """Keeps the numpy buffers alive while C holds pointers into them."""
+
+    def __init__(self, packed, scales, zero_points, K, N, bits, block_size, quant_type):
+        self.packed = np.ascontiguousarray(packed, dtype=np.uint8)
+        self.scales = np.ascontiguousarray(scales, dtype=np.float32)
+        self.zp = None if zero_points is None else np.ascontiguousarray(zero_points, dtype=np.uint8)
+        self.c = ffi.new("i4o_weights *")
+        self.c.K, self.c.N, self.c.block_size, self.c.bits = K, N, block_size, bits
+        self.c.quant_type = QUANT_TYPES[quant_type]
+        self.c.data = _ptr(self.packed, "uint8_t *")
+        self.c.scales = _ptr(self.scales, "float *")
+        self.c.zero_points = ffi.NULL if self.zp is None else _ptr(self.zp, "uint8_t *")
+
+
+def dequantize(packed, scales, zero_points, K: int, N: int, bits: int, block_size: int,
+               quant_type: str = "int") -> np.ndarray:
+    """Portable-layout weight -> float32 [K, N] (zero_points packed, or None)."""
+    w = _Weights(packed, scales, zero_points, K, N, bits, block_size, quant_type)
+    out = np.empty((K, N), dtype=np.float32)
+    _check(lib.i4o_dequantize(w.c, _ptr(out, "float *")), "dequantize")
+    return out
+
+
+def matmul(A: np.ndarray, packed, scales, zero_points, K: int, N: int, bits: int, block_size: int,
+           quant_type: str = "int", bias: np.ndarray | None = None, kernel: str | None = None,
+           compute: str = "fp32") -> np.ndarray:
+    """A [M, K] @ W (+ bias) with a named kernel (None = automatic), single-threaded."""
+    A = np.ascontiguousarray(A, dtype=np.float32)
+    M = A.shape[0]
+    if A.shape != (M, K):
+        raise ValueError(f"A shape {A.shape} is not [M, {K}]")
+    w = _Weights(packed, scales, zero_points, K, N, bits, block_size, quant_type)
+    out = np.empty((M, N), dtype=np.float32)
+    b = ffi.NULL
+    if bias is not None:
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+        b = _ptr(bias, "float *")
+    err = ffi.new("char[256]")
+    rc = lib.i4o_matmul(kernel.encode() if kernel else ffi.NULL, COMPUTE[compute], _ptr(A, "float *"), M, w.c, b,
+                        _ptr(out, "float *"), err, 256)
+    if rc != 0:
+        raise NativeLibraryError(f"matmul with kernel {kernel or 'auto'}: {ffi.string(err).decode()}")
+    return out
+
+
+def kernels_available() -> list[str]:
+    return [k for k in ffi.string(lib.i4o_kernels_available()).decode().split(",") if k]
+
+
+def kernel_selected(compute: str = "fp32") -> str:
+    return ffi.string(lib.i4o_kernel_selected(COMPUTE[compute])).decode()

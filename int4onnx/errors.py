@@ -1,0 +1,39 @@
+"""Errors a user can cause. The CLI prints their message on one line and exits with `exit_code`."""
+
+from __future__ import annotations
+
+
+class Int4OnnxError(Exception):
+    """Base class: a problem with the user's input or options, not a bug in int4onnx."""
+
+    exit_code = 2
+
+
+class ConfigError(Int4OnnxError):
+    """An option has an invalid value or options contradict each other."""
+
+
+class ModelLoadError(Int4OnnxError):
+    """The input model cannot be read (missing, not ONNX, truncated, external data missing)."""
+
+
+class UnsupportedModelError(Int4OnnxError):
+    """The model is valid ONNX but int4onnx cannot convert it as asked."""
+
+
+class NothingToQuantizeError(Int4OnnxError):
+    """The model has no MatMul/Gemm that can be quantized; no output is written."""
+
+    exit_code = 3
+
+
+class CalibrationError(Int4OnnxError):
+    """Calibration data does not match the model or cannot be read."""
+
+
+class OutputError(Int4OnnxError):
+    """The output cannot be written where asked."""
+
+
+class NativeLibraryError(Int4OnnxError):
+    """The native library reported an error."""

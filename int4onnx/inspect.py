@@ -1,0 +1,71 @@
+"""Describe a converted model: what is quantized, bits per weight, sizes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx_ir as ir
+
+from int4onnx import _native, io
+
+
+def _nbytes(value) -> int:
+    return 0 if value is None or value.const_value is None else int(value.const_value.nbytes)
+
+
+def _attrs(node) -> dict:
+    return {k: a.value for k, a in node.attributes.items()}
+
+
+def describe(path) -> dict:
+    model = io.load_model(path)
+    layers, float_matmuls = [], []
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        a = _attrs(node)
+        if node.domain == _native.DOMAIN and node.op_type == _native.OP_NAME:
+            ins = list(node.inputs) + [None] * 6
+            zp = ins[3] if ins[3] is not None and _nbytes(ins[3]) > 0 else None
+            layers.append(dict(node=node.name, format="int4onnx", K=a["K"], N=a["N"], bits=a["bits"],
+                               block_size=a["block_size"], symmetric=zp is None,
+                               quant_type=a.get("quant_type", "int"), compute=a.get("compute", "fp32"),
+                               bytes=_nbytes(ins[1]) + _nbytes(ins[2]) + _nbytes(zp) + _nbytes(ins[5])))
+        elif node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
+            ins = list(node.inputs) + [None] * 6
+            layers.append(dict(node=node.name, format="matmulnbits", K=a["K"], N=a["N"], bits=a["bits"],
+                               block_size=a["block_size"], symmetric=ins[3] is None, quant_type="int",
+                               compute="int8" if a.get("accuracy_level", 0) == 4 else "fp32",
+                               bytes=_nbytes(ins[1]) + _nbytes(ins[2]) + _nbytes(ins[3])))
+        elif node.domain == "" and node.op_type == "DequantizeLinear" and node.inputs[0] is not None \
+                and node.inputs[0].const_value is not None \
+                and node.inputs[0].const_value.dtype in (ir.DataType.INT4, ir.DataType.UINT4,
+                                                        ir.DataType.INT8, ir.DataType.UINT8) \
+                and len(node.inputs[0].const_value.shape) == 2:
+            x = node.inputs[0].const_value
+            K, N = (int(d) for d in x.shape)
+            zp = node.inputs[2] if len(node.inputs) > 2 else None
+            layers.append(dict(node=node.name, format="qdq", K=K, N=N, bits=x.dtype.bitwidth,
+                               block_size=a.get("block_size", K) or K, symmetric=zp is None, quant_type="int",
+                               compute="fp32", bytes=_nbytes(node.inputs[0]) + _nbytes(node.inputs[1]) + _nbytes(zp)))
+        elif node.op_type in ("MatMul", "Gemm") and node.domain == "":
+            w = node.inputs[1] if len(node.inputs) > 1 else None
+            if w is not None and w.const_value is not None and w.const_value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
+                float_matmuls.append(dict(node=node.name, shape=[int(d) for d in w.const_value.shape],
+                                          bytes=_nbytes(w)))
+    for layer in layers:
+        layer["bits_per_weight"] = round(8 * layer["bytes"] / (layer["K"] * layer["N"]), 4)
+    weights = sum(layer["K"] * layer["N"] for layer in layers)
+    qbytes = sum(layer["bytes"] for layer in layers)
+    init_bytes = io.initializer_bytes(model)
+    return {
+        "path": str(path),
+        "file_bytes": os.path.getsize(path),
+        "initializer_bytes": init_bytes,
+        "opset_imports": dict(model.opset_imports),
+        "quantized_layers": layers,
+        "float_matmuls_with_weights": float_matmuls,
+        "quantized_weights": weights,
+        "quantized_bytes": qbytes,
+        "bits_per_weight": round(8 * qbytes / weights, 4) if weights else None,
+        "float_weight_bytes_left": int(np.sum([f["bytes"] for f in float_matmuls])) if float_matmuls else 0,
+    }

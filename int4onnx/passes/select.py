@@ -1,0 +1,85 @@
+"""Find the MatMul and Gemm nodes whose weight can be quantized; record every other one with a reason."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from int4onnx.config import QuantConfig
+from int4onnx.passes.plan import MatMulTarget, QuantPlan, SkippedNode
+
+logger = logging.getLogger(__name__)
+
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+
+
+def _const(value: ir.Value | None):
+    if value is None:
+        return None
+    return ir.convenience.get_const_tensor(value)
+
+
+def _attr(node: ir.Node, name: str, default):
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+class SelectMatMulsPass(ir.passes.InPlacePass):
+    """Analysis only: fills ``plan.targets`` and ``plan.skipped``; the model is not changed."""
+
+    def __init__(self, config: QuantConfig, plan: QuantPlan):
+        super().__init__()
+        self.config = config
+        self.plan = plan
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph_inputs = set(model.graph.inputs)
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm"):
+                continue
+            name = node.name or f"<unnamed {node.op_type}>"
+            reason = self._why_not(node, model.graph, graph_inputs)
+            if isinstance(reason, MatMulTarget):
+                self.plan.targets.append(reason)
+            else:
+                logger.info("not quantized: %s %s: %s", node.op_type, name, reason)
+                self.plan.skipped.append(SkippedNode(name, node.op_type, reason))
+        return ir.passes.PassResult(model, modified=False)
+
+    def _why_not(self, node: ir.Node, graph: ir.Graph, graph_inputs) -> MatMulTarget | str:
+        if node.graph is not graph:
+            return "inside a subgraph (If/Loop/Scan body); only the main graph is quantized"
+        if self.config.excluded(node.name or ""):
+            return "excluded by --exclude"
+        if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
+            return "missing inputs"
+        a, b = node.inputs[0], node.inputs[1]
+        if b in graph_inputs and b.const_value is not None:
+            return f"weight '{b.name}' is also a graph input (an initializer the caller can override)"
+        tensor = _const(b)
+        if tensor is None:
+            if _const(a) is not None:
+                return "the constant operand is the left one (constant @ activations); only activations @ constant is supported"
+            return "weight is not a constant (activation x activation MatMul)"
+        if tensor.dtype not in FLOAT_TYPES:
+            return f"weight dtype {tensor.dtype.name} is not float32/float16"
+        if len(tensor.shape) != 2:
+            return f"weight has rank {len(tensor.shape)}; only 2-D weights are quantized"
+        transposed, alpha, beta, bias = False, 1.0, 1.0, None
+        if node.op_type == "Gemm":
+            if _attr(node, "transA", 0):
+                return "Gemm with transA=1 is not supported"
+            transposed = bool(_attr(node, "transB", 0))
+            alpha = float(_attr(node, "alpha", 1.0))
+            beta = float(_attr(node, "beta", 1.0))
+            bias = node.inputs[2] if len(node.inputs) > 2 else None
+        rows, cols = (int(d) for d in tensor.shape)
+        K, N = (cols, rows) if transposed else (rows, cols)
+        if a.type is not None and a.type.dtype != tensor.dtype:
+            return f"activation dtype {a.type.dtype.name} differs from weight dtype {tensor.dtype.name}"
+        if not np.isfinite(tensor.numpy()).all():
+            return "weight contains NaN or infinity"
+        return MatMulTarget(node=node, weight=b, K=K, N=N, dtype=tensor.dtype, transposed=transposed,
+                            alpha=alpha, bias=bias, beta=beta)

@@ -1,0 +1,66 @@
+"""What a conversion did: per-layer results, skipped nodes with reasons, sizes. JSON-serialisable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from int4onnx.passes.plan import QuantPlan
+
+
+@dataclasses.dataclass
+class Report:
+    input: str
+    output: str
+    config: dict
+    layers: list[dict]
+    skipped: list[dict]
+    nodes_rewritten: int
+    input_bytes: int
+    output_bytes: int
+    float_weight_bytes: int
+    quantized_weight_bytes: int
+    seconds: float
+
+    @classmethod
+    def build(cls, plan: QuantPlan, config, input_path, output_path, input_bytes, output_bytes, seconds):
+        layers = []
+        q_bytes = 0
+        weights = 0
+        for key, layer in plan.layers.items():
+            qw = layer.weight
+            size = qw.storage_bytes()
+            q_bytes += size
+            weights += qw.K * qw.N
+            layers.append({
+                "weight": key[0],
+                "nodes": layer.nodes,
+                "K": qw.K,
+                "N": qw.N,
+                "bits": qw.bits,
+                "block_size": qw.block_size,
+                "symmetric": qw.symmetric,
+                "quant_type": qw.quant_type,
+                "bits_per_weight": round(8 * size / (qw.K * qw.N), 4),
+                "bytes": size,
+                **{k: round(v, 6) for k, v in layer.metrics.items()},
+            })
+        return cls(
+            input=str(input_path), output=str(output_path), config=dataclasses.asdict(config), layers=layers,
+            skipped=[dataclasses.asdict(s) for s in plan.skipped], nodes_rewritten=plan.rewritten,
+            input_bytes=input_bytes, output_bytes=output_bytes, float_weight_bytes=plan.float_bytes,
+            quantized_weight_bytes=q_bytes, seconds=round(seconds, 3),
+        )
+
+    @property
+    def bits_per_weight(self) -> float:
+        n = sum(layer["K"] * layer["N"] for layer in self.layers)
+        return 8 * self.quantized_weight_bytes / n if n else 0.0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["bits_per_weight"] = round(self.bits_per_weight, 4)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)

@@ -1,0 +1,65 @@
+"""cffi builder: compiles native/src into the extension module ``int4onnx._int4onnx_native``.
+
+The same shared object is the ONNX Runtime custom-op library (it exports ``RegisterCustomOps``)
+and the Python binding of the packing layout and the kernels (declared in include/int4onnx.h).
+ONNX Runtime's C headers are looked up in $ORT_INCLUDE_DIR, then .deps/onnxruntime/include
+(filled by ``make deps``), then the usual system locations.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import sys
+
+import cffi
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+SOURCES = sorted(str((HERE / "src" / f).relative_to(ROOT)) for f in os.listdir(HERE / "src") if f.endswith(".c"))
+HEADER = HERE / "include" / "int4onnx.h"
+
+CFLAGS = ["-O3", "-std=c11", "-fvisibility=hidden", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+
+
+def find_ort_include() -> str:
+    candidates = []
+    if os.environ.get("ORT_INCLUDE_DIR"):
+        candidates.append(pathlib.Path(os.environ["ORT_INCLUDE_DIR"]))
+    candidates += [
+        ROOT / ".deps" / "onnxruntime" / "include",
+        pathlib.Path("/usr/include/onnxruntime"),
+        pathlib.Path("/usr/local/include/onnxruntime"),
+        pathlib.Path("/usr/include"),
+    ]
+    for c in candidates:
+        if (c / "onnxruntime_c_api.h").is_file():
+            return str(c)
+    sys.exit(
+        "int4onnx: cannot find ONNX Runtime's C header onnxruntime_c_api.h.\n"
+        "  Run `make deps` (fetches Debian's libonnxruntime-dev into .deps/), or\n"
+        "  set ORT_INCLUDE_DIR to a directory that contains onnxruntime_c_api.h."
+    )
+
+
+def public_declarations() -> str:
+    """The header without preprocessor lines or the C++ guard: what cffi's cdef can parse."""
+    text = HEADER.read_text()
+    text = re.sub(r"#ifdef __cplusplus.*?#endif", "", text, flags=re.S)
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+ffibuilder = cffi.FFI()
+ffibuilder.cdef(public_declarations())
+ffibuilder.set_source(
+    "int4onnx._int4onnx_native",
+    '#include "int4onnx.h"\n',
+    sources=SOURCES,
+    include_dirs=[str(HERE / "include"), str(HERE / "src"), find_ort_include()],
+    extra_compile_args=CFLAGS,
+    libraries=["m"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,118 @@
+/*
+ * int4onnx public C API.
+ *
+ * This header is the single source of truth for the portable ("file") weight
+ * layout of the com.int4onnx MatMulInt4 operator; docs/format.md describes the
+ * same layout in prose. Python packs weights by calling i4o_pack_weights()
+ * through cffi, so the layout is implemented exactly once (native/src/pack.c).
+ *
+ * Portable layout, for a MatMul weight W of shape [K, N] (Y = A @ W):
+ *   - each column n of W is cut along K into n_blocks = ceil(K / block_size)
+ *     blocks; block_size is a multiple of 16 between 16 and 65536;
+ *   - data   : uint8 [N, n_blocks, block_size * bits / 8]; bits = 4 stores two
+ *              codes a byte, element 2i in the LOW nibble of byte i and 2i+1
+ *              in the HIGH nibble; bits = 8 stores one code a byte;
+ *   - scales : [N, n_blocks] (float32, float16, or int8 with a per-column
+ *              float32 super-scale, see docs/format.md);
+ *   - zero points (asymmetric only): uint8 [N, ceil(n_blocks * bits / 8)],
+ *              same nibble order; symmetric weights have no zero-point tensor
+ *              and an implied zero point of 2^(bits-1) (8 for 4-bit);
+ *   - dequantized value: (code - zero_point) * scale for I4O_QUANT_INT,
+ *              i4o_nf4_codebook()[code] * scale for I4O_QUANT_NF4;
+ *   - elements past K in the last block hold the code that dequantizes to
+ *     exactly 0 (the row's last zero point, or the codebook's zero).
+ * This is byte-for-byte the layout of ONNX Runtime's com.microsoft.MatMulNBits
+ * (for power-of-two block sizes), which lets one packing serve both formats.
+ */
+#ifndef INT4ONNX_H_
+#define INT4ONNX_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define I4O_DOMAIN "com.int4onnx"
+#define I4O_OP_NAME "MatMulInt4"
+#define I4O_OP_VERSION 1
+#define I4O_VERSION_STRING "0.1.0"
+
+/* How a code maps to a value. */
+enum { I4O_QUANT_INT = 0, I4O_QUANT_NF4 = 1 };
+/* Which arithmetic the kernel uses: fp32 activations, or activations quantized to int8 per block. */
+enum { I4O_COMPUTE_FP32 = 0, I4O_COMPUTE_INT8 = 1 };
+
+/* Error codes returned by the functions below (0 = success). */
+enum {
+  I4O_OK = 0,
+  I4O_E_ARG = 1,      /* invalid argument (shape, bits, block size, pointer) */
+  I4O_E_NOMEM = 2,    /* allocation failed */
+  I4O_E_KERNEL = 3,   /* no such kernel, or the CPU cannot run it */
+};
+
+/* ---- identity ------------------------------------------------------- */
+
+const char *i4o_version(void);     /* I4O_VERSION_STRING */
+const char *i4o_op_domain(void);   /* I4O_DOMAIN */
+const char *i4o_op_name(void);     /* I4O_OP_NAME */
+
+/* ---- layout ---------------------------------------------------------- */
+
+/* 0 if (K, N, bits, block_size) describe a valid layout, else I4O_E_ARG. */
+int i4o_check_layout(int64_t K, int64_t N, int bits, int64_t block_size);
+int64_t i4o_n_blocks(int64_t K, int64_t block_size);
+int64_t i4o_blob_bytes(int bits, int64_t block_size);                  /* bytes per block */
+int64_t i4o_weight_bytes(int64_t K, int64_t N, int bits, int64_t block_size);
+int64_t i4o_zero_point_row_bytes(int64_t n_blocks, int bits);          /* bytes per column */
+
+/*
+ * Packs codes [N, K] (row n = column n of W, one code per byte, each below
+ * 2^bits) into the portable layout. zero_points [N, n_blocks] (one per byte)
+ * is NULL for symmetric weights; it only decides the padding code.
+ */
+int i4o_pack_weights(const uint8_t *codes, int64_t K, int64_t N, int bits, int64_t block_size,
+                     int quant_type, const uint8_t *zero_points, uint8_t *out);
+/* Inverse of i4o_pack_weights: out is [N, K], padding dropped. */
+int i4o_unpack_weights(const uint8_t *packed, int64_t K, int64_t N, int bits, int64_t block_size,
+                       uint8_t *out);
+/* zero points [N, n_blocks] (one per byte) <-> packed [N, zero_point_row_bytes]. */
+int i4o_pack_zero_points(const uint8_t *zp, int64_t N, int64_t n_blocks, int bits, uint8_t *out);
+int i4o_unpack_zero_points(const uint8_t *packed, int64_t N, int64_t n_blocks, int bits, uint8_t *out);
+
+/* The 16 NF4 levels (normal-distribution quantiles scaled to [-1, 1]); index 7 is 0. */
+const float *i4o_nf4_codebook(void);
+
+/* ---- compute --------------------------------------------------------- */
+
+/* A quantized weight in the portable layout, scales already in float32. */
+typedef struct i4o_weights {
+  int64_t K, N, block_size;
+  int bits;                     /* 4 or 8 */
+  int quant_type;               /* I4O_QUANT_INT or I4O_QUANT_NF4 */
+  const uint8_t *data;          /* [N, n_blocks, blob_bytes] */
+  const float *scales;          /* [N, n_blocks] */
+  const uint8_t *zero_points;   /* packed [N, zero_point_row_bytes], or NULL (symmetric) */
+} i4o_weights;
+
+/* Writes W dequantized to float32 [K, N]. */
+int i4o_dequantize(const i4o_weights *w, float *out);
+
+/* Comma-separated names of the kernels this build has and this CPU runs, best last. */
+const char *i4o_kernels_available(void);
+/* Name of the kernel the operator would pick for a compute mode (honours INT4ONNX_KERNEL). */
+const char *i4o_kernel_selected(int compute);
+
+/*
+ * Y[M, N] = A[M, K] @ dequant(W) (+ bias[N]) with the named kernel (NULL =
+ * automatic choice for `compute`), single-threaded. Used by tests and tools.
+ * On failure returns an error code and writes a message into err.
+ */
+int i4o_matmul(const char *kernel, int compute, const float *A, int64_t M, const i4o_weights *w,
+               const float *bias, float *Y, char *err, size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* INT4ONNX_H_ */

@@ -1,0 +1,137 @@
+/* Run-time kernel choice: probe the CPU once, walk the architecture's ISA ladder from the top.
+ * INT4ONNX_ISA=<isa> caps the ladder (for tests and for working around a suspect kernel). */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#if defined(__aarch64__) || defined(__arm__)
+#include <sys/auxv.h>
+#endif
+
+/* ISA ladder, weakest first. A kernel's isa must be one of these names. */
+#if defined(__x86_64__) || defined(_M_X64)
+static const char *const kLadder[] = {"scalar", "avx2", "avxvnni", "avx512vnni"};
+#elif defined(__aarch64__)
+static const char *const kLadder[] = {"scalar", "neon", "neondot", "i8mm"};
+#elif defined(__arm__)
+static const char *const kLadder[] = {"scalar", "neon"};
+#else
+static const char *const kLadder[] = {"scalar"};
+#endif
+#define LADDER_LEN (sizeof(kLadder) / sizeof(kLadder[0]))
+
+static const i4o_kernel *const kKernels[] = {
+    &i4o_kernel_scalar_fp32,
+    &i4o_kernel_scalar_int8,
+#if defined(__x86_64__) || defined(_M_X64)
+    &i4o_kernel_avx2_fp32,
+    &i4o_kernel_avx512vnni_int8,
+#endif
+#if defined(__aarch64__) || (defined(__arm__) && defined(__ARM_NEON))
+    &i4o_kernel_neon_fp32,
+#endif
+};
+
+const i4o_kernel *const *i4o_all_kernels(size_t *count) {
+  *count = sizeof(kKernels) / sizeof(kKernels[0]);
+  return kKernels;
+}
+
+static int isa_rank(const char *isa) {
+  for (size_t i = 0; i < LADDER_LEN; i++)
+    if (strcmp(kLadder[i], isa) == 0) return (int)i;
+  return -1;
+}
+
+static int probe_isa(const char *isa) {
+  if (strcmp(isa, "scalar") == 0) return 1;
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (strcmp(isa, "avx2") == 0) return avx2;
+  if (strcmp(isa, "avxvnni") == 0) return avx2 && __builtin_cpu_supports("avxvnni");
+  if (strcmp(isa, "avx512vnni") == 0)
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#elif defined(__aarch64__)
+  const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+  if (strcmp(isa, "neon") == 0) return (hw & (1UL << 1)) != 0;             /* HWCAP_ASIMD */
+  if (strcmp(isa, "neondot") == 0) return (hw & (1UL << 20)) != 0;         /* HWCAP_ASIMDDP */
+  if (strcmp(isa, "i8mm") == 0) return (hw & (1UL << 20)) && (hw2 & (1UL << 13)); /* HWCAP2_I8MM */
+#elif defined(__arm__)
+  if (strcmp(isa, "neon") == 0) return (getauxval(AT_HWCAP) & (1UL << 12)) != 0; /* HWCAP_NEON */
+#endif
+  return 0;
+}
+
+int i4o_cpu_has_isa(const char *isa) {
+  static int cache[LADDER_LEN]; /* 0 unknown, 1 yes, 2 no; benign race */
+  const int r = isa_rank(isa);
+  if (r < 0) return 0;
+  if (!cache[r]) cache[r] = probe_isa(isa) ? 1 : 2;
+  return cache[r] == 1;
+}
+
+const i4o_kernel *i4o_find_kernel(const char *name) {
+  size_t n;
+  const i4o_kernel *const *all = i4o_all_kernels(&n);
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(all[i]->name, name) == 0) return all[i];
+  return NULL;
+}
+
+const i4o_kernel *i4o_choose_kernel(int compute, const i4o_wdesc *w, char *err, size_t err_len) {
+  int cap = (int)LADDER_LEN - 1;
+  const char *forced = getenv("INT4ONNX_ISA");
+  if (forced && *forced) {
+    cap = isa_rank(forced);
+    if (cap < 0) {
+      if (err) snprintf(err, err_len, "INT4ONNX_ISA=%s is not an ISA of this build (%s)", forced, i4o_kernels_available());
+      return NULL;
+    }
+    if (!i4o_cpu_has_isa(forced)) {
+      if (err) snprintf(err, err_len, "INT4ONNX_ISA=%s: this CPU does not support it", forced);
+      return NULL;
+    }
+  }
+  size_t n;
+  const i4o_kernel *const *all = i4o_all_kernels(&n);
+  const i4o_kernel *best = NULL;
+  int best_rank = -1;
+  for (size_t i = 0; i < n; i++) {
+    const i4o_kernel *k = all[i];
+    const int r = isa_rank(k->isa);
+    if (k->compute != compute || r < 0 || r > cap || r <= best_rank) continue;
+    if (!i4o_cpu_has_isa(k->isa)) continue;
+    if (w && k->supports && !k->supports(w)) continue;
+    best = k;
+    best_rank = r;
+  }
+  if (!best && err) snprintf(err, err_len, "no kernel for compute mode %d", compute);
+  return best;
+}
+
+const char *i4o_kernels_available(void) {
+  static char buf[512]; /* built once; identical content on every call */
+  if (!buf[0]) {
+    char tmp[512] = "";
+    size_t n;
+    const i4o_kernel *const *all = i4o_all_kernels(&n);
+    for (size_t r = 0; r < LADDER_LEN; r++)
+      for (size_t i = 0; i < n; i++) {
+        if (isa_rank(all[i]->isa) != (int)r || !i4o_cpu_has_isa(all[i]->isa)) continue;
+        if (tmp[0]) strncat(tmp, ",", sizeof(tmp) - strlen(tmp) - 1);
+        strncat(tmp, all[i]->name, sizeof(tmp) - strlen(tmp) - 1);
+      }
+    memcpy(buf, tmp, sizeof(buf));
+  }
+  return buf;
+}
+
+const char *i4o_kernel_selected(int compute) {
+  const i4o_kernel *k = i4o_choose_kernel(compute, NULL, NULL, 0);
+  return k ? k->name : "";
+}

@@ -1,0 +1,279 @@
+/* Prepared weights, the threaded gemm driver, the int8 activation quantizer, and the test API. */
+#define _POSIX_C_SOURCE 200112L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+void *i4o_aligned_alloc(size_t bytes) {
+  void *p = NULL;
+  if (bytes == 0) bytes = 64;
+  bytes = (bytes + 63) & ~(size_t)63;
+  if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+  return p;
+}
+
+void i4o_aligned_free(void *p) { free(p); }
+
+void i4o_serial_for(void *ctx, void (*fn)(void *, size_t), size_t n, void *data) {
+  (void)ctx;
+  for (size_t i = 0; i < n; i++) fn(data, i);
+}
+
+/* ---- int8 activations ---- */
+
+static int64_t qa_ldq(const i4o_wdesc *w) { return (w->n_blocks * w->block_size + 63) & ~(int64_t)63; }
+
+size_t i4o_qa_bytes(const i4o_wdesc *w, int64_t M) {
+  const int64_t ldq = qa_ldq(w);
+  return (size_t)(M * ldq) + (size_t)(M * w->n_blocks) * (sizeof(float) + sizeof(int32_t)) + 64;
+}
+
+i4o_qa_view i4o_qa_map(const i4o_wdesc *w, int64_t M, void *ws) {
+  i4o_qa_view v;
+  v.ldq = qa_ldq(w);
+  v.q = (int8_t *)ws;
+  v.scale = (float *)(v.q + M * v.ldq);
+  v.sum = (int32_t *)(v.scale + M * w->n_blocks);
+  return v;
+}
+
+void i4o_qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
+                    void *ws) {
+  i4o_qa_view v = i4o_qa_map(w, M, ws);
+  const int64_t K = w->K, bs = w->block_size;
+  for (int64_t m = m0; m < m1; m++) {
+    const float *a = A + m * lda;
+    int8_t *q = v.q + m * v.ldq;
+    for (int64_t b = 0; b < w->n_blocks; b++) {
+      const int64_t k0 = b * bs, k1 = k0 + bs < K ? k0 + bs : K;
+      float amax = 0.0f;
+      for (int64_t k = k0; k < k1; k++) {
+        float x = fabsf(a[k]);
+        amax = x > amax ? x : amax;
+      }
+      const float scale = amax / 127.0f;
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      int32_t sum = 0;
+      for (int64_t k = k0; k < k1; k++) {
+        float r = nearbyintf(a[k] * inv);
+        r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+        q[k] = (int8_t)r;
+        sum += q[k];
+      }
+      for (int64_t k = k1; k < k0 + bs; k++) q[k] = 0;
+      v.scale[m * w->n_blocks + b] = scale;
+      v.sum[m * w->n_blocks + b] = sum;
+    }
+    for (int64_t k = w->n_blocks * bs; k < v.ldq; k++) q[k] = 0;
+  }
+}
+
+static int8_t g_nf4_i8[16];
+static int g_nf4_i8_ready;
+
+const int8_t *i4o_nf4_i8(void) {
+  if (!g_nf4_i8_ready) { /* benign race: every thread writes the same bytes */
+    const float *cb = i4o_nf4_codebook();
+    for (int i = 0; i < 16; i++) g_nf4_i8[i] = (int8_t)lrintf(cb[i] * 127.0f);
+    g_nf4_i8_ready = 1;
+  }
+  return g_nf4_i8;
+}
+
+/* ---- prepared weights ---- */
+
+void i4o_prepared_free(i4o_prepared *p) {
+  if (!p) return;
+  i4o_aligned_free(p->packed);
+  free(p->scales);
+  free(p->zp);
+  free(p);
+}
+
+int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared **out) {
+  *out = NULL;
+  if (!src || !kernel || !src->data || !src->scales) return I4O_E_ARG;
+  if (i4o_check_layout(src->K, src->N, src->bits, src->block_size)) return I4O_E_ARG;
+  if (src->quant_type != I4O_QUANT_INT && src->quant_type != I4O_QUANT_NF4) return I4O_E_ARG;
+  if (src->quant_type == I4O_QUANT_NF4 && (src->bits != 4 || src->zero_points)) return I4O_E_ARG;
+  i4o_prepared *p = (i4o_prepared *)calloc(1, sizeof(*p));
+  if (!p) return I4O_E_NOMEM;
+  i4o_wdesc *w = &p->w;
+  w->K = src->K;
+  w->N = src->N;
+  w->bits = src->bits;
+  w->block_size = src->block_size;
+  w->quant_type = src->quant_type;
+  w->n_blocks = i4o_n_blocks(src->K, src->block_size);
+  w->blob_bytes = i4o_blob_bytes(src->bits, src->block_size);
+  w->data = src->data;
+  const size_t n_scales = (size_t)(w->N * w->n_blocks);
+  p->scales = (float *)malloc(n_scales * sizeof(float));
+  if (!p->scales) goto nomem;
+  memcpy(p->scales, src->scales, n_scales * sizeof(float));
+  w->scales = p->scales;
+  if (src->zero_points) {
+    p->zp = (uint8_t *)malloc(n_scales);
+    if (!p->zp) goto nomem;
+    i4o_unpack_zero_points(src->zero_points, w->N, w->n_blocks, w->bits, p->zp);
+    w->zp = p->zp;
+  }
+  p->kernel = kernel;
+  if (kernel->supports && !kernel->supports(w)) {
+    i4o_prepared_free(p);
+    return I4O_E_KERNEL;
+  }
+  if (kernel->packed_bytes) {
+    size_t bytes = kernel->packed_bytes(w);
+    if (bytes) {
+      p->packed = i4o_aligned_alloc(bytes);
+      if (!p->packed) goto nomem;
+      kernel->pack(w, p->packed);
+    }
+  }
+  *out = p;
+  return I4O_OK;
+nomem:
+  i4o_prepared_free(p);
+  return I4O_E_NOMEM;
+}
+
+/* ---- threaded driver ---- */
+
+typedef struct run_state {
+  const i4o_prepared *p;
+  i4o_gemm_ctx ctx;
+  void *a_ws;
+  int64_t m_chunk, n_chunk, m_tasks, n_tasks;
+} run_state;
+
+static void prepare_task(void *data, size_t i) {
+  run_state *s = (run_state *)data;
+  int64_t m0 = (int64_t)i * s->m_chunk, m1 = m0 + s->m_chunk;
+  if (m1 > s->ctx.M) m1 = s->ctx.M;
+  s->p->kernel->prepare_a(&s->p->w, s->ctx.A, s->ctx.lda, s->ctx.M, m0, m1, s->a_ws);
+}
+
+static void gemm_task(void *data, size_t i) {
+  run_state *s = (run_state *)data;
+  /* tasks run N-major so a contiguous batch of tasks shares weight columns */
+  int64_t nt = (int64_t)i / s->m_tasks, mt = (int64_t)i % s->m_tasks;
+  int64_t n0 = nt * s->n_chunk, n1 = n0 + s->n_chunk;
+  int64_t m0 = mt * s->m_chunk, m1 = m0 + s->m_chunk;
+  if (n1 > s->p->w.N) n1 = s->p->w.N;
+  if (m1 > s->ctx.M) m1 = s->ctx.M;
+  s->p->kernel->gemm(&s->ctx, m0, m1, n0, n1);
+}
+
+static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias, float *C,
+            i4o_parallel_for pfor, void *pctx) {
+  if (M <= 0) return I4O_OK;
+  const i4o_kernel *k = p->kernel;
+  run_state s;
+  memset(&s, 0, sizeof(s));
+  s.p = p;
+  s.ctx.w = &p->w;
+  s.ctx.packed = p->packed;
+  s.ctx.A = A;
+  s.ctx.lda = p->w.K;
+  s.ctx.bias = bias;
+  s.ctx.C = C;
+  s.ctx.ldc = p->w.N;
+  s.ctx.M = M;
+  const int64_t n_tile = k->n_tile > 0 ? k->n_tile : 1, m_tile = k->m_tile > 0 ? k->m_tile : 1;
+  /* rows: whole M for small batches, else chunks of ~64 rows; columns: ~64 per task, at least
+   * 64 tasks in all when N allows, so the pool can balance */
+  s.m_chunk = M <= 64 ? round_up(M, m_tile) : round_up(64, m_tile);
+  s.m_tasks = (M + s.m_chunk - 1) / s.m_chunk;
+  int64_t n_chunk = round_up(64, n_tile);
+  while (n_chunk > n_tile && ((p->w.N + n_chunk - 1) / n_chunk) * s.m_tasks < 64) n_chunk = round_up(n_chunk / 2, n_tile);
+  s.n_chunk = n_chunk;
+  s.n_tasks = (p->w.N + n_chunk - 1) / n_chunk;
+  if (k->prepare_a) {
+    s.a_ws = i4o_aligned_alloc(k->a_bytes(&p->w, M));
+    if (!s.a_ws) return I4O_E_NOMEM;
+    s.ctx.a_ws = s.a_ws;
+    pfor(pctx, prepare_task, (size_t)s.m_tasks, &s);
+  }
+  pfor(pctx, gemm_task, (size_t)(s.n_tasks * s.m_tasks), &s);
+  i4o_aligned_free(s.a_ws);
+  return I4O_OK;
+}
+
+/* ---- public test API ---- */
+
+static void set_err(char *err, size_t len, const char *msg) {
+  if (err && len) snprintf(err, len, "%s", msg);
+}
+
+int i4o_dequantize(const i4o_weights *w, float *out) {
+  if (!w || !out || !w->data || !w->scales || i4o_check_layout(w->K, w->N, w->bits, w->block_size)) return I4O_E_ARG;
+  const int64_t nb = i4o_n_blocks(w->K, w->block_size);
+  i4o_wdesc d;
+  memset(&d, 0, sizeof(d));
+  d.K = w->K; d.N = w->N; d.bits = w->bits; d.block_size = w->block_size; d.n_blocks = nb;
+  d.blob_bytes = i4o_blob_bytes(w->bits, w->block_size);
+  d.quant_type = w->quant_type; d.data = w->data; d.scales = w->scales;
+  uint8_t *zp = NULL;
+  if (w->zero_points) {
+    zp = (uint8_t *)malloc((size_t)(w->N * nb));
+    if (!zp) return I4O_E_NOMEM;
+    i4o_unpack_zero_points(w->zero_points, w->N, nb, w->bits, zp);
+    d.zp = zp;
+  }
+  const float *cb = i4o_nf4_codebook();
+  for (int64_t n = 0; n < w->N; n++)
+    for (int64_t k = 0; k < w->K; k++) {
+      const int64_t b = k / w->block_size;
+      const float s = w->scales[n * nb + b];
+      const int c = i4o_code(&d, n, k);
+      out[k * w->N + n] = w->quant_type == I4O_QUANT_NF4 ? cb[c] * s : (float)(c - i4o_zero_point(&d, n, b)) * s;
+    }
+  free(zp);
+  return I4O_OK;
+}
+
+int i4o_matmul(const char *kernel, int compute, const float *A, int64_t M, const i4o_weights *w,
+               const float *bias, float *Y, char *err, size_t err_len) {
+  if (!A || !w || !Y || M < 0) {
+    set_err(err, err_len, "null argument or negative M");
+    return I4O_E_ARG;
+  }
+  if (i4o_check_layout(w->K, w->N, w->bits, w->block_size)) {
+    set_err(err, err_len, "invalid layout (K, N, bits, block_size)");
+    return I4O_E_ARG;
+  }
+  const i4o_kernel *k;
+  if (kernel && *kernel) {
+    k = i4o_find_kernel(kernel);
+    if (!k) {
+      set_err(err, err_len, "unknown kernel name");
+      return I4O_E_KERNEL;
+    }
+    if (!i4o_cpu_has_isa(k->isa)) {
+      set_err(err, err_len, "this CPU cannot run that kernel");
+      return I4O_E_KERNEL;
+    }
+  } else {
+    i4o_wdesc d;
+    memset(&d, 0, sizeof(d));
+    d.K = w->K; d.N = w->N; d.bits = w->bits; d.block_size = w->block_size; d.quant_type = w->quant_type;
+    k = i4o_choose_kernel(compute, &d, err, err_len);
+    if (!k) return I4O_E_KERNEL;
+  }
+  i4o_prepared *p = NULL;
+  int rc = i4o_prepare(w, k, &p);
+  if (rc) {
+    set_err(err, err_len, rc == I4O_E_NOMEM ? "out of memory" : "invalid weights for this kernel");
+    return rc;
+  }
+  rc = i4o_run(p, A, M, bias, Y, i4o_serial_for, NULL);
+  i4o_prepared_free(p);
+  if (rc) set_err(err, err_len, "out of memory");
+  return rc;
+}

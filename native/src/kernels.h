@@ -1,0 +1,134 @@
+/*
+ * Internal kernel interface: one table of function pointers per kernel, one
+ * translation unit per ISA (kernel_<isa>.c), chosen at run time by dispatch.c.
+ * No ONNX Runtime types here: the ORT glue lives in ort_op.c only.
+ */
+#ifndef I4O_KERNELS_H_
+#define I4O_KERNELS_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "int4onnx.h"
+
+#if defined(__GNUC__)
+#define I4O_HIDDEN __attribute__((visibility("hidden")))
+#define I4O_RESTRICT __restrict__
+#else
+#define I4O_HIDDEN
+#define I4O_RESTRICT
+#endif
+
+/* A weight ready for the kernels: scales in fp32, zero points one per byte. */
+typedef struct i4o_wdesc {
+  int64_t K, N, block_size, n_blocks, blob_bytes;
+  int bits, quant_type;
+  const uint8_t *data;   /* portable layout [N][n_blocks][blob_bytes] */
+  const float *scales;   /* [N][n_blocks] */
+  const uint8_t *zp;     /* [N][n_blocks], or NULL: implied 2^(bits-1) */
+} i4o_wdesc;
+
+/* Everything one gemm call sees. */
+typedef struct i4o_gemm_ctx {
+  const i4o_wdesc *w;
+  const void *packed;    /* the kernel's prepacked weights, or NULL if it reads w->data */
+  const float *A;        /* fp32 activations [M][lda] */
+  int64_t lda;
+  const void *a_ws;      /* the kernel's prepared activations (prepare_a), or NULL */
+  const float *bias;     /* [N] or NULL */
+  float *C;              /* [M][ldc] */
+  int64_t ldc;
+  int64_t M;
+} i4o_gemm_ctx;
+
+typedef struct i4o_kernel {
+  const char *name;      /* unique, e.g. "avx2_fp32" */
+  const char *isa;       /* an entry of the architecture's ISA ladder in dispatch.c */
+  int compute;           /* I4O_COMPUTE_FP32 or I4O_COMPUTE_INT8 */
+  /* Optional: can this kernel handle this weight? NULL = every valid weight. */
+  int (*supports)(const i4o_wdesc *w);
+  /* Optional prepack at session start: bytes needed (0 = reads the portable layout) and fill. */
+  size_t (*packed_bytes)(const i4o_wdesc *w);
+  void (*pack)(const i4o_wdesc *w, void *dst);
+  /* Optional per-call activation preparation (int8 path): workspace bytes for M rows, fill rows [m0, m1). */
+  size_t (*a_bytes)(const i4o_wdesc *w, int64_t M);
+  void (*prepare_a)(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
+                    void *ws);
+  /* C[m0:m1, n0:n1] = A[m0:m1, :] @ W[:, n0:n1] (+ bias). */
+  void (*gemm)(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+  int64_t n_tile;        /* task boundaries in N are multiples of this */
+  int64_t m_tile;        /* task boundaries in M are multiples of this */
+} i4o_kernel;
+
+/* ---- shared int8 activation layout (used by every int8 kernel that has no layout of its own) ----
+ * For row m and block b: q[m][b*block_size + i] int8 (zero past K), scale[m][b] = amax / 127,
+ * sum[m][b] = sum of the block's q (for the zero-point correction). */
+typedef struct i4o_qa_view {
+  int8_t *q;
+  float *scale;
+  int32_t *sum;
+  int64_t ldq;           /* row stride of q, a multiple of 64 */
+} i4o_qa_view;
+
+I4O_HIDDEN size_t i4o_qa_bytes(const i4o_wdesc *w, int64_t M);
+I4O_HIDDEN i4o_qa_view i4o_qa_map(const i4o_wdesc *w, int64_t M, void *ws);
+/* Scalar quantization of rows [m0, m1): the definition every int8 kernel must reproduce exactly. */
+I4O_HIDDEN void i4o_qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0,
+                               int64_t m1, void *ws);
+
+static inline int i4o_zero_point(const i4o_wdesc *w, int64_t n, int64_t b) {
+  return w->zp ? (int)w->zp[n * w->n_blocks + b] : (1 << (w->bits - 1));
+}
+
+/* Code of element k of column n (portable layout). */
+static inline int i4o_code(const i4o_wdesc *w, int64_t n, int64_t k) {
+  const uint8_t *row = w->data + n * w->n_blocks * w->blob_bytes;
+  if (w->bits == 8) return row[k];
+  return (row[k >> 1] >> ((k & 1) * 4)) & 0xF;
+}
+
+/* int8 levels of the NF4 codebook for the int8 path: round(127 * level); value = level_i8 * scale / 127. */
+I4O_HIDDEN const int8_t *i4o_nf4_i8(void);
+
+/* ---- kernels (defined in kernel_<isa>.c; absent ones are NULL-free: dispatch.c lists what exists) ---- */
+extern const i4o_kernel i4o_kernel_scalar_fp32;
+extern const i4o_kernel i4o_kernel_scalar_int8;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const i4o_kernel i4o_kernel_avx2_fp32;
+extern const i4o_kernel i4o_kernel_avx512vnni_int8;
+#endif
+#if defined(__aarch64__) || (defined(__arm__) && defined(__ARM_NEON))
+extern const i4o_kernel i4o_kernel_neon_fp32;
+#endif
+
+/* ---- dispatch.c ---- */
+/* Every kernel compiled in (whether or not this CPU runs it). */
+I4O_HIDDEN const i4o_kernel *const *i4o_all_kernels(size_t *count);
+I4O_HIDDEN int i4o_cpu_has_isa(const char *isa);
+I4O_HIDDEN const i4o_kernel *i4o_find_kernel(const char *name);
+/* Best kernel for this weight and compute mode, honouring INT4ONNX_ISA; NULL + message on failure. */
+I4O_HIDDEN const i4o_kernel *i4o_choose_kernel(int compute, const i4o_wdesc *w, char *err, size_t err_len);
+
+/* ---- gemm.c: prepared weights and the threaded driver ---- */
+typedef struct i4o_prepared {
+  i4o_wdesc w;
+  const i4o_kernel *kernel;
+  void *packed;          /* owned, 64-byte aligned, or NULL */
+  float *scales;         /* owned */
+  uint8_t *zp;           /* owned or NULL */
+} i4o_prepared;
+
+/* parallel_for(ctx, fn, n, data) must call fn(data, i) once for every i in [0, n). */
+typedef void (*i4o_parallel_for)(void *ctx, void (*fn)(void *, size_t), size_t n, void *data);
+
+/* Copies scales and zero points, prepacks for `kernel`. data is referenced, not copied, and must
+ * outlive the prepared weight unless the kernel prepacks. */
+I4O_HIDDEN int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared **out);
+I4O_HIDDEN void i4o_prepared_free(i4o_prepared *p);
+I4O_HIDDEN int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias, float *C,
+                       i4o_parallel_for pfor, void *pctx);
+I4O_HIDDEN void *i4o_aligned_alloc(size_t bytes);
+I4O_HIDDEN void i4o_aligned_free(void *p);
+I4O_HIDDEN void i4o_serial_for(void *ctx, void (*fn)(void *, size_t), size_t n, void *data);
+
+#endif /* I4O_KERNELS_H_ */

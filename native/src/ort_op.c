@@ -1,0 +1,588 @@
+/*
+ * ONNX Runtime glue for com.int4onnx::MatMulInt4 (the only file that sees ORT types).
+ *
+ * Inputs:  0 A [..., K] (float or float16)
+ *          1 B uint8 [N, n_blocks, block_size * bits / 8]   (portable layout, int4onnx.h)
+ *          2 scales [N, n_blocks] (same type as A, or int8 with input 5)
+ *          3 zero_points uint8 [N, ceil(n_blocks * bits / 8)]   (optional: asymmetric)
+ *          4 bias [N] (same type as A, optional)
+ *          5 scales_scale float [N] (optional; required when scales are int8)
+ *          An optional input may be left out by an empty name or by a zero-element tensor.
+ * Output:  0 Y [..., N] (type of A)
+ * Attributes: K, N, bits (4|8), block_size (multiple of 16), quant_type ("int"|"nf4"),
+ *             compute ("fp32"|"int8").
+ * Every problem is returned as an ORT status naming the node; nothing here aborts.
+ */
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fp16.h"
+#include "kernels.h"
+#include "onnxruntime_c_api.h"
+
+#if defined(_WIN32)
+#define I4O_EXPORT __declspec(dllexport)
+#else
+#define I4O_EXPORT __attribute__((visibility("default")))
+#endif
+
+static const OrtApi *g_ort;
+
+enum { IN_A = 0, IN_B, IN_SCALES, IN_ZP, IN_BIAS, IN_SSCALE, IN_COUNT };
+
+typedef struct op_variant {
+  OrtCustomOp op; /* first member: callbacks receive &variant.op */
+  ONNXTensorElementDataType a_type, scale_type;
+} op_variant;
+
+typedef struct op_kernel {
+  int64_t K, N, bits, block_size;
+  int quant_type, compute;
+  int has_zp, has_bias, has_sscale;
+  ONNXTensorElementDataType a_type, scale_type;
+  char name[160];
+  i4o_prepared *prep; /* constant weights, prepared at session start; NULL = prepare per call */
+} op_kernel;
+
+/* ---- status helpers ---- */
+
+static OrtStatus *fail(OrtErrorCode code, const char *node, const char *fmt, ...) {
+  char msg[768];
+  int off = snprintf(msg, sizeof(msg), "MatMulInt4 node '%s': ", node ? node : "?");
+  if (off < 0) off = 0;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg + off, sizeof(msg) - (size_t)off, fmt, ap);
+  va_end(ap);
+  return g_ort->CreateStatus(code, msg);
+}
+
+#define TRY(expr)                       \
+  do {                                  \
+    OrtStatus *st_ = (expr);            \
+    if (st_) return st_;                \
+  } while (0)
+
+static void shape_str(const int64_t *d, size_t n, char *out, size_t len) {
+  size_t off = 0;
+  off += (size_t)snprintf(out + off, len - off, "[");
+  for (size_t i = 0; i < n && off < len; i++)
+    off += (size_t)snprintf(out + off, len - off, i ? ", %lld" : "%lld", (long long)d[i]);
+  if (off < len) snprintf(out + off, len - off, "]");
+}
+
+/* Element type and shape of a tensor value (shape truncated to 8 dims for messages; n is the true rank). */
+typedef struct tensor_info {
+  ONNXTensorElementDataType type;
+  size_t rank;
+  int64_t dims[8];
+  int64_t count; /* -1 if it overflows */
+} tensor_info;
+
+static OrtStatus *get_info(const OrtValue *v, tensor_info *ti) {
+  OrtTensorTypeAndShapeInfo *info = NULL;
+  TRY(g_ort->GetTensorTypeAndShape(v, &info));
+  OrtStatus *st = g_ort->GetTensorElementType(info, &ti->type);
+  if (!st) st = g_ort->GetDimensionsCount(info, &ti->rank);
+  int64_t dims[64];
+  if (!st && ti->rank > 64) st = g_ort->CreateStatus(ORT_INVALID_ARGUMENT, "tensor rank above 64");
+  if (!st) st = g_ort->GetDimensions(info, dims, ti->rank);
+  g_ort->ReleaseTensorTypeAndShapeInfo(info);
+  if (st) return st;
+  ti->count = 1;
+  for (size_t i = 0; i < ti->rank; i++) {
+    if (i < 8) ti->dims[i] = dims[i];
+    if (dims[i] < 0 || (dims[i] && ti->count > INT64_MAX / dims[i])) ti->count = -1;
+    else if (ti->count >= 0) ti->count *= dims[i];
+  }
+  return NULL;
+}
+
+/* An optional input given as a zero-element tensor counts as absent. Converters use this instead of
+ * an empty input name in the middle of the input list, which crashes shape inference in ONNX Runtime
+ * releases before 1.22. */
+static int is_empty(const OrtValue *v) {
+  tensor_info ti;
+  OrtStatus *st = get_info(v, &ti);
+  if (st) {
+    g_ort->ReleaseStatus(st);
+    return 0;
+  }
+  return ti.count == 0;
+}
+
+/* ---- weights: validate ORT tensors and build the kernel's view ---- */
+
+typedef struct weight_inputs {
+  const OrtValue *b, *scales, *zp, *sscale;
+} weight_inputs;
+
+static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4o_prepared **out) {
+  const int64_t nb = i4o_n_blocks(k->K, k->block_size);
+  const int64_t blob = i4o_blob_bytes((int)k->bits, k->block_size);
+  char s[128];
+  tensor_info ti;
+  void *p = NULL;
+
+  TRY(get_info(in->b, &ti));
+  if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
+    return fail(ORT_INVALID_ARGUMENT, k->name, "B must be uint8 (got element type %d)", (int)ti.type);
+  if (ti.rank != 3 || ti.dims[0] != k->N || ti.dims[1] != nb || ti.dims[2] != blob) {
+    shape_str(ti.dims, ti.rank < 8 ? ti.rank : 8, s, sizeof(s));
+    return fail(ORT_INVALID_ARGUMENT, k->name, "B has shape %s, expected [%lld, %lld, %lld] for K=%lld N=%lld bits=%lld block_size=%lld",
+                s, (long long)k->N, (long long)nb, (long long)blob, (long long)k->K, (long long)k->N,
+                (long long)k->bits, (long long)k->block_size);
+  }
+  TRY(g_ort->GetTensorMutableData((OrtValue *)in->b, &p));
+  const uint8_t *data = (const uint8_t *)p;
+
+  TRY(get_info(in->scales, &ti));
+  if (ti.count != k->N * nb || (ti.rank == 2 && (ti.dims[0] != k->N || ti.dims[1] != nb)) || ti.rank > 2) {
+    shape_str(ti.dims, ti.rank < 8 ? ti.rank : 8, s, sizeof(s));
+    return fail(ORT_INVALID_ARGUMENT, k->name, "scales have shape %s, expected [%lld, %lld]", s, (long long)k->N, (long long)nb);
+  }
+  TRY(g_ort->GetTensorMutableData((OrtValue *)in->scales, &p));
+  const void *scales_raw = p;
+  const ONNXTensorElementDataType stype = ti.type;
+
+  const float *sscale = NULL;
+  const OrtValue *sscale_val = in->sscale && !is_empty(in->sscale) ? in->sscale : NULL;
+  if (stype == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
+    if (!sscale_val) return fail(ORT_INVALID_ARGUMENT, k->name, "int8 scales need input 5 (scales_scale, float [N])");
+    TRY(get_info(sscale_val, &ti));
+    if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || ti.count != k->N || ti.rank > 2)
+      return fail(ORT_INVALID_ARGUMENT, k->name, "scales_scale must be float [N=%lld] (got type %d, %lld elements)",
+                  (long long)k->N, (int)ti.type, (long long)ti.count);
+    TRY(g_ort->GetTensorMutableData((OrtValue *)sscale_val, &p));
+    sscale = (const float *)p;
+  } else if (sscale_val) {
+    return fail(ORT_INVALID_ARGUMENT, k->name, "scales_scale given but scales are not int8");
+  }
+
+  const uint8_t *zp = NULL;
+  if (in->zp && !is_empty(in->zp)) {
+    if (k->quant_type == I4O_QUANT_NF4) return fail(ORT_INVALID_ARGUMENT, k->name, "nf4 weights take no zero points");
+    TRY(get_info(in->zp, &ti));
+    const int64_t row = i4o_zero_point_row_bytes(nb, (int)k->bits);
+    if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || ti.count != k->N * row || ti.rank > 2 ||
+        (ti.rank == 2 && ti.dims[0] != k->N)) {
+      shape_str(ti.dims, ti.rank < 8 ? ti.rank : 8, s, sizeof(s));
+      return fail(ORT_INVALID_ARGUMENT, k->name, "zero_points must be uint8 [%lld, %lld] (got type %d, shape %s)",
+                  (long long)k->N, (long long)row, (int)ti.type, s);
+    }
+    TRY(g_ort->GetTensorMutableData((OrtValue *)in->zp, &p));
+    zp = (const uint8_t *)p;
+  }
+
+  const size_t n_scales = (size_t)(k->N * nb);
+  float *fs = (float *)malloc(n_scales * sizeof(float));
+  if (!fs) return fail(ORT_FAIL, k->name, "out of memory for %zu scales", n_scales);
+  for (size_t i = 0; i < n_scales; i++) {
+    switch (stype) {
+      case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: fs[i] = ((const float *)scales_raw)[i]; break;
+      case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: fs[i] = i4o_half_to_float(((const uint16_t *)scales_raw)[i]); break;
+      default: fs[i] = (float)((const int8_t *)scales_raw)[i] * sscale[i / (size_t)nb]; break;
+    }
+  }
+  i4o_weights w = {k->K, k->N, k->block_size, (int)k->bits, k->quant_type, data, fs, zp};
+  i4o_wdesc d;
+  memset(&d, 0, sizeof(d));
+  d.K = k->K; d.N = k->N; d.bits = (int)k->bits; d.block_size = k->block_size; d.quant_type = k->quant_type;
+  d.n_blocks = nb; d.blob_bytes = blob;
+  char err[256] = "";
+  const i4o_kernel *kern = i4o_choose_kernel(k->compute, &d, err, sizeof(err));
+  if (!kern) {
+    free(fs);
+    return fail(ORT_FAIL, k->name, "%s", err);
+  }
+  int rc = i4o_prepare(&w, kern, out);
+  free(fs);
+  if (rc) return fail(ORT_FAIL, k->name, "preparing weights failed (%s)", rc == I4O_E_NOMEM ? "out of memory" : "invalid weights");
+  return NULL;
+}
+
+/* ---- kernel lifetime ---- */
+
+static int has_input(const OrtKernelInfo *info, size_t n_inputs, size_t i) {
+  if (i >= n_inputs) return 0;
+  char name[256];
+  size_t len = sizeof(name);
+  OrtStatus *st = g_ort->KernelInfo_GetInputName(info, i, name, &len);
+  if (st) { /* names longer than the buffer still mean "present" */
+    g_ort->ReleaseStatus(st);
+    return 1;
+  }
+  return name[0] != '\0';
+}
+
+static OrtStatus *read_int_attr(const OrtKernelInfo *info, const op_kernel *k, const char *attr, int64_t *out) {
+  OrtStatus *st = g_ort->KernelInfoGetAttribute_int64(info, attr, out);
+  if (st) {
+    g_ort->ReleaseStatus(st);
+    return fail(ORT_INVALID_ARGUMENT, k->name, "missing required int attribute '%s'", attr);
+  }
+  return NULL;
+}
+
+/* Optional string attribute; absent -> def. */
+static void read_str_attr(const OrtKernelInfo *info, const char *attr, char *out, size_t len, const char *def) {
+  size_t n = len;
+  OrtStatus *st = g_ort->KernelInfoGetAttribute_string(info, attr, out, &n);
+  if (st) {
+    g_ort->ReleaseStatus(st);
+    snprintf(out, len, "%s", def);
+  }
+}
+
+static void ORT_API_CALL kernel_destroy(void *p) {
+  op_kernel *k = (op_kernel *)p;
+  if (!k) return;
+  i4o_prepared_free(k->prep);
+  free(k);
+}
+
+static OrtStatus *ORT_API_CALL kernel_create(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info,
+                                             void **out) {
+  (void)api;
+  const op_variant *v = (const op_variant *)op;
+  *out = NULL;
+  op_kernel *k = (op_kernel *)calloc(1, sizeof(*k));
+  if (!k) return g_ort->CreateStatus(ORT_FAIL, "MatMulInt4: out of memory");
+  k->a_type = v->a_type;
+  k->scale_type = v->scale_type;
+  size_t len = sizeof(k->name);
+  OrtStatus *st = g_ort->KernelInfo_GetNodeName(info, k->name, &len);
+  if (st) {
+    g_ort->ReleaseStatus(st);
+    snprintf(k->name, sizeof(k->name), "<unnamed>");
+  }
+  if (!k->name[0]) snprintf(k->name, sizeof(k->name), "<unnamed>");
+
+#define CHECK(expr)         \
+  do {                      \
+    st = (expr);            \
+    if (st) goto error;     \
+  } while (0)
+  CHECK(read_int_attr(info, k, "K", &k->K));
+  CHECK(read_int_attr(info, k, "N", &k->N));
+  CHECK(read_int_attr(info, k, "bits", &k->bits));
+  CHECK(read_int_attr(info, k, "block_size", &k->block_size));
+  if (k->bits != 4 && k->bits != 8) CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "bits=%lld, expected 4 or 8", (long long)k->bits));
+  if (i4o_check_layout(k->K, k->N, (int)k->bits, k->block_size))
+    CHECK(fail(ORT_INVALID_ARGUMENT, k->name,
+               "invalid K=%lld N=%lld block_size=%lld (K, N in 1..2^31; block_size a multiple of 16 in 16..65536)",
+               (long long)k->K, (long long)k->N, (long long)k->block_size));
+  char text[32];
+  read_str_attr(info, "quant_type", text, sizeof(text), "int");
+  if (strcmp(text, "int") == 0) k->quant_type = I4O_QUANT_INT;
+  else if (strcmp(text, "nf4") == 0) k->quant_type = I4O_QUANT_NF4;
+  else CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "quant_type='%s', expected 'int' or 'nf4'", text));
+  if (k->quant_type == I4O_QUANT_NF4 && k->bits != 4) CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "nf4 needs bits=4"));
+  read_str_attr(info, "compute", text, sizeof(text), "fp32");
+  if (strcmp(text, "fp32") == 0) k->compute = I4O_COMPUTE_FP32;
+  else if (strcmp(text, "int8") == 0) k->compute = I4O_COMPUTE_INT8;
+  else CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "compute='%s', expected 'fp32' or 'int8'", text));
+
+  size_t n_inputs = 0;
+  CHECK(g_ort->KernelInfo_GetInputCount(info, &n_inputs));
+  k->has_zp = has_input(info, n_inputs, IN_ZP);
+  k->has_bias = has_input(info, n_inputs, IN_BIAS);
+  k->has_sscale = has_input(info, n_inputs, IN_SSCALE);
+
+  /* Prepare now if every weight input is a constant initializer. */
+  weight_inputs in = {NULL, NULL, NULL, NULL};
+  int all_const = 1, is_const = 0;
+  const size_t idx[4] = {IN_B, IN_SCALES, IN_ZP, IN_SSCALE};
+  const OrtValue **dst[4] = {&in.b, &in.scales, &in.zp, &in.sscale};
+  for (int i = 0; i < 4; i++) {
+    if ((idx[i] == IN_ZP && !k->has_zp) || (idx[i] == IN_SSCALE && !k->has_sscale)) continue;
+    CHECK(g_ort->KernelInfoGetConstantInput_tensor(info, idx[i], &is_const, dst[i]));
+    if (!is_const) all_const = 0;
+  }
+  if (all_const) CHECK(build_prepared(k, &in, &k->prep));
+  *out = k;
+  return NULL;
+error:
+  kernel_destroy(k);
+  return st;
+#undef CHECK
+}
+
+/* ---- compute ---- */
+
+typedef struct pfor_ctx {
+  OrtKernelContext *ctx;
+} pfor_ctx;
+
+static void ort_parallel_for(void *c, void (*fn)(void *, size_t), size_t n, void *data) {
+  if (n <= 1) {
+    if (n) fn(data, 0);
+    return;
+  }
+  OrtStatus *st = g_ort->KernelContext_ParallelFor(((pfor_ctx *)c)->ctx, fn, n, 0, data);
+  if (st) { /* no thread pool: run inline */
+    g_ort->ReleaseStatus(st);
+    i4o_serial_for(NULL, fn, n, data);
+  }
+}
+
+static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
+  op_kernel *k = (op_kernel *)p;
+  const OrtValue *a_val = NULL, *bias_val = NULL;
+  OrtStatus *st = NULL;
+  tensor_info ti;
+  int64_t dims[64];
+  char s[128];
+
+  TRY(g_ort->KernelContext_GetInput(ctx, IN_A, &a_val));
+  if (!a_val) return fail(ORT_INVALID_ARGUMENT, k->name, "input A is missing");
+  TRY(get_info(a_val, &ti));
+  if (ti.type != k->a_type) return fail(ORT_INVALID_ARGUMENT, k->name, "A has element type %d, kernel expects %d", (int)ti.type, (int)k->a_type);
+  if (ti.rank < 1 || ti.rank > 64) return fail(ORT_INVALID_ARGUMENT, k->name, "A must have rank 1..64 (got %zu)", ti.rank);
+  {
+    OrtTensorTypeAndShapeInfo *info = NULL;
+    TRY(g_ort->GetTensorTypeAndShape(a_val, &info));
+    st = g_ort->GetDimensions(info, dims, ti.rank);
+    g_ort->ReleaseTensorTypeAndShapeInfo(info);
+    if (st) return st;
+  }
+  if (dims[ti.rank - 1] != k->K) {
+    shape_str(dims, ti.rank, s, sizeof(s));
+    return fail(ORT_INVALID_ARGUMENT, k->name, "A has shape %s; its last dimension must be K=%lld", s, (long long)k->K);
+  }
+  if (ti.count < 0) return fail(ORT_INVALID_ARGUMENT, k->name, "A has too many elements");
+  const int64_t M = ti.count / k->K;
+  if (M > INT64_MAX / k->N) return fail(ORT_INVALID_ARGUMENT, k->name, "output would have too many elements");
+
+  const float *bias = NULL;
+  if (k->has_bias) {
+    TRY(g_ort->KernelContext_GetInput(ctx, IN_BIAS, &bias_val));
+    if (bias_val && is_empty(bias_val)) bias_val = NULL;
+    if (bias_val) {
+      tensor_info bi;
+      TRY(get_info(bias_val, &bi));
+      if (bi.type != k->a_type || bi.count != k->N || bi.rank != 1)
+        return fail(ORT_INVALID_ARGUMENT, k->name, "bias must be [N=%lld] of A's type (got type %d, %lld elements, rank %zu)",
+                    (long long)k->N, (int)bi.type, (long long)bi.count, bi.rank);
+    }
+  }
+
+  dims[ti.rank - 1] = k->N;
+  OrtValue *y_val = NULL;
+  TRY(g_ort->KernelContext_GetOutput(ctx, 0, dims, ti.rank, &y_val));
+  if (M == 0) return NULL;
+
+  i4o_prepared *prep = k->prep, *owned = NULL;
+  if (!prep) { /* weights are graph inputs or computed: prepare for this call */
+    weight_inputs in = {NULL, NULL, NULL, NULL};
+    TRY(g_ort->KernelContext_GetInput(ctx, IN_B, &in.b));
+    TRY(g_ort->KernelContext_GetInput(ctx, IN_SCALES, &in.scales));
+    if (k->has_zp) TRY(g_ort->KernelContext_GetInput(ctx, IN_ZP, &in.zp));
+    if (k->has_sscale) TRY(g_ort->KernelContext_GetInput(ctx, IN_SSCALE, &in.sscale));
+    if (!in.b || !in.scales) return fail(ORT_INVALID_ARGUMENT, k->name, "inputs B and scales are required");
+    TRY(build_prepared(k, &in, &owned));
+    prep = owned;
+  }
+
+  void *a_raw = NULL, *y_raw = NULL, *b_raw = NULL;
+  st = g_ort->GetTensorMutableData((OrtValue *)a_val, &a_raw);
+  if (!st) st = g_ort->GetTensorMutableData(y_val, &y_raw);
+  if (!st && bias_val) st = g_ort->GetTensorMutableData((OrtValue *)bias_val, &b_raw);
+  if (st) {
+    i4o_prepared_free(owned);
+    return st;
+  }
+
+  const float *A = (const float *)a_raw;
+  float *Y = (float *)y_raw;
+  bias = (const float *)b_raw;
+  float *a32 = NULL, *y32 = NULL, *b32 = NULL;
+  if (k->a_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) {
+    a32 = (float *)malloc((size_t)(M * k->K) * sizeof(float));
+    y32 = (float *)malloc((size_t)(M * k->N) * sizeof(float));
+    b32 = b_raw ? (float *)malloc((size_t)k->N * sizeof(float)) : NULL;
+    if (!a32 || !y32 || (b_raw && !b32)) {
+      st = fail(ORT_FAIL, k->name, "out of memory converting float16 activations");
+      goto done;
+    }
+    for (int64_t i = 0; i < M * k->K; i++) a32[i] = i4o_half_to_float(((const uint16_t *)a_raw)[i]);
+    if (b32)
+      for (int64_t i = 0; i < k->N; i++) b32[i] = i4o_half_to_float(((const uint16_t *)b_raw)[i]);
+    A = a32;
+    Y = y32;
+    bias = b32;
+  }
+  pfor_ctx pc = {ctx};
+  if (i4o_run(prep, A, M, bias, Y, ort_parallel_for, &pc) != I4O_OK) {
+    st = fail(ORT_FAIL, k->name, "out of memory for the activation workspace (M=%lld)", (long long)M);
+    goto done;
+  }
+  if (y32)
+    for (int64_t i = 0; i < M * k->N; i++) ((uint16_t *)y_raw)[i] = i4o_float_to_half(y32[i]);
+done:
+  free(a32);
+  free(y32);
+  free(b32);
+  i4o_prepared_free(owned);
+  return st;
+}
+
+/* ---- shape inference: Y = A with the last dimension replaced by N ---- */
+
+static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferContext *ctx) {
+  (void)op;
+  OrtTensorTypeAndShapeInfo *in_info = NULL; /* owned by ctx: never released here */
+  TRY(g_ort->ShapeInferContext_GetInputTypeShape(ctx, 0, &in_info));
+  const OrtOpAttr *attr = NULL;
+  TRY(g_ort->ShapeInferContext_GetAttribute(ctx, "N", &attr));
+  int64_t N = 0;
+  size_t got = 0;
+  if (!attr) return g_ort->CreateStatus(ORT_INVALID_ARGUMENT, "MatMulInt4: missing attribute N");
+  TRY(g_ort->ReadOpAttr(attr, ORT_OP_ATTR_INT, &N, sizeof(N), &got));
+  ONNXTensorElementDataType type;
+  size_t rank = 0;
+  TRY(g_ort->GetTensorElementType(in_info, &type));
+  TRY(g_ort->GetDimensionsCount(in_info, &rank));
+  if (rank < 1 || rank > 64) return g_ort->CreateStatus(ORT_INVALID_ARGUMENT, "MatMulInt4: A must have rank 1..64");
+  int64_t dims[64];
+  const char *sym[64];
+  TRY(g_ort->GetDimensions(in_info, dims, rank));
+  TRY(g_ort->GetSymbolicDimensions(in_info, sym, rank));
+  /* ORT writes an unnamed dimension as its integer value, so an unknown one (-1) needs a fresh
+   * name to stay unknown: "int4onnx_unk_<n>", unique per process. */
+  static unsigned long counter; /* racy increments only risk reusing a name for a different unknown */
+  char names[64][32];
+  for (size_t i = 0; i + 1 < rank; i++) {
+    if (dims[i] < 0 && (!sym[i] || !sym[i][0])) {
+      snprintf(names[i], sizeof(names[i]), "int4onnx_unk_%lu", ++counter);
+      sym[i] = names[i];
+    }
+  }
+  dims[rank - 1] = N;
+  sym[rank - 1] = "";
+  OrtTensorTypeAndShapeInfo *out = NULL;
+  TRY(g_ort->CreateTensorTypeAndShapeInfo(&out));
+  OrtStatus *st = g_ort->SetTensorElementType(out, type);
+  if (!st) st = g_ort->SetDimensions(out, dims, rank);
+  if (!st) st = g_ort->SetSymbolicDimensions(out, sym, rank);
+  if (!st) st = g_ort->ShapeInferContext_SetOutputTypeShape(ctx, 0, out);
+  g_ort->ReleaseTensorTypeAndShapeInfo(out);
+  return st;
+}
+
+/* ---- OrtCustomOp callbacks ---- */
+
+static const char *ORT_API_CALL op_name(const OrtCustomOp *op) { (void)op; return I4O_OP_NAME; }
+static const char *ORT_API_CALL op_ep(const OrtCustomOp *op) { (void)op; return NULL; }
+static size_t ORT_API_CALL op_n_inputs(const OrtCustomOp *op) { (void)op; return IN_COUNT; }
+static size_t ORT_API_CALL op_n_outputs(const OrtCustomOp *op) { (void)op; return 1; }
+
+static ONNXTensorElementDataType ORT_API_CALL op_input_type(const OrtCustomOp *op, size_t i) {
+  const op_variant *v = (const op_variant *)op;
+  switch (i) {
+    case IN_A: case IN_BIAS: return v->a_type;
+    case IN_SCALES: return v->scale_type;
+    case IN_SSCALE: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  }
+}
+
+static ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp *op, size_t i) {
+  (void)i;
+  return ((const op_variant *)op)->a_type;
+}
+
+static OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp *op, size_t i) {
+  (void)op;
+  return i <= IN_SCALES ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+}
+
+static OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_output_char(const OrtCustomOp *op, size_t i) {
+  (void)op; (void)i;
+  return INPUT_OUTPUT_REQUIRED;
+}
+
+static OrtMemType ORT_API_CALL op_mem_type(const OrtCustomOp *op, size_t i) {
+  (void)op; (void)i;
+  return OrtMemTypeDefault;
+}
+
+static int ORT_API_CALL op_variadic_min(const OrtCustomOp *op) { (void)op; return 1; }
+static int ORT_API_CALL op_variadic_homog(const OrtCustomOp *op) { (void)op; return 0; }
+static int ORT_API_CALL op_start_version(const OrtCustomOp *op) { (void)op; return I4O_OP_VERSION; }
+static int ORT_API_CALL op_end_version(const OrtCustomOp *op) { (void)op; return INT_MAX; }
+
+static void *ORT_API_CALL legacy_create(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info) {
+  void *k = NULL;
+  OrtStatus *st = kernel_create(op, api, info, &k);
+  if (st) g_ort->ReleaseStatus(st);
+  return k;
+}
+
+static void ORT_API_CALL legacy_compute(void *k, OrtKernelContext *ctx) {
+  OrtStatus *st = k ? kernel_compute(k, ctx) : NULL;
+  if (st) g_ort->ReleaseStatus(st);
+}
+
+static void init_variant(op_variant *v, ONNXTensorElementDataType a, ONNXTensorElementDataType s) {
+  memset(v, 0, sizeof(*v));
+  OrtCustomOp *o = &v->op;
+  o->version = ORT_API_VERSION;
+  o->CreateKernel = legacy_create;
+  o->GetName = op_name;
+  o->GetExecutionProviderType = op_ep;
+  o->GetInputType = op_input_type;
+  o->GetInputTypeCount = op_n_inputs;
+  o->GetOutputType = op_output_type;
+  o->GetOutputTypeCount = op_n_outputs;
+  o->KernelCompute = legacy_compute;
+  o->KernelDestroy = kernel_destroy;
+  o->GetInputCharacteristic = op_input_char;
+  o->GetOutputCharacteristic = op_output_char;
+  o->GetInputMemoryType = op_mem_type;
+  o->GetVariadicInputMinArity = op_variadic_min;
+  o->GetVariadicInputHomogeneity = op_variadic_homog;
+  o->GetVariadicOutputMinArity = op_variadic_min;
+  o->GetVariadicOutputHomogeneity = op_variadic_homog;
+  o->CreateKernelV2 = kernel_create;
+  o->KernelComputeV2 = kernel_compute;
+  o->InferOutputShapeFn = infer_shape;
+  o->GetStartVersion = op_start_version;
+  o->GetEndVersion = op_end_version;
+  v->a_type = a;
+  v->scale_type = s;
+}
+
+/* One kernel per (activation type, scale type): float/float16 activations, scales of the same type or int8. */
+static op_variant g_variants[4];
+static OrtCustomOpDomain *g_domain; /* lives for the process, as sessions may outlive their options */
+
+I4O_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *api_base) {
+  if (!api_base) return NULL;
+  const OrtApi *api = api_base->GetApi(ORT_API_VERSION);
+  if (!api) { /* runtime older than the headers we were built with: cannot report through it */
+    fprintf(stderr, "int4onnx: this ONNX Runtime does not provide C API version %d\n", ORT_API_VERSION);
+    return NULL;
+  }
+  g_ort = api;
+  if (!g_domain) {
+    OrtStatus *st = g_ort->CreateCustomOpDomain(I4O_DOMAIN, &g_domain);
+    if (st) return st;
+    init_variant(&g_variants[0], ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+    init_variant(&g_variants[1], ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8);
+    init_variant(&g_variants[2], ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
+    init_variant(&g_variants[3], ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8);
+    for (int i = 0; i < 4; i++) {
+      st = g_ort->CustomOpDomain_Add(g_domain, &g_variants[i].op);
+      if (st) {
+        g_ort->ReleaseCustomOpDomain(g_domain);
+        g_domain = NULL;
+        return st;
+      }
+    }
+  }
+  return g_ort->AddCustomOpDomain(options, g_domain);
+}

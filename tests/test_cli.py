@@ -1,0 +1,93 @@
+"""The CLI through click's runner: conversions, reports, inspect, and one-line errors with no files left."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from int4onnx.cli import main
+from modelgen import matmul_model, save
+
+RNG = np.random.default_rng(3)
+
+
+@pytest.fixture()
+def model(tmp_path):
+    return save(matmul_model({"w0": RNG.standard_normal((64, 32)).astype(np.float32),
+                              "w1": RNG.standard_normal((32, 16)).astype(np.float32)}), tmp_path / "m.onnx")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_convert_report_and_inspect(tmp_path, model):
+    out, rep = tmp_path / "m.int4.onnx", tmp_path / "r.json"
+    r = invoke("convert", model, "-o", out, "--group-size", 16, "--asymmetric", "--report", rep)
+    assert r.exit_code == 0, r.output
+    assert "quantized 2 MatMul/Gemm node(s)" in r.output
+    report = json.loads(rep.read_text())
+    assert [layer["K"] for layer in report["layers"]] == [64, 32]
+    assert all(layer["bits"] == 4 and layer["block_size"] == 16 and 0 < layer["rel_error"] < 0.2
+               for layer in report["layers"])
+    assert report["bits_per_weight"] > 4
+    r = invoke("inspect", out)
+    assert r.exit_code == 0 and "2 quantized layer(s)" in r.output
+    r = invoke("inspect", out, "--json")
+    info = json.loads(r.output)
+    assert len(info["quantized_layers"]) == 2 and info["bits_per_weight"] == pytest.approx(report["bits_per_weight"], rel=1e-3)
+
+
+def test_default_output_name(tmp_path, model):
+    r = invoke("convert", model, "--format", "matmulnbits", "-q")
+    assert r.exit_code == 0 and r.output == ""
+    assert (tmp_path / "m.int4.onnx").exists()
+
+
+def test_exclude_regex(tmp_path, model):
+    r = invoke("convert", model, "-o", tmp_path / "o.onnx", "--exclude", "mm1")
+    assert r.exit_code == 0
+    assert "1 x excluded by --exclude: mm1" in r.output
+
+
+def _assert_clean_failure(r, tmp_path, before, needle, code=2):
+    assert r.exit_code == code, r.output
+    assert needle in r.output
+    assert "Traceback" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--bits", "3"], "bits must be 4 or 8"),
+    (["--group-size", "0", "--bits", "5"], "bits must be 4 or 8"),
+    (["--group-size", "-5"], "group size must be one of"),
+    (["--group-size", "3"], "group size must be one of"),
+    (["--dtype", "nf4", "--asymmetric"], "nf4 is a symmetric 4-bit code"),
+])
+def test_bad_options(tmp_path, model, args, needle):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = invoke("convert", model, "-o", tmp_path / "o.onnx", *args)
+    _assert_clean_failure(r, tmp_path, before, needle)
+
+
+def test_bad_inputs(tmp_path, model):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(bytes(range(256)) * 4)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _assert_clean_failure(invoke("convert", tmp_path / "missing.onnx", "-o", tmp_path / "o.onnx"), tmp_path, before,
+                          "no such file")
+    _assert_clean_failure(invoke("convert", junk, "-o", tmp_path / "o.onnx"), tmp_path, before, "not a valid ONNX model")
+    _assert_clean_failure(invoke("convert", model, "-o", model), tmp_path, before, "is the input model")
+    _assert_clean_failure(invoke("convert", model, "-o", tmp_path / "nodir" / "o.onnx"), tmp_path, before,
+                          "does not exist")
+
+
+def test_unknown_choice_is_a_usage_error(tmp_path, model):
+    r = invoke("convert", model, "--method", "magic")
+    assert r.exit_code == 2 and "Invalid value for '--method'" in r.output
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = CliRunner().invoke(main, ["--debug", "convert", str(tmp_path / "missing.onnx")])
+    assert r.exit_code != 0 and r.exception is not None
