@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from paths import ROOT, SHARED  # noqa: E402
 STORIES260K_BIN = SHARED / "models" / "stories260K" / "stories260K.bin"
 OPSET = 17
 

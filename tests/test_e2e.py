@@ -1,8 +1,5 @@
 """End to end through ONNX Runtime: converted models against numpy references and each other."""
 
-import os
-import pathlib
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -14,8 +11,7 @@ from int4onnx import _native
 from int4onnx.runtime import Tokenizer, make_session, perplexity
 from modelgen import dequant_reference, int8_path_reference, make_model, matmul_model, save
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
+from paths import SHARED
 RNG = np.random.default_rng(7)
 
 

@@ -24,7 +24,7 @@ import int4onnx  # noqa: E402
 from int4onnx import _native  # noqa: E402
 from int4onnx.runtime import Tokenizer, make_session, perplexity  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+from paths import SHARED  # noqa: E402
 OUT = ROOT / "models" / "out"
 
 

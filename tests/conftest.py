@@ -1,0 +1,18 @@
+"""Test set-up: models/ (exporters, shared-data paths) is importable; the shared data must exist."""
+
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "models"))
+
+from paths import SHARED  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"shared data not found at {SHARED}; set INT4ONNX_SHARED_DATA")
+    return SHARED
