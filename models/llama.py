@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from paths import ROOT, SHARED  # noqa: E402
+
 STORIES260K_BIN = SHARED / "models" / "stories260K" / "stories260K.bin"
 OPSET = 17
 

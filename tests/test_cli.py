@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from modelgen import matmul_model, save
 
 from int4onnx.cli import main
-from modelgen import matmul_model, save
 
 RNG = np.random.default_rng(3)
 

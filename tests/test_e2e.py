@@ -2,16 +2,15 @@
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
+from modelgen import dequant_reference, int8_path_reference, make_model, matmul_model, save
 from onnx import TensorProto, helper, numpy_helper
+from paths import SHARED
 
 import int4onnx
 from int4onnx import _native
 from int4onnx.runtime import Tokenizer, make_session, perplexity
-from modelgen import dequant_reference, int8_path_reference, make_model, matmul_model, save
 
-from paths import SHARED
 RNG = np.random.default_rng(7)
 
 

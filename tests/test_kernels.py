@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from modelgen import dequant_reference, int8_path_reference
 
 from int4onnx import _native
 from int4onnx.quant.rtn import quantize_rtn
-from modelgen import dequant_reference, int8_path_reference
 
 KERNELS = _native.kernels_available()
 FP32_KERNELS = [k for k in KERNELS if k.endswith("_fp32")]

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from modelgen import numpy_pack_reference
 
 from int4onnx import _native
-from modelgen import numpy_pack_reference
+from int4onnx.errors import NativeLibraryError
 
 SHAPES = [(16, 1), (17, 3), (172, 64), (256, 7), (1000, 5)]
 
@@ -58,5 +59,5 @@ def test_invalid_layouts_are_rejected(K, N, bits, block):
 
 
 def test_pack_rejects_bad_arguments():
-    with pytest.raises(Exception):
+    with pytest.raises(NativeLibraryError, match="pack_weights"):
         _native.pack_weights(np.zeros((2, 32), np.uint8), 4, 24)

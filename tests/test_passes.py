@@ -1,16 +1,15 @@
 """The pass pipeline on small models built in code (no ONNX Runtime needed here)."""
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
+from modelgen import make_model, matmul_model
 from onnx import TensorProto, helper, numpy_helper
 
 from int4onnx import _native
 from int4onnx.config import QuantConfig
 from int4onnx.errors import ConfigError, NothingToQuantizeError, UnsupportedModelError
 from int4onnx.pipeline import quantize_model
-from modelgen import make_model, matmul_model
 
 RNG = np.random.default_rng(0)
 

@@ -19,12 +19,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
 
 import llama  # noqa: E402
+from paths import SHARED  # noqa: E402
 
 import int4onnx  # noqa: E402
 from int4onnx import _native  # noqa: E402
 from int4onnx.runtime import Tokenizer, make_session, perplexity  # noqa: E402
 
-from paths import SHARED  # noqa: E402
 OUT = ROOT / "models" / "out"
 
 
