@@ -15,7 +15,7 @@ from int4onnx import _native, io
 from int4onnx.config import QuantConfig
 from int4onnx.errors import Int4OnnxError, NothingToQuantizeError, UnsupportedModelError
 from int4onnx.passes.plan import QuantPlan
-from int4onnx.passes.quantize import QuantizeWeightsPass
+from int4onnx.passes.quantize import PlanLayersPass, WeightQuantizer
 from int4onnx.passes.rewrite import RewriteMatMulsPass
 from int4onnx.passes.select import SelectMatMulsPass
 from int4onnx.report import Report
@@ -71,7 +71,12 @@ def _run(pass_, model: ir.Model) -> ir.Model:
 
 def quantize_model(model: ir.Model, config: QuantConfig,
                    progress: Callable[[int, int, str], None] | None = None) -> tuple[ir.Model, QuantPlan]:
-    """Quantize an in-memory model; returns the rewritten model and the plan (what was done)."""
+    """Rewrite an in-memory model; returns it and the plan (what was done).
+
+    The new initializers are lazy: each weight is quantized when its bytes are first read (normally
+    while the model is saved), and ``plan.layers`` fills up then. ``plan.quantizer.quantize_all()``
+    forces them all.
+    """
     done = _already_quantized(model)
     if done:
         raise UnsupportedModelError(f"the model is already quantized (it contains {done} nodes)")
@@ -87,8 +92,9 @@ def quantize_model(model: ir.Model, config: QuantConfig,
             "no MatMul/Gemm with a constant float weight to quantize"
             + (f"; found {found} MatMul/Gemm node(s): {detail}{more}" if found else "; the model has no MatMul or Gemm nodes")
         )
+    plan.quantizer = WeightQuantizer(config, plan, progress)
     steps = ir.passes.Sequential(
-        QuantizeWeightsPass(config, plan, progress),
+        PlanLayersPass(config, plan),
         RewriteMatMulsPass(config, plan),
         common_passes.RemoveUnusedNodesPass(),
     )

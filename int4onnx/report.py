@@ -26,22 +26,20 @@ class Report:
     def build(cls, plan: QuantPlan, config, input_path, output_path, input_bytes, output_bytes, seconds):
         layers = []
         q_bytes = 0
-        weights = 0
         for key, layer in plan.layers.items():
-            qw = layer.weight
-            size = qw.storage_bytes()
+            spec = layer.spec
+            size = layer.storage_bytes
             q_bytes += size
-            weights += qw.K * qw.N
             layers.append({
                 "weight": key[0],
                 "nodes": layer.nodes,
-                "K": qw.K,
-                "N": qw.N,
-                "bits": qw.bits,
-                "block_size": qw.block_size,
-                "symmetric": qw.symmetric,
-                "quant_type": qw.quant_type,
-                "bits_per_weight": round(8 * size / (qw.K * qw.N), 4),
+                "K": layer.K,
+                "N": layer.N,
+                "bits": spec.bits,
+                "block_size": spec.block_size,
+                "symmetric": spec.symmetric,
+                "quant_type": spec.quant_type,
+                "bits_per_weight": round(8 * size / (layer.K * layer.N), 4),
                 "bytes": size,
                 **{k: round(v, 6) for k, v in layer.metrics.items()},
             })

@@ -55,7 +55,7 @@ def test_shared_weight_is_quantized_once():
                        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b")],
                        [numpy_helper.from_array(W, "W")])
     model, plan = run(proto)
-    assert len(plan.layers) == 1 and plan.rewritten == 2
+    assert len(plan.specs) == 1 and plan.rewritten == 2
     n1, n2 = list(model.graph)
     assert n1.inputs[1] is n2.inputs[1] and n1.inputs[2] is n2.inputs[2]
 
@@ -191,3 +191,21 @@ def test_block_size_rules():
     assert QuantConfig(group_size=-1).block_size_for(172) == 176
     assert QuantConfig(group_size=0).block_size_for(4096) == 4096
     assert QuantConfig(group_size=256).block_size_for(64) == 64
+
+
+def test_weights_are_quantized_lazily_once_each(tmp_path):
+    from int4onnx.passes import quantize as qmod
+
+    calls = []
+
+    def counting(w_, target, spec):
+        calls.append(target.weight.name)
+        return qmod.rtn_method(w_, target, spec)
+
+    model, plan = run(matmul_model({"w0": w(64, 48), "w1": w(48, 33)}))
+    plan.quantizer.method = counting
+    assert plan.layers == {}  # nothing quantized until the bytes are needed
+    proto = ir.serde.serialize_model(model)
+    assert sorted(calls) == ["w0", "w1"]  # codes, scales and zero points of a weight share one run
+    assert len(plan.layers) == 2 and all(layer.metrics["rel_error"] > 0 for layer in plan.layers.values())
+    assert len(proto.graph.initializer) == 6

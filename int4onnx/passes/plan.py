@@ -1,4 +1,9 @@
-"""State shared by the passes of one conversion: what to quantize, what was skipped and why."""
+"""State shared by the passes of one conversion: what to quantize, how, what was skipped and why.
+
+Weights are quantized lazily, one at a time, when the output is written (RewriteMatMulsPass puts
+ir.LazyTensor initializers in the graph), so memory stays bounded by the largest layer rather than
+the model. Everything that must be known earlier (shapes, bits, block size) is in a LayerSpec.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from int4onnx.quant.base import QuantizedWeight
+from int4onnx import _native
 
 
 @dataclasses.dataclass
@@ -30,13 +35,40 @@ class MatMulTarget:
         return (self.weight.name, self.transposed, self.alpha)
 
     def weight_kn(self) -> np.ndarray:
-        """The float32 [K, N] weight this target multiplies by."""
-        w = ir.convenience.get_const_tensor(self.weight).numpy().astype(np.float32)
+        """The float32 [K, N] weight this target multiplies by (a copy; the source is released)."""
+        tensor = ir.convenience.get_const_tensor(self.weight)
+        w = np.array(tensor.numpy(), dtype=np.float32)
+        release(tensor)
         if self.transposed:
             w = w.T
         if self.alpha != 1.0:
             w = w * np.float32(self.alpha)
         return np.ascontiguousarray(w)
+
+
+def release(tensor) -> None:
+    """Unmap an external tensor's data so its pages stop counting against the process."""
+    if isinstance(tensor, ir.ExternalTensor):
+        tensor.release()
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """How one weight is stored; decided before any weight is quantized."""
+
+    bits: int
+    block_size: int
+    symmetric: bool
+    quant_type: str = "int"
+    scale_dtype: str = "float32"   # numpy dtype name of the stored scales
+
+    def n_blocks(self, K: int) -> int:
+        return _native.n_blocks(K, self.block_size)
+
+    def storage_bytes(self, K: int, N: int) -> int:
+        nb = self.n_blocks(K)
+        zp = 0 if self.symmetric else N * _native.zero_point_row_bytes(nb, self.bits)
+        return N * nb * _native.blob_bytes(self.bits, self.block_size) + N * nb * np.dtype(self.scale_dtype).itemsize + zp
 
 
 @dataclasses.dataclass
@@ -50,15 +82,29 @@ class SkippedNode:
 class LayerResult:
     """What happened to one quantized weight (shared by every target with its key)."""
 
-    weight: QuantizedWeight
+    spec: LayerSpec
+    K: int
+    N: int
     nodes: list[str]
     metrics: dict
+
+    @property
+    def storage_bytes(self) -> int:
+        return self.spec.storage_bytes(self.K, self.N)
 
 
 @dataclasses.dataclass
 class QuantPlan:
     targets: list[MatMulTarget] = dataclasses.field(default_factory=list)
     skipped: list[SkippedNode] = dataclasses.field(default_factory=list)
-    layers: dict[tuple, LayerResult] = dataclasses.field(default_factory=dict)
-    float_bytes: int = 0   # bytes of the float weights that were quantized
+    specs: dict[tuple, LayerSpec] = dataclasses.field(default_factory=dict)
+    layers: dict[tuple, LayerResult] = dataclasses.field(default_factory=dict)  # filled as weights are quantized
+    float_bytes: int = 0   # bytes of the float weights selected for quantization
     rewritten: int = 0     # nodes rewritten
+    quantizer: object = None  # passes.quantize.WeightQuantizer, called lazily at save time
+
+    def targets_by_key(self) -> dict[tuple, list[MatMulTarget]]:
+        out: dict[tuple, list[MatMulTarget]] = {}
+        for t in self.targets:
+            out.setdefault(t.key, []).append(t)
+        return out

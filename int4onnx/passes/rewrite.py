@@ -16,8 +16,7 @@ import onnx_ir as ir
 
 from int4onnx import _native
 from int4onnx.config import QuantConfig
-from int4onnx.passes.plan import MatMulTarget, QuantPlan
-from int4onnx.quant.base import QuantizedWeight
+from int4onnx.passes.plan import LayerSpec, MatMulTarget, QuantPlan
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +59,9 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
         self.cache: dict[tuple, list] = {}
         self.empties: dict[ir.DataType, ir.Value] = {}
         for t in self.plan.targets:
-            layer = self.plan.layers[t.key]
             if t.key not in self.cache:
-                self.cache[t.key] = self._weight_inputs(t, layer.weight)
-            self._rewrite(t, layer.weight, self.cache[t.key])
+                self.cache[t.key] = self._weight_inputs(t)
+            self._rewrite(t, self.plan.specs[t.key], self.cache[t.key])
             self.plan.rewritten += 1
         fmt = self.config.format
         if self.plan.rewritten:
@@ -73,7 +71,7 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
                 model.opset_imports[MSFT_DOMAIN] = 1
         return ir.passes.PassResult(model, modified=self.plan.rewritten > 0)
 
-    # -- initializers ---------------------------------------------------------------------------
+    # -- initializers (lazy: the weight is quantized when the saver asks for these bytes) -------------
 
     def _initializer(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
         name = self.names.fresh(base)
@@ -82,45 +80,61 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
         self.graph.register_initializer(value)
         return value
 
-    def _weight_inputs(self, t: MatMulTarget, qw: QuantizedWeight) -> list:
-        base = t.weight.name or "weight"
-        if t.transposed:
-            base += "_T"
-        fmt, bits = self.config.format, qw.bits
-        scales = qw.scales.astype(_np_dtype(t.dtype))
-        if fmt in ("int4onnx", "matmulnbits"):
-            block = qw.block_size
-            if fmt == "matmulnbits" and block & (block - 1):
+    def _lazy(self, base: str, shape, dtype: ir.DataType, make) -> ir.Value:
+        name = self.names.fresh(base)
+        tensor = ir.LazyTensor(lambda: ir.Tensor(make(), dtype=dtype, name=name), dtype=dtype,
+                               shape=ir.Shape(list(shape)), name=name, cache=False)
+        value = ir.Value(name=name, shape=tensor.shape, type=ir.TensorType(dtype), const_value=tensor)
+        self.graph.register_initializer(value)
+        return value
+
+    def _weight_inputs(self, t: MatMulTarget) -> list:
+        spec: LayerSpec = self.plan.specs[t.key]
+        quant = self.plan.quantizer
+        key, K, N, bits = t.key, t.K, t.N, spec.bits
+        base = (t.weight.name or "weight") + ("_T" if t.transposed else "")
+        nb = spec.n_blocks(K)
+        scale_type = ir.DataType.FLOAT16 if spec.scale_dtype == "float16" else ir.DataType.FLOAT
+        scale_np = np.dtype(spec.scale_dtype)
+        if self.config.format in ("int4onnx", "matmulnbits"):
+            block = spec.block_size
+            if self.config.format == "matmulnbits" and block & (block - 1):
                 block = 1 << (block - 1).bit_length()  # MatMulNBits wants a power of two; one block spans K here
-            data = self._initializer(f"{base}_q{bits}", qw.packed(block))
-            sc = self._initializer(f"{base}_scales", scales)
-            zp = qw.packed_zero_points()
-            zpv = None if zp is None else self._initializer(f"{base}_zero_points", zp)
+            nbb = _native.n_blocks(K, block)
+            data = self._lazy(f"{base}_q{bits}", (N, nbb, _native.blob_bytes(bits, block)), ir.DataType.UINT8,
+                              lambda: quant(key).packed(block))
+            sc = self._lazy(f"{base}_scales", (N, nb), scale_type, lambda: quant(key).scales.astype(scale_np))
+            zpv = None
+            if not spec.symmetric:
+                zpv = self._lazy(f"{base}_zero_points", (N, _native.zero_point_row_bytes(nb, bits)), ir.DataType.UINT8,
+                                 lambda: quant(key).packed_zero_points())
             return [data, sc, zpv, block]
-        # qdq: codes as a [K, N] int4/uint4 (or int8/uint8) tensor
+        # qdq: codes as a [K, N] int4/uint4 (or int8/uint8) tensor, scales [n_blocks, N] ([N] for one block)
         half = 1 << (bits - 1)
-        if qw.zero_points is None:
-            codes = (qw.codes.astype(np.int16) - half).T.astype(np.int8)
-            x = codes.astype(ml_dtypes.int4) if bits == 4 else codes
+        one_block = nb == 1
+        if spec.symmetric:
             xtype = ir.DataType.INT4 if bits == 4 else ir.DataType.INT8
-            zp = None
+            x_np = ml_dtypes.int4 if bits == 4 else np.int8
+
+            def make_x():
+                return np.ascontiguousarray((quant(key).codes.astype(np.int16) - half).T).astype(x_np)
         else:
-            codes = np.ascontiguousarray(qw.codes.T)
-            x = codes.astype(ml_dtypes.uint4) if bits == 4 else codes
             xtype = ir.DataType.UINT4 if bits == 4 else ir.DataType.UINT8
-            zp = np.ascontiguousarray(qw.zero_points.T)  # [n_blocks, N]
-            if bits == 4:
-                zp = zp.astype(ml_dtypes.uint4)
-        scales_kn = np.ascontiguousarray(scales.T)  # [n_blocks, N]
-        one_block = qw.n_blocks == 1
-        if one_block:  # per-channel: axis=1, scale [N]
-            scales_kn = scales_kn[0]
-            if zp is not None:
-                zp = zp[0]
-        xv = self._initializer(f"{base}_q{bits}", np.ascontiguousarray(x), xtype)
-        sv = self._initializer(f"{base}_scales", scales_kn)
-        zv = None if zp is None else self._initializer(f"{base}_zero_points", np.ascontiguousarray(zp), xtype)
-        return [xv, sv, zv, None if one_block else qw.block_size]
+            x_np = ml_dtypes.uint4 if bits == 4 else np.uint8
+
+            def make_x():
+                return np.ascontiguousarray(quant(key).codes.T).astype(x_np)
+
+        def per_block(a):  # [N, n_blocks] -> [n_blocks, N], or [N] for one block
+            return np.ascontiguousarray(a[:, 0] if one_block else a.T)
+
+        sshape = (N,) if one_block else (nb, N)
+        xv = self._lazy(f"{base}_q{bits}", (K, N), xtype, make_x)
+        sv = self._lazy(f"{base}_scales", sshape, scale_type, lambda: per_block(quant(key).scales.astype(scale_np)))
+        zv = None
+        if not spec.symmetric:
+            zv = self._lazy(f"{base}_zero_points", sshape, xtype, lambda: per_block(quant(key).zero_points).astype(x_np))
+        return [xv, sv, zv, None if one_block else spec.block_size]
 
     def _empty(self, dtype: ir.DataType) -> ir.Value:
         """A shared zero-element initializer standing for an absent optional input."""
@@ -144,7 +158,7 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
                 return self._initializer(base, np.ascontiguousarray(folded.astype(_np_dtype(t.dtype)))), None
         return None, t.bias
 
-    def _rewrite(self, t: MatMulTarget, qw: QuantizedWeight, w_inputs: list) -> None:
+    def _rewrite(self, t: MatMulTarget, spec: LayerSpec, w_inputs: list) -> None:
         node, fmt, c = t.node, self.config.format, self.config
         a = node.inputs[0]
         name = node.name or "matmul"
@@ -152,8 +166,8 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
         new_nodes: list[ir.Node] = []
         if fmt == "int4onnx":
             data, sc, zp, block = w_inputs
-            attrs = [ir.AttrInt64("K", t.K), ir.AttrInt64("N", t.N), ir.AttrInt64("bits", qw.bits),
-                     ir.AttrInt64("block_size", block), ir.AttrString("quant_type", qw.quant_type),
+            attrs = [ir.AttrInt64("K", t.K), ir.AttrInt64("N", t.N), ir.AttrInt64("bits", spec.bits),
+                     ir.AttrInt64("block_size", block), ir.AttrString("quant_type", spec.quant_type),
                      ir.AttrString("compute", c.compute)]
             inputs = _trim([a, data, sc, zp, folded])
             if len(inputs) > 4 and inputs[3] is None:
@@ -164,7 +178,7 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
                                      name=self.names.fresh(f"{name}_MatMulInt4")))
         elif fmt == "matmulnbits":
             data, sc, zp, block = w_inputs
-            attrs = [ir.AttrInt64("K", t.K), ir.AttrInt64("N", t.N), ir.AttrInt64("bits", qw.bits),
+            attrs = [ir.AttrInt64("K", t.K), ir.AttrInt64("N", t.N), ir.AttrInt64("bits", spec.bits),
                      ir.AttrInt64("block_size", block)]
             if c.compute == "int8":
                 attrs.append(ir.AttrInt64("accuracy_level", 4))

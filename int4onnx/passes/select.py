@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx.config import QuantConfig
-from int4onnx.passes.plan import MatMulTarget, QuantPlan, SkippedNode
+from int4onnx.passes.plan import MatMulTarget, QuantPlan, SkippedNode, release
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ class SelectMatMulsPass(ir.passes.InPlacePass):
         K, N = (cols, rows) if transposed else (rows, cols)
         if a.type is not None and a.type.dtype != tensor.dtype:
             return f"activation dtype {a.type.dtype.name} differs from weight dtype {tensor.dtype.name}"
-        if not np.isfinite(tensor.numpy()).all():
+        finite = bool(np.isfinite(tensor.numpy()).all())
+        release(tensor)  # large external weights: do not keep every page resident
+        if not finite:
             return "weight contains NaN or infinity"
         return MatMulTarget(node=node, weight=b, K=K, N=N, dtype=tensor.dtype, transposed=transposed,
                             alpha=alpha, bias=bias, beta=beta)

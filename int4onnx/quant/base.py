@@ -59,13 +59,6 @@ class QuantizedWeight:
         s_k = np.repeat(self.scales.astype(np.float32), bs, axis=1)[:, : self.K]
         return np.ascontiguousarray((values * s_k).T)
 
-    def storage_bytes(self) -> int:
-        """Bytes on disk: packed codes + scales + zero points."""
-        codes = self.N * self.n_blocks * _native.blob_bytes(self.bits, self.block_size)
-        scales = self.scales.size * self.scale_dtype.itemsize
-        zp = 0 if self.zero_points is None else self.N * _native.zero_point_row_bytes(self.n_blocks, self.bits)
-        return codes + scales + zp
-
 
 def error_metrics(w: np.ndarray, wq: np.ndarray) -> dict:
     """Relative Frobenius error and SQNR (dB) of wq against w."""
