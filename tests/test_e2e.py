@@ -189,3 +189,12 @@ def test_stories260k_every_weight_matmul_rewritten_and_perplexity_matches_matmul
     assert abs(fp32 - 4.2515) < 0.01
     assert abs(ppl["int4onnx"] - ppl["matmulnbits"]) / ppl["matmulnbits"] < 0.02
     assert fp32 < ppl["int4onnx"] < fp32 * 1.3
+
+
+def test_exports_only_the_registration_symbol():
+    import subprocess
+
+    out = subprocess.run(["nm", "-D", "--defined-only", int4onnx.library_path()], capture_output=True, text=True,
+                         check=True).stdout
+    symbols = sorted(line.split()[-1] for line in out.splitlines() if line.strip())
+    assert symbols == ["PyInit__int4onnx_native", "RegisterCustomOps"]
