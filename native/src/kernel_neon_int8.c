@@ -211,12 +211,18 @@ KINLINE int32x4_t acc_mull(int32x4_t acc, int8x16_t q, int8x16_t w) {
 #define TILE_PREFIX neon
 #define TILE_TARGET
 #define TILE_ACC(acc, q, w) acc_mull((acc), (q), (w))
+#if defined(__aarch64__)
+#define TILE_ROWS 2 /* the int16 products need registers of their own */
+#else
+#define TILE_ROWS 1 /* armv7: 16 q registers */
+#endif
 #include "neon_int8_tile.h"
 
 #if defined(__aarch64__)
 #define TILE_PREFIX neondot
 #define TILE_TARGET DOT_TARGET
 #define TILE_ACC(acc, q, w) vdotq_s32((acc), (q), (w))
+#define TILE_ROWS 4
 #include "neon_int8_tile.h"
 #endif
 

@@ -3,6 +3,7 @@
  *   TILE_PREFIX            name prefix: defines <prefix>_tile and <prefix>_int8_gemm
  *   TILE_TARGET            the function attribute that enables the instructions (may be empty)
  *   TILE_ACC(acc, q, w)    int32x4 acc += the products of two int8x16 vectors, summed into 4 lanes
+ *   TILE_ROWS              rows per tile (at most MAXR): what fits the registers without spilling
  * The macros are undefined at the end. */
 #define TILE_CAT2(a, b) a##b
 #define TILE_CAT(a, b) TILE_CAT2(a, b)
@@ -15,24 +16,25 @@ TILE_TARGET KINLINE void TILE_FN(_tile)(const int8_t *const *q, const uint8_t *c
   for (int r = 0; r < rows; r++)
     for (int c = 0; c < NC; c++) acc[r][c] = vdupq_n_s32(0);
   int64_t i = 0;
+  /* registers: rows x NC accumulators, the rows' activations, one column's weights at a time */
   for (; i + 32 <= bs; i += 32) {
-    int8x16_t wv[NC][2];
-    for (int c = 0; c < NC; c++) load_w32(w[c] + i * bits / 8, bits, nf4, lut, wv[c]);
-    for (int r = 0; r < rows; r++) {
-      int8x16_t qv[2];
-      load_q32(q[r] + i, bits, qv);
-      for (int c = 0; c < NC; c++) {
-        acc[r][c] = TILE_ACC(acc[r][c], qv[0], wv[c][0]);
-        acc[r][c] = TILE_ACC(acc[r][c], qv[1], wv[c][1]);
+    int8x16_t qv[MAXR][2];
+    for (int r = 0; r < rows; r++) load_q32(q[r] + i, bits, qv[r]);
+    for (int c = 0; c < NC; c++) {
+      int8x16_t wv[2];
+      load_w32(w[c] + i * bits / 8, bits, nf4, lut, wv);
+      for (int r = 0; r < rows; r++) {
+        acc[r][c] = TILE_ACC(acc[r][c], qv[r][0], wv[0]);
+        acc[r][c] = TILE_ACC(acc[r][c], qv[r][1], wv[1]);
       }
     }
   }
   if (i < bs) {
-    int8x16_t wv[NC];
-    for (int c = 0; c < NC; c++) wv[c] = load_w16(w[c] + i * bits / 8, bits, nf4, lut);
-    for (int r = 0; r < rows; r++) {
-      const int8x16_t qv = vld1q_s8(q[r] + i);
-      for (int c = 0; c < NC; c++) acc[r][c] = TILE_ACC(acc[r][c], qv, wv[c]);
+    int8x16_t qv[MAXR];
+    for (int r = 0; r < rows; r++) qv[r] = vld1q_s8(q[r] + i);
+    for (int c = 0; c < NC; c++) {
+      const int8x16_t wv = load_w16(w[c] + i * bits / 8, bits, nf4, lut);
+      for (int r = 0; r < rows; r++) acc[r][c] = TILE_ACC(acc[r][c], qv[r], wv);
     }
   }
   for (int r = 0; r < rows; r++) dot[r] = reduce4(acc[r]);
@@ -68,8 +70,8 @@ TILE_TARGET KINLINE void TILE_FN(_driver)(const i4o_gemm_ctx *c, int64_t m0, int
     int64_t col[NC];
     for (int k = 0; k < NC; k++) col[k] = n + (k < ncols ? k : ncols - 1); /* a short tile repeats its last column */
     int64_t m = m0;
-    for (; m + MAXR <= m1; m += MAXR) TILE_FN(_rows)(c, &qa, col, ncols, m, MAXR, bits, nf4, lut);
-#if MAXR > 2
+    for (; m + TILE_ROWS <= m1; m += TILE_ROWS) TILE_FN(_rows)(c, &qa, col, ncols, m, TILE_ROWS, bits, nf4, lut);
+#if TILE_ROWS > 2
     if (m + 2 <= m1) {
       TILE_FN(_rows)(c, &qa, col, ncols, m, 2, bits, nf4, lut);
       m += 2;
@@ -91,3 +93,4 @@ TILE_TARGET static void TILE_FN(_int8_gemm)(const i4o_gemm_ctx *c, int64_t m0, i
 #undef TILE_PREFIX
 #undef TILE_TARGET
 #undef TILE_ACC
+#undef TILE_ROWS
