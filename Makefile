@@ -6,7 +6,7 @@ ORT_INC := .deps/onnxruntime/include/onnxruntime_c_api.h
 STAMP  := $(VENV)/.installed
 NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/include/*.h) native/build_ffi.py
 
-.PHONY: all deps venv demo test test-fast clean
+.PHONY: all deps venv demo test test-fast arm-deps test-arm native clean
 
 all: venv
 
@@ -32,5 +32,19 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" tests
 
+# the standalone custom-op library for this machine (native/build/<triple>/libint4onnx_ops.so)
+native: deps
+	$(MAKE) -C native
+
+# ARM: cross compilers (apt-get when missing), trixie qemu-user and armhf ONNX Runtime (private apt
+# state), the onnxruntime aarch64 wheel from PyPI; all under .deps/arm (git-ignored)
+arm-deps: venv
+	tools/arm/fetch_arm_deps.sh .deps/arm
+
+# cross builds + kernel grids and the example app under qemu (aarch64: cortex-a53, neoverse-n1, max;
+# armv7: cortex-a7), outputs compared with x86 (docs/deploy.md)
+test-arm: venv arm-deps
+	$(PY) tools/arm/run_tests.py
+
 clean:
-	rm -rf build dist *.egg-info int4onnx/*.so models/out
+	rm -rf build dist *.egg-info int4onnx/*.so models/out native/build examples/c/build

@@ -1,4 +1,4 @@
-"""Command line: `int4onnx convert | inspect`. Parsing and printing only; the work is in the library.
+"""Command line: `int4onnx convert | inspect | build-native`. Parsing and printing only; the work is in the library.
 
 User errors print one line (`int4onnx: error: ...`) and exit with a non-zero code (2, or 3 when
 the model has nothing to quantize); `--debug` shows the traceback instead.
@@ -152,6 +152,24 @@ def inspect(model, as_json):
     floats = info["float_matmuls_with_weights"]
     if floats:
         click.echo(f"  {len(floats)} MatMul/Gemm with float weights left ({_mb(info['float_weight_bytes_left'])})")
+
+
+@main.command("build-native")
+@click.option("--target", default="x86_64", show_default=True, metavar="TARGET",
+              help="aarch64-linux-gnu (aarch64, arm64), armv7 (arm-linux-gnueabihf) or x86_64.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=pathlib.Path),
+              help="Directory for libint4onnx_ops.so.")
+@click.option("--cc", default=None, help="C compiler (default: cc for the host, else <triple>-gcc).")
+@click.option("--ort-include-dir", default=None, type=click.Path(file_okay=False, path_type=pathlib.Path),
+              help="Directory with onnxruntime_c_api.h (default: $ORT_INCLUDE_DIR, .deps/, /usr/include).")
+def build_native(target, out_dir, cc, ort_include_dir):
+    """Build the ONNX Runtime custom-op library for a device without Python (needs the source tree)."""
+    from int4onnx.build_native import build_native as build
+
+    result = build(target, out_dir, cc=cc, ort_include_dir=ort_include_dir)
+    click.echo(f"wrote {result.library} ({result.size:,} bytes stripped; {result.triple}, {result.compiler})")
+    click.echo("  register it in the app's session options: RegisterCustomOpsLibrary_V2 (C), "
+               "register_custom_ops_library (Python); see docs/deploy.md")
 
 
 if __name__ == "__main__":  # pragma: no cover

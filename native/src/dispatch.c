@@ -9,6 +9,23 @@
 
 #if defined(__aarch64__) || defined(__arm__)
 #include <sys/auxv.h>
+/* Linux's hwcap bits (arch/arm64/include/uapi/asm/hwcap.h, arch/arm/include/uapi/asm/hwcap.h), spelled
+ * out for C libraries whose <sys/auxv.h> does not define them. */
+#if defined(__aarch64__)
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1UL << 1)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1UL << 13)
+#endif
+#else
+#ifndef HWCAP_NEON
+#define HWCAP_NEON (1UL << 12)
+#endif
+#endif
 #endif
 
 /* ISA ladder, weakest first. A kernel's isa must be one of these names. */
@@ -30,8 +47,13 @@ static const i4o_kernel *const kKernels[] = {
     &i4o_kernel_avx2_fp32,
     &i4o_kernel_avx512vnni_int8,
 #endif
-#if defined(__aarch64__) || (defined(__arm__) && defined(__ARM_NEON))
+#if defined(I4O_ARM_NEON_KERNELS)
     &i4o_kernel_neon_fp32,
+    &i4o_kernel_neon_int8,
+#endif
+#if defined(__aarch64__)
+    &i4o_kernel_neondot_int8,
+    &i4o_kernel_i8mm_int8,
 #endif
 };
 
@@ -57,12 +79,14 @@ static int probe_isa(const char *isa) {
     return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #elif defined(__aarch64__)
+  /* each rung needs the ones below it: the kernels of a rung may use the instructions of lower rungs */
   const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
-  if (strcmp(isa, "neon") == 0) return (hw & (1UL << 1)) != 0;             /* HWCAP_ASIMD */
-  if (strcmp(isa, "neondot") == 0) return (hw & (1UL << 20)) != 0;         /* HWCAP_ASIMDDP */
-  if (strcmp(isa, "i8mm") == 0) return (hw & (1UL << 20)) && (hw2 & (1UL << 13)); /* HWCAP2_I8MM */
+  const int neon = (hw & HWCAP_ASIMD) != 0, dot = neon && (hw & HWCAP_ASIMDDP) != 0;
+  if (strcmp(isa, "neon") == 0) return neon;
+  if (strcmp(isa, "neondot") == 0) return dot;
+  if (strcmp(isa, "i8mm") == 0) return dot && (hw2 & HWCAP2_I8MM) != 0;
 #elif defined(__arm__)
-  if (strcmp(isa, "neon") == 0) return (getauxval(AT_HWCAP) & (1UL << 12)) != 0; /* HWCAP_NEON */
+  if (strcmp(isa, "neon") == 0) return (getauxval(AT_HWCAP) & HWCAP_NEON) != 0;
 #endif
   return 0;
 }

@@ -1,9 +1,14 @@
 /* NEON fp32 kernel (aarch64, and armv7 with NEON): dequantize 16 codes in registers, multiply-add. */
-#if defined(__aarch64__) || (defined(__arm__) && defined(__ARM_NEON))
-#include <arm_neon.h>
 #include <string.h>
 
 #include "kernels.h"
+
+#if defined(I4O_ARM_NEON_KERNELS)
+#if defined(__arm__) && !defined(__ARM_NEON)
+/* armhf's baseline FPU has no NEON: enable it for this file only; dispatch.c runs it only on NEON CPUs */
+#pragma GCC target("fpu=neon")
+#endif
+#include <arm_neon.h>
 
 #define ROWS 4
 

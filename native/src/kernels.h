@@ -97,8 +97,16 @@ extern const i4o_kernel i4o_kernel_scalar_int8;
 extern const i4o_kernel i4o_kernel_avx2_fp32;
 extern const i4o_kernel i4o_kernel_avx512vnni_int8;
 #endif
-#if defined(__aarch64__) || (defined(__arm__) && defined(__ARM_NEON))
+/* ARM: the NEON files enable NEON themselves (armhf's default -mfpu has none), so the kernels exist
+ * whenever the compiler can target NEON; dispatch.c runs them only where getauxval reports it. */
+#if defined(__aarch64__) || (defined(__arm__) && (defined(__ARM_NEON) || defined(__ARM_PCS_VFP)))
+#define I4O_ARM_NEON_KERNELS 1
 extern const i4o_kernel i4o_kernel_neon_fp32;
+extern const i4o_kernel i4o_kernel_neon_int8;
+#endif
+#if defined(__aarch64__)
+extern const i4o_kernel i4o_kernel_neondot_int8;
+extern const i4o_kernel i4o_kernel_i8mm_int8;
 #endif
 
 /* ---- dispatch.c ---- */
