@@ -101,7 +101,7 @@ int i4o_dequantize(const i4o_weights *w, float *out);
 
 /* Comma-separated names of the kernels this build has and this CPU runs, best last. */
 const char *i4o_kernels_available(void);
-/* Name of the kernel the operator would pick for a compute mode (honours INT4ONNX_KERNEL). */
+/* Name of the kernel the operator would pick for a compute mode (honours INT4ONNX_ISA). */
 const char *i4o_kernel_selected(int compute);
 
 /*
