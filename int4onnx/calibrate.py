@@ -185,10 +185,8 @@ def _read_npz(path: pathlib.Path) -> dict:
     return feed
 
 
-def lm_feed(inputs: list[InputSpec], ids: np.ndarray, where: str) -> dict:
-    """Feed for a causal LM from token ids [batch, seq]: the integer ids input plus attention_mask /
-    position_ids when the model has them."""
-    feed = {}
+def token_input(inputs: list[InputSpec], where: str) -> InputSpec:
+    """The model input that takes token ids."""
     int_inputs = [i for i in inputs if i.dtype is not None and i.dtype.kind in "iu"]
     ids_input = next((i for i in int_inputs if i.name in ("input_ids", "ids", "tokens", "idx", "input")), None)
     if ids_input is None and len(inputs) == 1 and int_inputs:
@@ -196,6 +194,14 @@ def lm_feed(inputs: list[InputSpec], ids: np.ndarray, where: str) -> dict:
     if ids_input is None:
         raise CalibrationError(f"{where}: the model has no integer token-id input (inputs: "
                                f"{', '.join(f'{i.name} {i.describe()}' for i in inputs)}); give --calibration .npz feeds")
+    return ids_input
+
+
+def lm_feed(inputs: list[InputSpec], ids: np.ndarray, where: str) -> dict:
+    """Feed for a causal LM from token ids [batch, seq]: the integer ids input plus attention_mask /
+    position_ids when the model has them."""
+    feed = {}
+    ids_input = token_input(inputs, where)
     for spec in inputs:
         if spec is ids_input:
             feed[spec.name] = ids.astype(spec.dtype)
@@ -273,6 +279,7 @@ class FeedSource:
     def _text_feeds(self, inputs) -> Iterator[dict]:
         if self.sequence_length < 1 or self.samples < 1:
             raise CalibrationError("--calibration-samples and --sequence-length must be at least 1")
+        token_input(inputs, self.text)
         ids = self.tokens()
         L = self.sequence_length
         n = min(self.samples, len(ids) // L)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import onnx_ir as ir
 
-from int4onnx.config import QuantConfig
+from int4onnx.config import GROUP_SIZES, QuantConfig
 from int4onnx.errors import ConfigError
 from int4onnx.passes.plan import LayerSpec, MatMulTarget, QuantPlan, SkippedNode
 from int4onnx.passes.quantize import WeightQuantizer, default_spec
@@ -163,6 +163,11 @@ def mixed_precision(model: ir.Model, plan: QuantPlan, config: QuantConfig, feeds
         for bits in (4, 8) if config.bits == 4 else (8,):
             spec = default_spec(config, t, bits=bits)
             opts.append(Option(str(bits), spec, 8.0 * spec.storage_bytes(t.K, t.N)))
+            if bits == 4:  # finer groups: cheaper than 8-bit when the budget is tight
+                for g in GROUP_SIZES:
+                    if g < spec.block_size:
+                        fine = dataclasses.replace(spec, block_size=g)
+                        opts.append(Option(f"4/g{g}", fine, 8.0 * fine.storage_bytes(t.K, t.N)))
         opts.append(Option("float", None, float(float_bits(t))))
         options[k] = opts
     measure_sensitivity(model, plan, config, feeds, keys, options, progress)
@@ -175,14 +180,14 @@ def mixed_precision(model: ir.Model, plan: QuantPlan, config: QuantConfig, feeds
     choice = choose(options, config.target_bits, config.max_error, total_weights, fixed_bits)
     floats = set()
     for k, o in choice.items():
-        plan.sensitivity[k] = {f"error_{x.name}bit" if x.spec else "error_float": round(float(np.sqrt(x.error2)), 6)
+        plan.sensitivity[k] = {f"error_{x.name}" if x.spec else "error_float": round(float(np.sqrt(x.error2)), 6)
                                for x in options[k]}
         if o.spec is None:
             floats.add(k)
             plan.decisions[k] = f"mixed precision: kept float (output error at 4-bit {np.sqrt(options[k][0].error2):.4f})"
         else:
             plan.specs[k] = o.spec
-            plan.decisions[k] = f"mixed precision: {o.name}-bit"
+            plan.decisions[k] = f"mixed precision: {o.spec.describe()}"
     keep_float(plan, floats, "kept float by mixed precision (most sensitive layer)")
     est = float(np.sqrt(sum(o.error2 for o in choice.values())))
     used = sum(o.bits for o in choice.values()) + fixed_bits
@@ -190,7 +195,9 @@ def mixed_precision(model: ir.Model, plan: QuantPlan, config: QuantConfig, feeds
         "target_bits": config.target_bits, "max_error": config.max_error,
         "estimated_output_rel_error": round(est, 6),
         "estimated_bits_per_weight_all_selected": round(used / total_weights, 4),
-        "layers": {name: sum(1 for o in choice.values() if o.name == name) for name in ("4", "8", "float")},
+        "layers": {name: sum(1 for o in choice.values() if o.name.split("/")[0] == name) for name in ("4", "8", "float")},
+        "choices": {o.spec.describe() if o.spec else "float": sum(1 for x in choice.values() if x is o or
+                                                                   (x.spec == o.spec)) for o in choice.values()},
         "seconds": round(time.perf_counter() - start, 3),
     }
     logger.info("mixed precision: %s", summary)
