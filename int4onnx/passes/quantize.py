@@ -54,7 +54,8 @@ def rtn_method(w: np.ndarray, ctx: LayerContext) -> QuantizedWeight:
 
 def clip_method(w: np.ndarray, ctx: LayerContext) -> QuantizedWeight:
     weight = ctx.stats.mean_sq if ctx.stats is not None else None
-    return quantize_clip(w, ctx.grid, ctx.spec.block_size, channel_weight=weight)
+    gram = ctx.stats.gram if ctx.stats is not None else None
+    return quantize_clip(w, ctx.grid, ctx.spec.block_size, channel_weight=weight, gram=gram)
 
 
 def awq_method(w: np.ndarray, ctx: LayerContext) -> QuantizedWeight:
