@@ -302,7 +302,7 @@ class ModelRunner:
     by feeding arrays under their names (they become graph inputs too)."""
 
     def __init__(self, model: ir.Model, extra: Iterable[ir.Value] = (), overridable: Iterable[str] = (),
-                 threads: int | None = None):
+                 threads: int | None = None, dtypes: dict[str, ir.DataType] | None = None):
         import onnx
 
         from int4onnx import io
@@ -319,9 +319,9 @@ class ModelRunner:
             if v.name in inputs:
                 self.fed[v.name] = v.name
                 continue
-            if v.type is None:
+            if v.type is None:  # an output needs a type; the caller knows the MatMul's (float or float16)
                 typed.append(v)
-                v.type = ir.TensorType(v.dtype or ir.DataType.FLOAT)
+                v.type = ir.TensorType((dtypes or {}).get(v.name) or ir.DataType.FLOAT)
             if not v.is_graph_output():
                 graph.outputs.append(v)
                 added.append(v)
@@ -369,12 +369,14 @@ class ModelRunner:
 
 
 def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict], gram: bool,
-                       progress: Callable[[int, int, str], None] | None = None) -> dict[str, ActivationStats]:
-    """Statistics of each value (an activation [..., K]) over the feeds, keyed by value name."""
+                       progress: Callable[[int, int, str], None] | None = None,
+                       dtypes: dict[str, ir.DataType] | None = None) -> dict[str, ActivationStats]:
+    """Statistics of each value (an activation [..., K]) over the feeds, keyed by value name.
+    dtypes: element type of values whose type the graph does not record (default float32)."""
     uniq: dict[str, ir.Value] = {}
     for v in values:
         uniq.setdefault(v.name, v)
-    runner = ModelRunner(model, uniq.values())
+    runner = ModelRunner(model, uniq.values(), dtypes=dtypes)
     stats: dict[str, ActivationStats] = {}
     names = list(uniq)
     try:

@@ -134,7 +134,8 @@ def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress) 
     inputs = {t.node.inputs[0].name: t for t in plan.targets}
     gram_bytes = sum(8 * t.K * t.K for t in inputs.values())
     gram = config.method in CALIBRATED_METHODS or config.mixed_precision or gram_bytes <= GRAM_REPORT_BYTES
-    plan.stats = calibrate.collect_statistics(model, [t.node.inputs[0] for t in plan.targets], feeds, gram, progress)
+    plan.stats = calibrate.collect_statistics(model, [t.node.inputs[0] for t in plan.targets], feeds, gram, progress,
+                                              dtypes={name: t.dtype for name, t in inputs.items()})
     plan.calibration.update({"source": source.describe(), "samples": len(feeds), "gram": gram,
                              "statistics_bytes": int(sum(8 * (5 * s.K + (s.K * s.K if s.gram is not None else 0))
                                                          for s in plan.stats.values())),

@@ -303,3 +303,34 @@ def test_eval_output_metrics_equal_numpy(tmp_path, chain):
     with pytest.raises(CalibrationError, match="is int64"):
         np.savez(data / "3.npz", x=np.zeros((2, 64), np.int64))
         evaluate(ref, cand, calibrate.FeedSource(path=str(data)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("method", ["awq", "gptq"])
+def test_gemm_and_float16_models(tmp_path, method, dtype):
+    """Gemm with transB and a bias (encoder-style linear layers), float16 weights and activations."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
+    X = (RNG.standard_normal((64, 16)) @ RNG.standard_normal((16, 96)) / 4).astype(dtype)
+    X[:, 7] *= 10
+    B = (RNG.standard_normal((80, 96)) / 10).astype(dtype)
+    C = RNG.standard_normal(80).astype(dtype)
+    W2 = (RNG.standard_normal((80, 32)) / 9).astype(dtype)
+    nodes = [helper.make_node("Gemm", ["x", "B", "C"], ["h"], transB=1, name="g"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "W2"], ["y"], name="mm")]
+    from modelgen import make_model
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", elem, ["m", 96])],
+                       [helper.make_tensor_value_info("y", elem, ["m", 32])],
+                       [numpy_helper.from_array(B, "B"), numpy_helper.from_array(C, "C"), numpy_helper.from_array(W2, "W2")])
+    src = save(proto, tmp_path / "gemm.onnx")
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=X)
+    q, r = tmp_path / "q.onnx", tmp_path / "r.onnx"
+    rep = int4onnx.quantize(src, q, method=method, calibration=str(cal), group_size=32)
+    int4onnx.quantize(src, r, group_size=32)
+    assert rep.nodes_rewritten == 2
+    ref = make_session(src).run(None, {"x": X})[0].astype(np.float32)
+    err = lambda p: np.linalg.norm(make_session(str(p)).run(None, {"x": X})[0].astype(np.float32) - ref)  # noqa: E731
+    assert err(q) < err(r)

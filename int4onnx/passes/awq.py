@@ -27,6 +27,7 @@ import onnx_ir as ir
 from int4onnx.config import QuantConfig
 from int4onnx.passes.plan import MatMulTarget, QuantPlan, release
 from int4onnx.quant.awq import search_scales
+from int4onnx.quant.grid import Grid
 from int4onnx.quant.rtn import quantize_grid
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,6 @@ class AwqPass(ir.passes.InPlacePass):
             return False
         weights = [t.weight_kn() for t in by_key.values()]
         spec = self.spec_for(targets[0])
-        from int4onnx.quant.grid import Grid
-
         grid = Grid(spec.bits, spec.symmetric, spec.quant_type, spec.scale_dtype)
         s, alpha, losses = search_scales(weights, stats.mean_abs, stats.gram,
                                          lambda w: quantize_grid(w, grid, spec.block_size).dequantize())
