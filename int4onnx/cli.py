@@ -168,7 +168,9 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
     if cal.get("samples"):
         click.echo(f"  calibration: {cal['samples']} sample(s) from {cal['source']} in {cal['seconds']:.1f} s")
     before, after = result.mean_metric("rtn_output_rel_error"), result.mean_metric("output_rel_error")
-    if before is not None and after is not None:
+    if after is not None and method == "rtn":
+        click.echo(f"  layer output error on calibration data (mean relative): {after:.4f}")
+    elif before is not None and after is not None:
         click.echo(f"  layer output error on calibration data (mean relative): rtn {before:.4f} -> {method} {after:.4f}")
     elif method != "rtn":
         click.echo(f"  weight error (mean relative): rtn {result.mean_metric('rtn_rel_error'):.4f} -> "
