@@ -14,7 +14,7 @@ from collections import Counter
 
 import click
 
-from int4onnx.config import COMPUTE, FORMATS, METHODS, QuantConfig
+from int4onnx.config import COMPUTE, FORMATS, LAYER_CHOICES, METHODS, QuantConfig
 from int4onnx.errors import Int4OnnxError
 
 
@@ -51,6 +51,32 @@ def main(ctx, debug, verbose):
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _progress_printer(quiet: bool):
+    """A progress callback drawing one bar per phase (calibrating, measuring sensitivity, quantizing)."""
+    state = {"bar": None, "label": None}
+
+    def progress(done, total, label):
+        if quiet or not sys.stderr.isatty():
+            return
+        label = label if label in ("calibrating", "measuring sensitivity") else "quantizing"
+        if state["bar"] is not None and state["label"] != label:
+            state["bar"].__exit__(None, None, None)
+            state["bar"] = None
+        if state["bar"] is None:
+            if done >= total:
+                return
+            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
+            state["bar"].__enter__()
+            state["label"] = label
+        bar = state["bar"]
+        bar.update(done - bar.pos)
+        if done >= total:
+            bar.__exit__(None, None, None)
+            state["bar"] = None
+
+    return progress
+
+
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=pathlib.Path))
 @click.option("-o", "--output", type=click.Path(path_type=pathlib.Path),
@@ -58,27 +84,66 @@ def main(ctx, debug, verbose):
 @click.option("--bits", type=int, default=4, show_default=True, help="Weight bits: 4 or 8.")
 @click.option("--group-size", type=int, default=32, show_default=True,
               help="Weights per scale along K: 16, 32, 64, 128, 256; -1 or 0 = per-channel.")
-@click.option("--symmetric/--asymmetric", default=False, show_default=True,
-              help="Symmetric codes (no zero points) or asymmetric (uint codes with zero points).")
+@click.option("--symmetric/--asymmetric", default=None,
+              help="Symmetric codes (no zero points) or asymmetric (uint codes with zero points). "
+                   "Default: asymmetric, symmetric for --dtype nf4.")
 @click.option("--method", type=click.Choice(METHODS), default="rtn", show_default=True,
-              help="Quantization algorithm.")
+              help="rtn: round to nearest; clip: RTN with a per-group clipping search; awq: activation-aware "
+                   "scaling; gptq: error-compensating (awq and gptq need calibration data).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="int4onnx", show_default=True,
               help="int4onnx: our MatMulInt4 op; matmulnbits: ONNX Runtime's MatMulNBits; qdq: opset-21 DequantizeLinear+MatMul.")
 @click.option("--compute", type=click.Choice(COMPUTE), default="fp32", show_default=True,
               help="Kernel arithmetic: fp32 activations, or int8-quantized activations (faster, slightly less accurate).")
 @click.option("--dtype", "quant_type", type=click.Choice(["int", "nf4"]), default="int", show_default=True,
               help="Code type: uniform integers, or the NF4 codebook (symmetric 4-bit).")
+@click.option("--double-quant", is_flag=True,
+              help="Store scales as int8 with a float32 super-scale per output column (int4onnx format).")
 @click.option("--exclude", multiple=True, metavar="NAME|REGEX",
               help="Leave these MatMul/Gemm nodes float (repeatable; full-match regex).")
+@click.option("--calibration", type=click.Path(path_type=pathlib.Path), metavar="PATH",
+              help="Calibration data: an .npz (arrays keyed by input name) or a directory of .npz files.")
+@click.option("--calibration-text", type=click.Path(path_type=pathlib.Path), metavar="FILE",
+              help="Calibration text for a causal LM (needs --tokenizer).")
+@click.option("--tokenizer", type=click.Path(path_type=pathlib.Path), metavar="FILE",
+              help="tokenizer.json or sentencepiece .model for --calibration-text.")
+@click.option("--calibration-samples", type=int, default=32, show_default=True,
+              help="Number of calibration samples (text windows, or .npz files of a directory).")
+@click.option("--sequence-length", type=int, default=512, show_default=True, help="Tokens per text sample.")
+@click.option("--calibration-skip-chars", type=int, default=0, show_default=True,
+              help="Start reading the calibration text after this many characters (keep evaluation text out).")
+@click.option("--clip-search/--no-clip-search", default=True, show_default=True,
+              help="awq and gptq also search each group's clipping range.")
+@click.option("--act-order", is_flag=True, help="gptq: quantize input channels by decreasing activation energy.")
+@click.option("--damp", type=float, default=0.01, show_default=True,
+              help="gptq: damping added to the Gram matrix diagonal (fraction of its mean).")
+@click.option("--target-bits", type=float, metavar="B",
+              help="Mixed precision: promote the most sensitive layers to 8-bit or float while the average bits "
+                   "per weight stay within B.")
+@click.option("--max-error", type=float, metavar="E",
+              help="Mixed precision: promote layers until the estimated relative output error is at most E.")
+@click.option("--lm-head", type=click.Choice(LAYER_CHOICES), default="8", show_default=True,
+              help="Language models: bits of the final vocabulary projection (4 = like the other layers).")
+@click.option("--embedding", type=click.Choice(("float", "8", "4")), default="float", show_default=True,
+              help="Language models: quantize token-embedding Gather tables (ONNX Runtime's GatherBlockQuantized).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=pathlib.Path),
-              help="Write a JSON report: per-layer shapes, bits, error; skipped nodes and why.")
+              help="Write a JSON report: per-layer shapes, bits, error before/after the method; skipped nodes and why.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary.")
-def convert(model, output, bits, group_size, symmetric, method, fmt, compute, quant_type, exclude, report, quiet):
+def convert(model, output, bits, group_size, symmetric, method, fmt, compute, quant_type, double_quant, exclude,
+            calibration, calibration_text, tokenizer, calibration_samples, sequence_length, calibration_skip_chars,
+            clip_search, act_order, damp, target_bits, max_error, lm_head, embedding, report, quiet):
     """Quantize the MatMul/Gemm weights of MODEL and write the converted model."""
     from int4onnx.pipeline import quantize_file
 
+    if symmetric is None:
+        symmetric = quant_type == "nf4"
     config = QuantConfig(bits=bits, group_size=group_size, symmetric=symmetric, method=method, format=fmt,
-                         compute=compute, exclude=exclude, quant_type=quant_type)
+                         compute=compute, exclude=exclude, quant_type=quant_type, double_quant=double_quant,
+                         clip_search=clip_search, act_order=act_order, damp=damp,
+                         calibration=str(calibration) if calibration else None,
+                         calibration_text=str(calibration_text) if calibration_text else None,
+                         tokenizer=str(tokenizer) if tokenizer else None, calibration_samples=calibration_samples,
+                         sequence_length=sequence_length, calibration_skip_chars=calibration_skip_chars,
+                         target_bits=target_bits, max_error=max_error, lm_head=lm_head, embedding=embedding)
     if output is None:
         name = model.name[:-5] if model.name.endswith(".onnx") else model.name
         output = model.with_name(f"{name}.int4.onnx" if bits == 4 else f"{name}.int{bits}.onnx")
@@ -87,29 +152,43 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
 
         check_output_path(model, report)
 
-    bar = None
-
-    def progress(done, total, label):
-        nonlocal bar
-        if quiet or not sys.stderr.isatty():
-            return
-        if bar is None:
-            bar = click.progressbar(length=total, label="quantizing", file=sys.stderr, show_pos=True)
-            bar.__enter__()
-        bar.update(done - bar.pos)
-        if done >= total:
-            bar.__exit__(None, None, None)
-
-    result = quantize_file(model, output, config, progress=progress)
+    result = quantize_file(model, output, config, progress=_progress_printer(quiet))
     if report is not None:
         _write_atomic(report, result.to_json() + "\n")
     if quiet:
         return
     click.echo(f"wrote {output}")
-    click.echo(f"  quantized {result.nodes_rewritten} MatMul/Gemm node(s), {len(result.layers)} weight(s), "
+    by_bits = Counter(layer["bits"] for layer in result.layers)
+    mix = ", ".join(f"{n} at {b}-bit" for b, n in sorted(by_bits.items()))
+    click.echo(f"  quantized {result.nodes_rewritten} MatMul/Gemm node(s), {len(result.layers)} weight(s) ({mix}), "
                f"{result.bits_per_weight:.2f} bits/weight (scales and zero points included)")
     click.echo(f"  size {_mb(result.input_bytes)} -> {_mb(result.output_bytes)} "
                f"({result.input_bytes / max(result.output_bytes, 1):.2f}x smaller) in {result.seconds:.1f} s")
+    cal = result.calibration
+    if cal.get("samples"):
+        click.echo(f"  calibration: {cal['samples']} sample(s) from {cal['source']} in {cal['seconds']:.1f} s")
+    before, after = result.mean_metric("rtn_output_rel_error"), result.mean_metric("output_rel_error")
+    if after is not None and method == "rtn":
+        click.echo(f"  layer output error on calibration data (mean relative): {after:.4f}")
+    elif before is not None and after is not None:
+        click.echo(f"  layer output error on calibration data (mean relative): rtn {before:.4f} -> {method} {after:.4f}")
+    elif method != "rtn":
+        click.echo(f"  weight error (mean relative): rtn {result.mean_metric('rtn_rel_error'):.4f} -> "
+                   f"{method} {result.mean_metric('rel_error'):.4f}")
+    mp = cal.get("mixed_precision")
+    if mp:
+        click.echo(f"  mixed precision: {mp['layers']['4']} layer(s) 4-bit, {mp['layers']['8']} 8-bit, "
+                   f"{mp['layers']['float']} float; estimated output error {mp['estimated_output_rel_error']:.4f}, "
+                   f"{mp['estimated_bits_per_weight_all_selected']:.2f} bits/weight with float layers counted")
+    for e in result.embeddings:
+        if e["quantized"]:
+            click.echo(f"  embedding {e['table']} [{e['V']} x {e['D']}]: {e['bits']}-bit, {e['bits_per_weight']:.2f} bits/weight")
+        else:
+            click.echo(f"  embedding {e['table']} left float: {e['reason']}")
+    decided = Counter(layer["decision"] for layer in result.layers if "decision" in layer and
+                      not layer["decision"].startswith("mixed precision"))
+    for reason, n in decided.items():
+        click.echo(f"  {n} x {reason}")
     if result.skipped:
         click.echo(f"  left float: {len(result.skipped)} MatMul/Gemm node(s)")
         for reason, n in Counter(s["reason"] for s in result.skipped).most_common():
@@ -170,6 +249,67 @@ def build_native(target, out_dir, cc, ort_include_dir):
     click.echo(f"wrote {result.library} ({result.size:,} bytes stripped; {result.triple}, {result.compiler})")
     click.echo("  register it in the app's session options: RegisterCustomOpsLibrary_V2 (C), "
                "register_custom_ops_library (Python); see docs/deploy.md")
+
+
+@main.command("eval")
+@click.argument("reference", type=click.Path(path_type=pathlib.Path))
+@click.argument("candidate", type=click.Path(path_type=pathlib.Path))
+@click.option("--data", type=click.Path(path_type=pathlib.Path), metavar="PATH",
+              help="Inputs: an .npz (arrays keyed by input name) or a directory of .npz files.")
+@click.option("--text", type=click.Path(path_type=pathlib.Path), metavar="FILE",
+              help="Inputs for a causal LM: windows of tokens from this text (needs --tokenizer).")
+@click.option("--samples", type=int, default=8, show_default=True, help="Text windows (or .npz files) to compare on.")
+@click.option("--sequence-length", type=int, default=512, show_default=True, help="Tokens per text window.")
+@click.option("--perplexity", "ppl_text", type=click.Path(path_type=pathlib.Path), metavar="TEXT",
+              help="Also compute both models' perplexity on this text (causal LMs; needs --tokenizer).")
+@click.option("--tokenizer", type=click.Path(path_type=pathlib.Path), metavar="FILE",
+              help="tokenizer.json or sentencepiece .model (BOS is prepended when the tokenizer has one).")
+@click.option("--window", type=int, default=512, show_default=True, help="Perplexity: tokens per window.")
+@click.option("--stride", type=int, default=None,
+              help="Perplexity: sliding windows advancing by this many tokens (default: non-overlapping).")
+@click.option("--skip-chars", type=int, default=0, show_default=True,
+              help="Text inputs and perplexity: start after this many characters.")
+@click.option("--max-chars", type=int, default=None, help="Text inputs and perplexity: read at most this many characters.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def eval_(reference, candidate, data, text, samples, sequence_length, ppl_text, tokenizer, window, stride, skip_chars,
+          max_chars, threads, as_json):
+    """Compare CANDIDATE (e.g. a converted model) with REFERENCE on the same inputs."""
+    from int4onnx.calibrate import FeedSource
+    from int4onnx.errors import ConfigError
+    from int4onnx.evaluate import evaluate
+
+    if data and text:
+        raise ConfigError("give either --data or --text, not both")
+    if (text or ppl_text) and not tokenizer:
+        raise ConfigError("--text and --perplexity need --tokenizer (a tokenizer.json or sentencepiece .model)")
+    if samples < 1 or sequence_length < 1 or window < 1 or (stride is not None and not 1 <= stride <= window):
+        raise ConfigError("--samples, --sequence-length and --window must be at least 1; --stride between 1 and --window")
+    source = None
+    if data:
+        source = FeedSource(path=str(data), samples=samples)
+    elif text:
+        source = FeedSource(text=str(text), tokenizer=str(tokenizer), samples=samples, sequence_length=sequence_length,
+                            skip_chars=skip_chars, max_chars=max_chars)
+    result = evaluate(reference, candidate, source, str(ppl_text) if ppl_text else None,
+                      str(tokenizer) if tokenizer else None, window=window, stride=stride, skip_chars=skip_chars,
+                      max_chars=max_chars, threads=threads)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"reference {reference}\ncandidate {candidate}")
+    if "outputs" in result:
+        click.echo(f"{result['samples']} sample(s) from {result['data']}")
+        click.echo(f"  {'output':<24} {'cos mean':>9} {'cos min':>9} {'rel err':>9} {'max err':>10} {'top-1':>7}")
+        for name, m in result["outputs"].items():
+            top1 = f"{m['top1_agreement']:.4f}" if "top1_agreement" in m else "-"
+            click.echo(f"  {name[:24]:<24} {m['cosine_mean']:>9.5f} {m['cosine_min']:>9.5f} {m['rel_error']:>9.5f} "
+                       f"{m['max_abs_error']:>10.4g} {top1:>7}")
+    if "perplexity" in result:
+        p = result["perplexity"]
+        click.echo(f"perplexity on {p['tokens']} tokens of {p['text']} (window {p['window']}, stride {p['stride']}): "
+                   f"reference {p['reference']:.4f}, candidate {p['candidate']:.4f} "
+                   f"({100 * (p['candidate'] / p['reference'] - 1):+.2f}%)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,9 @@ import re
 from int4onnx.errors import ConfigError
 
 GROUP_SIZES = (16, 32, 64, 128, 256)
-METHODS = ("rtn",)
+METHODS = ("rtn", "clip", "awq", "gptq")
+CALIBRATED_METHODS = ("awq", "gptq")  # need calibration data (Gram matrices)
+LAYER_CHOICES = ("4", "8", "float")
 FORMATS = ("int4onnx", "matmulnbits", "qdq")
 COMPUTE = ("fp32", "int8")
 QUANT_TYPES = ("int", "nf4")
@@ -32,6 +34,30 @@ class QuantConfig:
         to int8 at run time; faster on VNNI/dotprod CPUs).
     exclude: node names or regular expressions (full match) of MatMul/Gemm nodes to leave float.
     quant_type: "int" (uniform codes) or "nf4" (normal-quantile codebook, symmetric 4-bit only).
+    double_quant: store scales as int8 with a float32 super-scale per output column (int4onnx format).
+
+    method: "rtn" (round to nearest), "clip" (RTN with an MSE-optimal clipping range per group,
+        weighted by the calibration mean square when calibration data is given), "awq"
+        (activation-aware input-channel scaling, then clip search), "gptq" (error-compensating
+        quantization on the calibration Gram matrices). docs/methods.md has the details.
+    clip_search: awq and gptq also search each group's clipping range.
+    act_order, damp: GPTQ options (visit channels by decreasing activation energy; damping as a
+        fraction of the mean diagonal of the Gram matrix).
+
+    Calibration data (needed by awq, gptq, target_bits, max_error; optional for clip):
+    calibration: an .npz file (arrays keyed by input name: one sample) or a directory of them.
+    calibration_text + tokenizer: a text file cut into `calibration_samples` windows of
+        `sequence_length` tokens (tokenizer.json or sentencepiece .model), for causal LMs.
+
+    Mixed precision and LM policy:
+    target_bits: average bits per quantized weight to aim for (scales and zero points included);
+        the most sensitive layers go to 8-bit or stay float while the average stays within it.
+    max_error: promote the most sensitive layers until the estimated relative error of the model
+        outputs on the calibration data is at most this.
+    lm_head: "8" (default), "4" (like the other layers) or "float": the final projection of a
+        language model (a MatMul whose output is a graph output, in a model with a token embedding).
+    embedding: "float" (default), "8" or "4": quantize token-embedding Gather tables (ONNX
+        Runtime's com.microsoft.GatherBlockQuantized).
     """
 
     bits: int = 4
@@ -42,8 +68,24 @@ class QuantConfig:
     compute: str = "fp32"
     exclude: tuple[str, ...] = ()
     quant_type: str = "int"
+    double_quant: bool = False
+    clip_search: bool = True
+    act_order: bool = False
+    damp: float = 0.01
+    calibration: str | None = None
+    calibration_text: str | None = None
+    tokenizer: str | None = None
+    calibration_samples: int = 32
+    sequence_length: int = 512
+    calibration_skip_chars: int = 0
+    target_bits: float | None = None
+    max_error: float | None = None
+    lm_head: str = "8"
+    embedding: str = "float"
 
     def __post_init__(self):
+        for name in ("lm_head", "embedding"):
+            object.__setattr__(self, name, str(getattr(self, name)))
         if isinstance(self.exclude, str):
             object.__setattr__(self, "exclude", (self.exclude,))
         else:
@@ -70,13 +112,48 @@ class QuantConfig:
                 raise ConfigError("nf4 is a symmetric 4-bit code: use bits=4 with symmetric quantization")
             if self.format != "int4onnx":
                 raise ConfigError("nf4 is only supported by the int4onnx format")
-        if self.format == "qdq" and self.bits == 8 and not self.symmetric:
-            pass  # uint8 DequantizeLinear: fine
+        if self.double_quant and self.format != "int4onnx":
+            raise ConfigError("double quantization (int8 scales) is only supported by the int4onnx format")
+        if not 0 <= self.damp < 10:
+            raise ConfigError(f"damp must be in [0, 10), got {self.damp!r}")
+        for name in ("lm_head", "embedding"):
+            if str(getattr(self, name)) not in LAYER_CHOICES:
+                raise ConfigError(f"{name} must be one of {', '.join(LAYER_CHOICES)}, got {getattr(self, name)!r}")
+        if self.embedding != "float" and self.format == "qdq":
+            raise ConfigError("embedding quantization uses com.microsoft.GatherBlockQuantized; not with --format qdq")
+        if self.calibration and self.calibration_text:
+            raise ConfigError("give either --calibration (.npz data) or --calibration-text, not both")
+        if self.calibration_text and not self.tokenizer:
+            raise ConfigError("--calibration-text needs --tokenizer (a tokenizer.json or sentencepiece .model)")
+        if self.calibration_samples < 1 or self.sequence_length < 1 or self.calibration_skip_chars < 0:
+            raise ConfigError("--calibration-samples and --sequence-length must be at least 1, "
+                              "--calibration-skip-chars at least 0")
+        if self.target_bits is not None and self.max_error is not None:
+            raise ConfigError("give either --target-bits or --max-error, not both")
+        if self.target_bits is not None and not 1 <= self.target_bits <= 32:
+            raise ConfigError(f"--target-bits must be between 1 and 32, got {self.target_bits!r}")
+        if self.max_error is not None and not self.max_error > 0:
+            raise ConfigError(f"--max-error must be positive, got {self.max_error!r}")
+        if not self.has_calibration:
+            need = [f"--method {self.method}"] if self.method in CALIBRATED_METHODS else []
+            need += ["--target-bits"] if self.target_bits is not None else []
+            need += ["--max-error"] if self.max_error is not None else []
+            if need:
+                raise ConfigError(f"{' and '.join(need)} needs calibration data: --calibration PATH (.npz or a "
+                                  "directory of .npz) or --calibration-text FILE --tokenizer FILE")
         for pattern in self.exclude:
             try:
                 re.compile(pattern)
             except re.error as exc:
                 raise ConfigError(f"--exclude {pattern!r} is not a valid regular expression: {exc}") from None
+
+    @property
+    def has_calibration(self) -> bool:
+        return bool(self.calibration or self.calibration_text)
+
+    @property
+    def mixed_precision(self) -> bool:
+        return self.target_bits is not None or self.max_error is not None
 
     @property
     def per_channel(self) -> bool:

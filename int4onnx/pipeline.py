@@ -11,11 +11,13 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from int4onnx import _native, io
-from int4onnx.config import QuantConfig
+from int4onnx import _native, io, precision
+from int4onnx.config import CALIBRATED_METHODS, QuantConfig
 from int4onnx.errors import Int4OnnxError, NothingToQuantizeError, UnsupportedModelError
+from int4onnx.passes.awq import AwqPass
+from int4onnx.passes.embedding import QuantizeEmbeddingsPass, find_lm_heads
 from int4onnx.passes.plan import QuantPlan
-from int4onnx.passes.quantize import PlanLayersPass, WeightQuantizer
+from int4onnx.passes.quantize import PlanLayersPass, WeightQuantizer, default_spec
 from int4onnx.passes.rewrite import RewriteMatMulsPass
 from int4onnx.passes.select import SelectMatMulsPass
 from int4onnx.report import Report
@@ -92,14 +94,53 @@ def quantize_model(model: ir.Model, config: QuantConfig,
             "no MatMul/Gemm with a constant float weight to quantize"
             + (f"; found {found} MatMul/Gemm node(s): {detail}{more}" if found else "; the model has no MatMul or Gemm nodes")
         )
+    lm_heads = find_lm_heads(model.graph, plan.targets)
+    fixed = precision.apply_lm_policy(plan, config, lm_heads)
+    if not plan.targets:
+        raise NothingToQuantizeError("nothing left to quantize after --lm-head float")
+    feeds = None
+    if config.has_calibration:
+        feeds = _calibrate(model, plan, config, progress)
+    if config.method == "awq":
+        model = _run(AwqPass(config, plan, lambda t: plan.specs.get(t.key) or default_spec(config, t)), model)
+    if config.mixed_precision:
+        plan.calibration["mixed_precision"] = precision.mixed_precision(model, plan, config, feeds, fixed, progress)
+        if not plan.targets:
+            raise NothingToQuantizeError("mixed precision kept every layer float; raise --max-error or --target-bits")
     plan.quantizer = WeightQuantizer(config, plan, progress)
     steps = ir.passes.Sequential(
         PlanLayersPass(config, plan),
+        QuantizeEmbeddingsPass(config, plan),
         RewriteMatMulsPass(config, plan),
         common_passes.RemoveUnusedNodesPass(),
     )
     model = _run(steps, model)
     return model, plan
+
+
+# Gram matrices are collected for the report's output-error metrics as well when they are this small
+GRAM_REPORT_BYTES = 256 * 2**20
+
+
+def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress) -> list[dict]:
+    """Run the model on the calibration data and put the statistics of every MatMul input in plan.stats."""
+    from int4onnx import calibrate
+
+    start = time.perf_counter()
+    source = calibrate.FeedSource(path=config.calibration, text=config.calibration_text, tokenizer=config.tokenizer,
+                                  samples=config.calibration_samples, sequence_length=config.sequence_length,
+                                  skip_chars=config.calibration_skip_chars)
+    feeds = source.feeds(calibrate.model_inputs(model))
+    inputs = {t.node.inputs[0].name: t for t in plan.targets}
+    gram_bytes = sum(8 * t.K * t.K for t in inputs.values())
+    gram = config.method in CALIBRATED_METHODS or config.mixed_precision or gram_bytes <= GRAM_REPORT_BYTES
+    plan.stats = calibrate.collect_statistics(model, [t.node.inputs[0] for t in plan.targets], feeds, gram, progress,
+                                              dtypes={name: t.dtype for name, t in inputs.items()})
+    plan.calibration.update({"source": source.describe(), "samples": len(feeds), "gram": gram,
+                             "statistics_bytes": int(sum(8 * (5 * s.K + (s.K * s.K if s.gram is not None else 0))
+                                                         for s in plan.stats.values())),
+                             "seconds": round(time.perf_counter() - start, 3)})
+    return feeds
 
 
 def quantize_file(input_path, output_path, config: QuantConfig,

@@ -10,7 +10,8 @@ from int4onnx.errors import ModelLoadError
 
 
 def make_session(path, threads: int | None = None, optimization: str = "all", qdq_accuracy_level: int | None = None):
-    """An InferenceSession with int4onnx's custom op registered (harmless for models without it)."""
+    """An InferenceSession with int4onnx's custom op registered (harmless for models without it).
+    `path` is a model file, or the serialised model as bytes."""
     import onnxruntime as ort
 
     from int4onnx import library_path
@@ -18,6 +19,8 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     so = ort.SessionOptions()
     so.register_custom_ops_library(library_path())
     so.log_severity_level = 3
+    # no busy-waiting pool threads between runs: the caller (numpy statistics, the other model) needs the cores
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
@@ -30,13 +33,14 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     if qdq_accuracy_level is not None:
         # ORT fuses DequantizeLinear+MatMul into MatMulNBits with accuracy level 4 (int8 activations) by default
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(qdq_accuracy_level))
-    if not os.path.isfile(path):
+    is_bytes = isinstance(path, (bytes, bytearray))
+    if not is_bytes and not os.path.isfile(path):
         raise ModelLoadError(f"{path}: no such file")
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path if is_bytes else str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first}") from exc
+        raise ModelLoadError(f"{'the model' if is_bytes else path}: ONNX Runtime cannot load it: {first}") from exc
 
 
 class Tokenizer:

@@ -90,3 +90,57 @@ def int8_path_reference(A, codes, scales, zp, K, block, bits, quant_type="int", 
             acc = (acc + dot.astype(np.float32) * (sa * sw).astype(np.float32)).astype(np.float32)
         out[m] = acc + (0 if bias is None else bias)
     return out
+
+
+def tiny_lm(V=40, D=32, H=48, F=64, seed=0, outlier_scale=12.0):
+    """A small causal-LM-shaped graph with the patterns AWQ folds into (and one it cannot):
+    ids -> Gather(E) -> RMSNorm (Mul by gamma) -> W1, W3 -> SwiGLU -> W2 -> residual
+        -> LayerNormalization -> W4 (+bias) -> GELU (Erf) -> W5 -> residual -> Wout -> logits.
+    A few channels of gamma and of the LayerNorm scale are large, so activations have outlier channels."""
+    rng = np.random.default_rng(seed)
+
+    def lin(i, o):
+        return (rng.standard_normal((i, o)) / np.sqrt(i)).astype(np.float32)
+
+    gamma = np.ones(D, np.float32)
+    gamma[[3, 17]] = outlier_scale
+    ln_s = np.ones(D, np.float32)
+    ln_s[[5]] = outlier_scale
+    inits = {
+        "E": rng.standard_normal((V, D)).astype(np.float32), "gamma": gamma, "eps": np.array(1e-5, np.float32),
+        "W1": lin(D, H), "W3": lin(D, H), "W2": lin(H, D), "ln_s": ln_s, "ln_b": rng.standard_normal(D).astype(np.float32) * 0.1,
+        "W4": lin(D, F), "b4": rng.standard_normal(F).astype(np.float32) * 0.1, "W5": lin(F, D), "Wout": lin(D, V),
+        "half": np.array(0.5, np.float32), "one": np.array(1.0, np.float32), "r2": np.array(1 / np.sqrt(2), np.float32),
+    }
+    n = helper.make_node
+    nodes = [
+        n("Gather", ["E", "input_ids"], ["x"], name="embed"),
+        n("Mul", ["x", "x"], ["xx"], name="sq"), n("ReduceMean", ["xx"], ["ms"], axes=[-1], keepdims=1, name="mean"),
+        n("Add", ["ms", "eps"], ["mse"], name="addeps"), n("Sqrt", ["mse"], ["rms"], name="sqrt"),
+        n("Div", ["x", "rms"], ["xn"], name="div"), n("Mul", ["xn", "gamma"], ["h"], name="norm_w"),
+        n("MatMul", ["h", "W1"], ["a"], name="mm_w1"), n("MatMul", ["h", "W3"], ["u"], name="mm_w3"),
+        n("Sigmoid", ["a"], ["sa"], name="sig"), n("Mul", ["a", "sa"], ["silu"], name="silu"),
+        n("Mul", ["silu", "u"], ["act"], name="glu"), n("MatMul", ["act", "W2"], ["y"], name="mm_w2"),
+        n("Add", ["x", "y"], ["x2"], name="res1"),
+        n("LayerNormalization", ["x2", "ln_s", "ln_b"], ["ln"], axis=-1, epsilon=1e-5, name="ln"),
+        n("MatMul", ["ln", "W4"], ["z0"], name="mm_w4"), n("Add", ["z0", "b4"], ["z"], name="b4add"),
+        n("Mul", ["z", "r2"], ["zr"], name="g0"), n("Erf", ["zr"], ["ze"], name="g1"), n("Add", ["ze", "one"], ["z1"], name="g2"),
+        n("Mul", ["z", "half"], ["zh"], name="g3"), n("Mul", ["zh", "z1"], ["gelu"], name="g4"),
+        n("MatMul", ["gelu", "W5"], ["y2"], name="mm_w5"), n("Add", ["x2", "y2"], ["x3"], name="res2"),
+        n("MatMul", ["x3", "Wout"], ["logits"], name="lm_head"),
+    ]
+    return make_model(nodes, [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"])],
+                      [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", V])],
+                      [numpy_helper.from_array(v, k) for k, v in inits.items()])
+
+
+def char_tokenizer(path, alphabet: str) -> str:
+    """A tokenizer.json mapping each character of `alphabet` to its index (unknown characters to 0)."""
+    from tokenizers import Regex, Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Split
+
+    tok = Tokenizer(WordLevel({c: i for i, c in enumerate(alphabet)}, unk_token=alphabet[0]))
+    tok.pre_tokenizer = Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.save(str(path))
+    return str(path)

@@ -42,6 +42,8 @@ def reference(report_layers_model, x):
         K, N, bits, block = a["K"], a["N"], a["bits"], a["block_size"]
         codes = _native.unpack_weights(ins[1].const_value.numpy(), K, N, bits, block)
         scales = ins[2].const_value.numpy().astype(np.float32)
+        if ins[2].const_value.dtype == ir.DataType.INT8:  # double-quantized: int8 times a per-column super-scale
+            scales = scales * ins[5].const_value.numpy()[:, None]
         zp = None
         if ins[3] is not None and ins[3].const_value.nbytes:
             zp = _native.unpack_zero_points(ins[3].const_value.numpy(), N, scales.shape[1], bits)
@@ -51,12 +53,20 @@ def reference(report_layers_model, x):
     return h
 
 
-@pytest.mark.parametrize("bits,group,sym", [(4, 32, False), (4, 32, True), (4, 16, False), (4, 128, True),
-                                            (4, -1, False), (8, 64, False), (8, 32, True)])
-def test_int4onnx_equals_numpy_reference_and_stays_near_fp32(tmp_path, bits, group, sym):
+@pytest.mark.parametrize("bits,group,sym,extra", [
+    (4, 32, False, {}), (4, 32, True, {}), (4, 16, False, {}), (4, 128, True, {}), (4, -1, False, {}),
+    (8, 64, False, {}), (8, 32, True, {}),
+    (4, 32, True, {"quant_type": "nf4"}), (4, 64, True, {"quant_type": "nf4", "double_quant": True}),
+    (4, 32, False, {"double_quant": True}), (4, 16, True, {"double_quant": True}), (8, 32, False, {"double_quant": True}),
+])
+def test_int4onnx_equals_numpy_reference_and_stays_near_fp32(tmp_path, bits, group, sym, extra):
     weights = {"w0": w(172, 96, 0.1), "w1": w(96, 61, 0.1)}
     path, report = convert(tmp_path, matmul_model(weights, batch_dims=("b", "s")), bits=bits, group_size=group,
-                           symmetric=sym)
+                           symmetric=sym, **extra)
+    if extra.get("double_quant"):
+        assert all(layer["scale_dtype"] == "int8" for layer in report.layers)
+        m = onnx.load(path)
+        assert all(len(n.input) == 6 for n in m.graph.node)  # int8 scales and the super-scale input
     assert report.nodes_rewritten == 2
     x = RNG.standard_normal((2, 5, 172)).astype(np.float32)
     y = run(path, {"x": x})
@@ -69,6 +79,10 @@ def test_int4onnx_equals_numpy_reference_and_stays_near_fp32(tmp_path, bits, gro
     weight_error = sum(layer["rel_error"] for layer in report.layers)
     assert rel < 1.5 * weight_error, (rel, weight_error)
     assert weight_error < (0.25 if bits == 4 else 0.02)
+    if extra.get("double_quant"):  # int8 scales cost little accuracy against float scales
+        _, plain = convert(tmp_path, matmul_model(weights, batch_dims=("b", "s")), name="plain", bits=bits,
+                           group_size=group, symmetric=sym, quant_type=extra.get("quant_type", "int"))
+        assert weight_error < 1.1 * sum(layer["rel_error"] for layer in plain.layers)
 
 
 def test_int8_compute_matches_int8_reference(tmp_path):

@@ -198,9 +198,9 @@ def test_weights_are_quantized_lazily_once_each(tmp_path):
 
     calls = []
 
-    def counting(w_, target, spec):
-        calls.append(target.weight.name)
-        return qmod.rtn_method(w_, target, spec)
+    def counting(w_, ctx):
+        calls.append(ctx.target.weight.name)
+        return qmod.rtn_method(w_, ctx)
 
     model, plan = run(matmul_model({"w0": w(64, 48), "w1": w(48, 33)}))
     plan.quantizer.method = counting

@@ -60,10 +60,13 @@ def main(argv=None) -> int:
         llama.export_stories260k(src)
     q = OUT / "stories260K.int4.onnx"
     nbits = OUT / "stories260K.matmulnbits.onnx"
-    rep = int4onnx.quantize(src, q, group_size=args.group_size, symmetric=False)
-    int4onnx.quantize(src, nbits, group_size=args.group_size, symmetric=False, format="matmulnbits")
-    text = (SHARED / "corpora" / "tinystories_Niklas6_sample.txt").read_text()[:40000]
-    tok = Tokenizer(SHARED / "models" / "stories260K" / "tok512.model")
+    # every MatMul at 4 bits (lm_head included), as ONNX Runtime's own RTN quantizer does
+    rep = int4onnx.quantize(src, q, group_size=args.group_size, symmetric=False, lm_head="4")
+    int4onnx.quantize(src, nbits, group_size=args.group_size, symmetric=False, format="matmulnbits", lm_head="4")
+    corpus = SHARED / "corpora" / "tinystories_Niklas6_sample.txt"
+    text = corpus.read_text()[:40000]
+    tok_path = SHARED / "models" / "stories260K" / "tok512.model"
+    tok = Tokenizer(tok_path)
     ids = [tok.bos_id] + tok.encode(text)
     ppl_fp32, n = perplexity(make_session(src, threads=args.threads), ids)
     ppl_q, _ = perplexity(make_session(q, threads=args.threads), ids)
@@ -74,6 +77,15 @@ def main(argv=None) -> int:
           "(embeddings, rotary tables and the causal mask stay float)")
     print(f"  perplexity on {n} TinyStories tokens: fp32 {ppl_fp32:.3f} | int4onnx {ppl_q:.3f} "
           f"| same weights as MatMulNBits {ppl_n:.3f}")
+    # calibrated: GPTQ on 32 x 512 tokens of the sample after the evaluation text, one scale per column
+    g = OUT / "stories260K.gptq.onnx"
+    t = time.perf_counter()
+    grep = int4onnx.quantize(src, g, method="gptq", group_size=-1, lm_head="4", calibration_text=str(corpus),
+                             tokenizer=str(tok_path), calibration_skip_chars=40000)
+    t = time.perf_counter() - t
+    ppl_g, _ = perplexity(make_session(g, threads=args.threads), ids)
+    print(f"  calibrated GPTQ, per-channel ({grep.bits_per_weight:.2f} bits/weight, converted in {t:.1f} s): "
+          f"perplexity {ppl_g:.3f}  (docs/methods.md has every method)")
 
     # 2. Speed: a deterministic transformer-sized synthetic Llama (weights dominate, as in real LMs).
     syn = ROOT / "models" / "synth_llama_d1024_l4.onnx"

@@ -60,15 +60,27 @@ class LayerSpec:
     block_size: int
     symmetric: bool
     quant_type: str = "int"
-    scale_dtype: str = "float32"   # numpy dtype name of the stored scales
+    scale_dtype: str = "float32"   # stored scales: "float32", "float16", or "int8" (double quantization)
+
+    @property
+    def double_quant(self) -> bool:
+        return self.scale_dtype == "int8"
 
     def n_blocks(self, K: int) -> int:
         return _native.n_blocks(K, self.block_size)
 
     def storage_bytes(self, K: int, N: int) -> int:
+        """Bytes of codes, scales, zero points and (int8 scales) the per-column float32 super-scales."""
         nb = self.n_blocks(K)
         zp = 0 if self.symmetric else N * _native.zero_point_row_bytes(nb, self.bits)
-        return N * nb * _native.blob_bytes(self.bits, self.block_size) + N * nb * np.dtype(self.scale_dtype).itemsize + zp
+        super_scales = 4 * N if self.double_quant else 0
+        return (N * nb * _native.blob_bytes(self.bits, self.block_size) + N * nb * np.dtype(self.scale_dtype).itemsize
+                + zp + super_scales)
+
+    def describe(self) -> str:
+        kind = "nf4" if self.quant_type == "nf4" else f"int{self.bits}"
+        return (f"{kind} block {self.block_size} {'sym' if self.symmetric else 'asym'}"
+                + (" int8-scales" if self.double_quant else ""))
 
 
 @dataclasses.dataclass
@@ -102,6 +114,16 @@ class QuantPlan:
     float_bytes: int = 0   # bytes of the float weights selected for quantization
     rewritten: int = 0     # nodes rewritten
     quantizer: object = None  # passes.quantize.WeightQuantizer, called lazily at save time
+    # calibration statistics (calibrate.ActivationStats) of each MatMul input, by value name
+    stats: dict = dataclasses.field(default_factory=dict)
+    # AWQ: rows of these weights were multiplied by s (and their input divided by s); details for the report
+    input_scales: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)
+    awq: dict[tuple, dict] = dataclasses.field(default_factory=dict)
+    # why a layer got its spec (LM policy, mixed precision) and its measured sensitivity
+    decisions: dict[tuple, str] = dataclasses.field(default_factory=dict)
+    sensitivity: dict[tuple, dict] = dataclasses.field(default_factory=dict)
+    embeddings: list[dict] = dataclasses.field(default_factory=list)  # quantized Gather tables
+    calibration: dict = dataclasses.field(default_factory=dict)  # what calibration ran on, and how long
 
     def targets_by_key(self) -> dict[tuple, list[MatMulTarget]]:
         out: dict[tuple, list[MatMulTarget]] = {}

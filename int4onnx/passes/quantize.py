@@ -1,12 +1,15 @@
 """Decide how each selected weight is stored (PlanLayersPass) and quantize it on demand (WeightQuantizer).
 
 Quantization itself is deferred: RewriteMatMulsPass puts lazy initializers in the graph and the
-WeightQuantizer runs when the saver writes them, one weight at a time.
+WeightQuantizer runs when the saver writes them, one weight at a time. A method sees one weight and
+its LayerContext (the target, its LayerSpec, the calibration statistics of its input, the config);
+it never needs the other layers, so memory stays bounded by the largest layer plus statistics.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from typing import Callable
 
@@ -14,23 +17,69 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx.config import QuantConfig
+from int4onnx.errors import CalibrationError
 from int4onnx.passes.plan import LayerResult, LayerSpec, MatMulTarget, QuantPlan
 from int4onnx.quant.base import QuantizedWeight, error_metrics
-from int4onnx.quant.rtn import quantize_rtn
+from int4onnx.quant.clip import quantize_clip
+from int4onnx.quant.gptq import quantize_gptq
+from int4onnx.quant.grid import Grid
+from int4onnx.quant.rtn import quantize_grid
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
-# A method maps (float32 [K, N] weight, its target, its spec) to a QuantizedWeight.
-Method = Callable[[np.ndarray, MatMulTarget, LayerSpec], QuantizedWeight]
 
 
-def rtn_method(w: np.ndarray, target: MatMulTarget, spec: LayerSpec) -> QuantizedWeight:
-    return quantize_rtn(w, bits=spec.bits, block_size=spec.block_size, symmetric=spec.symmetric,
-                        quant_type=spec.quant_type, scale_dtype=np.dtype(spec.scale_dtype))
+@dataclasses.dataclass
+class LayerContext:
+    """Everything a method may use besides the weight itself."""
+
+    target: MatMulTarget
+    spec: LayerSpec
+    stats: object | None      # calibrate.ActivationStats of the layer's input (after any AWQ scaling)
+    config: QuantConfig
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.spec.bits, self.spec.symmetric, self.spec.quant_type, self.spec.scale_dtype)
 
 
-METHODS: dict[str, Method] = {"rtn": rtn_method}
+# A method maps a float32 [K, N] weight and its context to a QuantizedWeight.
+Method = Callable[[np.ndarray, LayerContext], QuantizedWeight]
+
+
+def rtn_method(w: np.ndarray, ctx: LayerContext) -> QuantizedWeight:
+    return quantize_grid(w, ctx.grid, ctx.spec.block_size)
+
+
+def clip_method(w: np.ndarray, ctx: LayerContext) -> QuantizedWeight:
+    weight = ctx.stats.mean_sq if ctx.stats is not None else None
+    gram = ctx.stats.gram if ctx.stats is not None else None
+    return quantize_clip(w, ctx.grid, ctx.spec.block_size, channel_weight=weight, gram=gram)
+
+
+def awq_method(w: np.ndarray, ctx: LayerContext) -> QuantizedWeight:
+    """The input scaling was applied to the graph by AwqPass; what is left is per-group rounding."""
+    return clip_method(w, ctx) if ctx.config.clip_search else rtn_method(w, ctx)
+
+
+def gptq_method(w: np.ndarray, ctx: LayerContext) -> QuantizedWeight:
+    if ctx.stats is None or ctx.stats.gram is None:
+        raise CalibrationError(f"gptq: no calibration Gram matrix for the input of {ctx.target.node.name}")
+    return quantize_gptq(w, ctx.stats.gram, ctx.grid, ctx.spec.block_size, damp=ctx.config.damp,
+                         act_order=ctx.config.act_order, clip=ctx.config.clip_search)
+
+
+METHODS: dict[str, Method] = {"rtn": rtn_method, "clip": clip_method, "awq": awq_method, "gptq": gptq_method}
+
+
+def default_spec(config: QuantConfig, t: MatMulTarget, bits: int | None = None) -> LayerSpec:
+    """The LayerSpec the options ask for (bits may be overridden, e.g. 8 for an lm_head)."""
+    bits = bits or config.bits
+    quant_type = config.quant_type if bits == 4 else "int"
+    scale_dtype = "int8" if config.double_quant else ("float16" if t.dtype == ir.DataType.FLOAT16 else "float32")
+    return LayerSpec(bits=bits, block_size=config.block_size_for(t.K), symmetric=config.symmetric or quant_type == "nf4",
+                     quant_type=quant_type, scale_dtype=scale_dtype)
 
 
 class PlanLayersPass(ir.passes.InPlacePass):
@@ -42,21 +91,22 @@ class PlanLayersPass(ir.passes.InPlacePass):
         self.plan = plan
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        c = self.config
         for key, targets in self.plan.targets_by_key().items():
             t = targets[0]
-            if key in self.plan.specs:  # an earlier pass (e.g. mixed precision) decided already
-                continue
-            self.plan.specs[key] = LayerSpec(
-                bits=c.bits, block_size=c.block_size_for(t.K), symmetric=c.symmetric, quant_type=c.quant_type,
-                scale_dtype="float16" if t.dtype == ir.DataType.FLOAT16 else "float32")
             self.plan.float_bytes += t.K * t.N * (2 if t.dtype == ir.DataType.FLOAT16 else 4)
+            if key in self.plan.specs:  # an earlier step (LM policy, mixed precision) decided already
+                continue
+            self.plan.specs[key] = default_spec(self.config, t)
         return ir.passes.PassResult(model, modified=False)
 
 
 class WeightQuantizer:
     """Quantizes one weight when first asked, records its LayerResult, and keeps the last few results
-    so that the several initializers made from one weight (codes, scales, zero points) share one run."""
+    so that the several initializers made from one weight (codes, scales, zero points) share one run.
+
+    The LayerResult's metrics compare the method with round to nearest on the original weight (before
+    any AWQ scaling): weight relative error / SQNR, and with calibration data the same for the layer
+    output on the calibration inputs (``output_*``)."""
 
     def __init__(self, config: QuantConfig, plan: QuantPlan, progress: Progress | None = None,
                  method: Method | None = None, keep: int = 2):
@@ -65,8 +115,19 @@ class WeightQuantizer:
         self.progress = progress
         self.method = method or METHODS[config.method]
         self.by_key = plan.targets_by_key()
+        # the MatMul input each weight multiplies (read now: the rewrite detaches the original nodes)
+        self.input_name = {key: ts[0].node.inputs[0].name for key, ts in self.by_key.items()}
         self.cache: collections.OrderedDict[tuple, QuantizedWeight] = collections.OrderedDict()
         self.keep = keep
+
+    def stats_for(self, key: tuple):
+        return self.plan.stats.get(self.input_name[key])
+
+    def quantize(self, key: tuple, spec: LayerSpec, w: np.ndarray | None = None) -> QuantizedWeight:
+        """Quantize one weight with `spec` (no caching, no record): used by the saver and by mixed precision."""
+        t = self.by_key[key][0]
+        w = t.weight_kn() if w is None else w
+        return self.method(w, LayerContext(t, spec, self.stats_for(key), self.config))
 
     def __call__(self, key: tuple) -> QuantizedWeight:
         if key in self.cache:
@@ -77,18 +138,37 @@ class WeightQuantizer:
         if self.progress:
             self.progress(len(self.plan.layers), len(self.by_key), t.weight.name or "")
         w = t.weight_kn()
-        qw = self.method(w, t, spec)
-        metrics = error_metrics(w, qw.dequantize())
+        qw = self.quantize(key, spec, w)
+        metrics = self._metrics(key, spec, w, qw)
         del w
         self.plan.layers[key] = LayerResult(spec=spec, K=t.K, N=t.N, nodes=[x.node.name or "" for x in targets],
                                             metrics=metrics)
-        logger.debug("quantized %s [%d x %d]: rel error %.4f", t.weight.name, t.K, t.N, metrics["rel_error"])
+        logger.debug("quantized %s [%d x %d]: %s", t.weight.name, t.K, t.N, metrics)
         if self.progress and len(self.plan.layers) == len(self.by_key):
             self.progress(len(self.by_key), len(self.by_key), "")
         self.cache[key] = qw
         while len(self.cache) > self.keep:
             self.cache.popitem(last=False)
         return qw
+
+    def _metrics(self, key: tuple, spec: LayerSpec, w: np.ndarray, qw: QuantizedWeight) -> dict:
+        stats = self.stats_for(key)
+        s = self.plan.input_scales.get(key)
+        deq = qw.dequantize()
+        if s is not None:  # AWQ: the stored weight is diag(s) W and its input x / s
+            w = w / s[:, None]
+            deq = deq / s[:, None]
+            stats = stats.scaled(s) if stats is not None else None
+        gram = stats.gram if stats is not None else None
+        after = error_metrics(w, deq, gram)
+        if self.config.method == "rtn" and s is None:
+            before = after
+        else:
+            before = error_metrics(w, quantize_grid(w, Grid(spec.bits, spec.symmetric, spec.quant_type,
+                                                            spec.scale_dtype), spec.block_size).dequantize(), gram)
+        metrics = dict(after)
+        metrics.update({f"rtn_{k}": v for k, v in before.items()})
+        return metrics
 
     def quantize_all(self) -> None:
         """Force every pending weight (used when the model is kept in memory rather than saved)."""

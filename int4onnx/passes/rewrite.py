@@ -94,7 +94,7 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
         key, K, N, bits = t.key, t.K, t.N, spec.bits
         base = (t.weight.name or "weight") + ("_T" if t.transposed else "")
         nb = spec.n_blocks(K)
-        scale_type = ir.DataType.FLOAT16 if spec.scale_dtype == "float16" else ir.DataType.FLOAT
+        scale_type = {"float16": ir.DataType.FLOAT16, "int8": ir.DataType.INT8}.get(spec.scale_dtype, ir.DataType.FLOAT)
         scale_np = np.dtype(spec.scale_dtype)
         if self.config.format in ("int4onnx", "matmulnbits"):
             block = spec.block_size
@@ -103,12 +103,16 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
             nbb = _native.n_blocks(K, block)
             data = self._lazy(f"{base}_q{bits}", (N, nbb, _native.blob_bytes(bits, block)), ir.DataType.UINT8,
                               lambda: quant(key).packed(block))
-            sc = self._lazy(f"{base}_scales", (N, nb), scale_type, lambda: quant(key).scales.astype(scale_np))
+            sc = self._lazy(f"{base}_scales", (N, nb), scale_type, lambda: quant(key).stored_scales().astype(scale_np))
             zpv = None
             if not spec.symmetric:
                 zpv = self._lazy(f"{base}_zero_points", (N, _native.zero_point_row_bytes(nb, bits)), ir.DataType.UINT8,
                                  lambda: quant(key).packed_zero_points())
-            return [data, sc, zpv, block]
+            ssv = None
+            if spec.double_quant:
+                ssv = self._lazy(f"{base}_scales_scale", (N,), ir.DataType.FLOAT,
+                                 lambda: quant(key).scales_scale.astype(np.float32))
+            return [data, sc, zpv, block, ssv]
         # qdq: codes as a [K, N] int4/uint4 (or int8/uint8) tensor, scales [n_blocks, N] ([N] for one block)
         half = 1 << (bits - 1)
         one_block = nb == 1
@@ -134,7 +138,7 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
         zv = None
         if not spec.symmetric:
             zv = self._lazy(f"{base}_zero_points", sshape, xtype, lambda: per_block(quant(key).zero_points).astype(x_np))
-        return [xv, sv, zv, None if one_block else spec.block_size]
+        return [xv, sv, zv, None if one_block else spec.block_size, None]
 
     def _empty(self, dtype: ir.DataType) -> ir.Value:
         """A shared zero-element initializer standing for an absent optional input."""
@@ -165,19 +169,21 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
         folded, add_after = self._bias(t)
         new_nodes: list[ir.Node] = []
         if fmt == "int4onnx":
-            data, sc, zp, block = w_inputs
+            data, sc, zp, block, ss = w_inputs
             attrs = [ir.AttrInt64("K", t.K), ir.AttrInt64("N", t.N), ir.AttrInt64("bits", spec.bits),
                      ir.AttrInt64("block_size", block), ir.AttrString("quant_type", spec.quant_type),
                      ir.AttrString("compute", c.compute)]
-            inputs = _trim([a, data, sc, zp, folded])
-            if len(inputs) > 4 and inputs[3] is None:
-                # no inner gaps: ONNX Runtime < 1.22 crashes on them in custom-op shape inference;
-                # a zero-element zero-point tensor means "symmetric" to the op
-                inputs[3] = self._empty(ir.DataType.UINT8)
+            inputs = _trim([a, data, sc, zp, folded, ss])
+            # no inner gaps: ONNX Runtime < 1.22 crashes on them in custom-op shape inference; a
+            # zero-element tensor means "absent" to the op (zero points: symmetric; bias: none)
+            gap_types = {3: ir.DataType.UINT8, 4: t.dtype}
+            for i, dtype in gap_types.items():
+                if i < len(inputs) and inputs[i] is None:
+                    inputs[i] = self._empty(dtype)
             new_nodes.append(ir.Node(_native.DOMAIN, _native.OP_NAME, inputs, attrs,
                                      name=self.names.fresh(f"{name}_MatMulInt4")))
         elif fmt == "matmulnbits":
-            data, sc, zp, block = w_inputs
+            data, sc, zp, block, _ = w_inputs
             attrs = [ir.AttrInt64("K", t.K), ir.AttrInt64("N", t.N), ir.AttrInt64("bits", spec.bits),
                      ir.AttrInt64("block_size", block)]
             if c.compute == "int8":
@@ -186,7 +192,7 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
             new_nodes.append(ir.Node(MSFT_DOMAIN, "MatMulNBits", _trim(inputs), attrs,
                                      name=self.names.fresh(f"{name}_MatMulNBits")))
         else:
-            x, sc, zp, block = w_inputs
+            x, sc, zp, block, _ = w_inputs
             attrs = [ir.AttrInt64("axis", 0 if block else 1)]
             if block:
                 attrs.append(ir.AttrInt64("block_size", block))

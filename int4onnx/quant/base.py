@@ -27,6 +27,9 @@ class QuantizedWeight:
     zero_points: np.ndarray | None  # uint8 [N, n_blocks]
     quant_type: str = "int"
     scale_dtype: np.dtype = dataclasses.field(default_factory=lambda: np.dtype(np.float32))
+    # double-quantized scales: scales == scale_codes * scales_scale[:, None] (int8 [N, nb], float32 [N])
+    scale_codes: np.ndarray | None = None
+    scales_scale: np.ndarray | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -42,6 +45,12 @@ class QuantizedWeight:
         if bs != self.block_size and self.n_blocks != 1:
             raise ValueError("re-blocking is only possible for a single block per column")
         return _native.pack_weights(self.codes, self.bits, bs, self.quant_type, self.zero_points)
+
+    def stored_scales(self) -> np.ndarray:
+        """Scales as written to the model: int8 codes for double-quantized scales, else scale_dtype."""
+        if self.scale_codes is not None:
+            return self.scale_codes
+        return self.scales.astype(self.scale_dtype)
 
     def packed_zero_points(self) -> np.ndarray | None:
         return None if self.zero_points is None else _native.pack_zero_points(self.zero_points, self.bits)
@@ -60,12 +69,19 @@ class QuantizedWeight:
         return np.ascontiguousarray((values * s_k).T)
 
 
-def error_metrics(w: np.ndarray, wq: np.ndarray) -> dict:
-    """Relative Frobenius error and SQNR (dB) of wq against w."""
-    w = w.astype(np.float64)
-    err = w - wq.astype(np.float64)
-    signal = float(np.sum(w * w))
-    noise = float(np.sum(err * err))
+def _ratio_metrics(signal: float, noise: float, prefix: str = "") -> dict:
     rel = float(np.sqrt(noise / signal)) if signal > 0 else 0.0
     sqnr = float(10 * np.log10(signal / noise)) if noise > 0 and signal > 0 else float("inf")
-    return {"rel_error": rel, "sqnr_db": sqnr}
+    return {f"{prefix}rel_error": rel, f"{prefix}sqnr_db": sqnr}
+
+
+def error_metrics(w: np.ndarray, wq: np.ndarray, gram: np.ndarray | None = None) -> dict:
+    """Relative Frobenius error and SQNR (dB) of the weight wq against w; with the Gram matrix X^T X of
+    the layer's calibration inputs also those of the layer output, X wq against X w
+    (``output_rel_error``, ``output_sqnr_db``), computed as tr(D^T G D) without the activations."""
+    w = w.astype(np.float64)
+    err = w - wq.astype(np.float64)
+    out = _ratio_metrics(float(np.sum(w * w)), float(np.sum(err * err)))
+    if gram is not None:
+        out.update(_ratio_metrics(float(np.sum((gram @ w) * w)), float(np.sum((gram @ err) * err)), "output_"))
+    return out

@@ -1,0 +1,399 @@
+"""Calibration: sample inputs for a model, and streaming statistics of the inputs of its MatMuls.
+
+Feeds come from an ``.npz`` file (arrays keyed by input name: one feed), a directory of them (one
+feed per file, in name order), or a text file cut into token windows for a causal LM. Every feed is
+checked against the model's inputs (names, element types, ranks and fixed dimensions) and a mismatch
+is a CalibrationError naming the file, the input and what was expected.
+
+The model runs in ONNX Runtime with the activation inputs of the selected MatMuls added as graph
+outputs; each feed's activations update an ActivationStats and are dropped, so memory is one feed's
+activations plus the statistics: per input channel abs-max, min, max, sum |x|, sum x^2 (5 K floats),
+a 2048-bin histogram of |x| (percentiles), and, when a method needs it, the K x K Gram matrix X^T X
+(8 K^2 bytes, float64) for each distinct MatMul input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import tempfile
+import zipfile
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import onnx_ir as ir
+
+from int4onnx._threads import blas_threads_for
+from int4onnx.errors import CalibrationError
+
+logger = logging.getLogger(__name__)
+
+HIST_BINS = 2048
+
+
+# -- statistics ----------------------------------------------------------------------------------------
+
+class ActivationStats:
+    """Streaming statistics of the rows of activations [..., K] (channels = last axis)."""
+
+    def __init__(self, K: int, gram: bool = False, bins: int = HIST_BINS):
+        self.K = K
+        self.count = 0
+        self.absmax = np.zeros(K)
+        self.min = np.full(K, np.inf)
+        self.max = np.full(K, -np.inf)
+        self.sum_abs = np.zeros(K)
+        self.sum_sq = np.zeros(K)
+        self.gram = np.zeros((K, K)) if gram else None
+        self.hist = np.zeros(bins, dtype=np.int64)
+        self.hist_range = 0.0  # histogram of |x| over [0, hist_range), a power of two
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[-1] != self.K:
+            raise CalibrationError(f"activation of shape {tuple(x.shape)} does not end in K={self.K}")
+        x = x.reshape(-1, self.K).astype(np.float64)
+        if x.shape[0] == 0:
+            return
+        if not np.isfinite(x).all():
+            raise CalibrationError("the model produced NaN or infinity on the calibration data")
+        a = np.abs(x)
+        self.count += x.shape[0]
+        self.absmax = np.maximum(self.absmax, a.max(axis=0))
+        self.min = np.minimum(self.min, x.min(axis=0))
+        self.max = np.maximum(self.max, x.max(axis=0))
+        self.sum_abs += a.sum(axis=0)
+        self.sum_sq += (x * x).sum(axis=0)
+        if self.gram is not None:
+            with blas_threads_for(self.K):
+                self.gram += x.T @ x
+        self._hist(a.ravel())
+
+    def _hist(self, a: np.ndarray) -> None:
+        top = float(a.max())
+        bins = len(self.hist)
+        if self.hist_range == 0.0:
+            self.hist_range = 2.0 ** np.ceil(np.log2(top)) if top > 0 else 1.0
+            if self.hist_range <= top:
+                self.hist_range *= 2
+        while top >= self.hist_range:  # double the range: merging bin pairs is exact
+            self.hist = np.concatenate([self.hist.reshape(-1, 2).sum(axis=1), np.zeros(bins // 2, np.int64)])
+            self.hist_range *= 2
+        idx = np.minimum((a * (bins / self.hist_range)).astype(np.int64), bins - 1)
+        self.hist += np.bincount(idx, minlength=bins)
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.sum_abs / max(self.count, 1)
+
+    @property
+    def mean_sq(self) -> np.ndarray:
+        return self.sum_sq / max(self.count, 1)
+
+    def percentile(self, q: float) -> float:
+        """Upper edge of the histogram bin holding the q-th percentile of |x| (0 < q <= 100); exact to
+        one bin width, hist_range / 2048."""
+        if self.hist_range == 0.0 or not self.hist.any():
+            return 0.0
+        cum = np.cumsum(self.hist)
+        i = int(np.searchsorted(cum, q / 100.0 * cum[-1]))
+        return float((min(i, len(self.hist) - 1) + 1) * self.hist_range / len(self.hist))
+
+    def scaled(self, d: np.ndarray) -> "ActivationStats":
+        """Statistics of x * d (d [K] > 0 per channel): what a MatMul sees after an input scaling."""
+        d = np.asarray(d, dtype=np.float64)
+        out = ActivationStats(self.K, gram=False, bins=len(self.hist))
+        out.count = self.count
+        out.absmax, out.min, out.max = self.absmax * d, self.min * d, self.max * d
+        out.sum_abs, out.sum_sq = self.sum_abs * d, self.sum_sq * d * d
+        if self.gram is not None:
+            out.gram = self.gram * np.outer(d, d)
+        out.hist, out.hist_range = np.zeros_like(self.hist), 0.0  # |x| histogram is not per channel
+        return out
+
+    def summary(self) -> dict:
+        return {
+            "samples": int(self.count),
+            "absmax": float(self.absmax.max()) if self.count else 0.0,
+            "p99.9": self.percentile(99.9),
+            "rms": float(np.sqrt(self.mean_sq.mean())) if self.count else 0.0,
+            # channels whose mean |x| exceeds 5x the median: what AWQ and clip search react to
+            "outlier_channels": int(np.sum(self.mean_abs > 5 * max(np.median(self.mean_abs), 1e-12))),
+        }
+
+
+# -- feeds --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple  # int for a fixed dimension, None for a symbolic or unknown one; () if rank unknown
+    rank_known: bool = True
+
+    def describe(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape) if self.rank_known else "..."
+        return f"{self.dtype.name}[{dims}]"
+
+
+def model_inputs(model: ir.Model) -> list[InputSpec]:
+    """The inputs a caller must feed (graph inputs that are not initializers)."""
+    out = []
+    for v in model.graph.inputs:
+        if v.const_value is not None or v.name in model.graph.initializers:
+            continue
+        dtype = v.dtype.numpy() if v.dtype is not None else None
+        shape = () if v.shape is None else tuple(d if isinstance(d, int) else None for d in v.shape)
+        out.append(InputSpec(v.name, np.dtype(dtype) if dtype is not None else None, shape, v.shape is not None))
+    return out
+
+
+def check_feed(feed: dict, inputs: list[InputSpec], where: str) -> dict:
+    """Raise CalibrationError unless `feed` has exactly the model's inputs with matching types and shapes."""
+    names = [i.name for i in inputs]
+    unknown = [k for k in feed if k not in names]
+    if unknown:
+        raise CalibrationError(f"{where}: '{unknown[0]}' is not an input of the model (its inputs: {', '.join(names)})")
+    missing = [n for n in names if n not in feed]
+    if missing:
+        raise CalibrationError(f"{where}: no array for model input '{missing[0]}' (expected {', '.join(names)})")
+    for spec in inputs:
+        x = feed[spec.name]
+        if spec.dtype is not None and x.dtype != spec.dtype:
+            raise CalibrationError(f"{where}: input '{spec.name}' is {x.dtype.name}, the model expects "
+                                   f"{spec.describe()}")
+        if spec.rank_known:
+            bad = x.ndim != len(spec.shape) or any(d is not None and d != n for d, n in zip(spec.shape, x.shape, strict=False))
+            if bad:
+                raise CalibrationError(f"{where}: input '{spec.name}' has shape {list(x.shape)}, the model expects "
+                                       f"{spec.describe()}")
+        if x.size == 0:
+            raise CalibrationError(f"{where}: input '{spec.name}' is empty (shape {list(x.shape)})")
+    return feed
+
+
+def _read_npz(path: pathlib.Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            feed = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CalibrationError(f"{path}: cannot read it as .npz ({type(exc).__name__}: {exc})") from None
+    if not feed:
+        raise CalibrationError(f"{path}: the .npz holds no arrays")
+    return feed
+
+
+def token_input(inputs: list[InputSpec], where: str) -> InputSpec:
+    """The model input that takes token ids."""
+    int_inputs = [i for i in inputs if i.dtype is not None and i.dtype.kind in "iu"]
+    ids_input = next((i for i in int_inputs if i.name in ("input_ids", "ids", "tokens", "idx", "input")), None)
+    if ids_input is None and len(inputs) == 1 and int_inputs:
+        ids_input = int_inputs[0]
+    if ids_input is None:
+        raise CalibrationError(f"{where}: the model has no integer token-id input (inputs: "
+                               f"{', '.join(f'{i.name} {i.describe()}' for i in inputs)}); give --calibration .npz feeds")
+    return ids_input
+
+
+def lm_feed(inputs: list[InputSpec], ids: np.ndarray, where: str) -> dict:
+    """Feed for a causal LM from token ids [batch, seq]: the integer ids input plus attention_mask /
+    position_ids when the model has them."""
+    feed = {}
+    ids_input = token_input(inputs, where)
+    for spec in inputs:
+        if spec is ids_input:
+            feed[spec.name] = ids.astype(spec.dtype)
+        elif "mask" in spec.name:
+            feed[spec.name] = np.ones(ids.shape, dtype=spec.dtype or np.int64)
+        elif "position" in spec.name:
+            feed[spec.name] = np.broadcast_to(np.arange(ids.shape[1]), ids.shape).astype(spec.dtype or np.int64)
+        else:
+            raise CalibrationError(f"{where}: cannot make model input '{spec.name}' from text (known: token ids, "
+                                   "attention_mask, position_ids); give --calibration .npz feeds")
+    return feed
+
+
+@dataclasses.dataclass
+class FeedSource:
+    """Where calibration (or evaluation) feeds come from; one of `path` or `text`+`tokenizer`."""
+
+    path: str | None = None
+    text: str | None = None
+    tokenizer: str | None = None
+    samples: int = 32
+    sequence_length: int = 512
+    skip_chars: int = 0  # text: start reading after this many characters
+    max_chars: int | None = None  # text: read at most this many characters
+
+    def describe(self) -> str:
+        if self.path:
+            return str(self.path)
+        return f"{self.samples} x {self.sequence_length} tokens of {self.text}"
+
+    def feeds(self, inputs: list[InputSpec]) -> list[dict]:
+        """All feeds, checked against the model's inputs (calibration sets are small)."""
+        out = list(self._iter(inputs))
+        if not out:
+            raise CalibrationError(f"{self.describe()}: no calibration samples")
+        return out
+
+    def _iter(self, inputs) -> Iterator[dict]:
+        if self.path is not None:
+            p = pathlib.Path(self.path)
+            if p.is_dir():
+                files = sorted(f for f in p.iterdir() if f.suffix == ".npz" and f.is_file())
+                if not files:
+                    raise CalibrationError(f"{p}: the directory holds no .npz files")
+                for f in files[: self.samples] if self.samples else files:
+                    yield check_feed(_read_npz(f), inputs, str(f))
+            elif p.is_file():
+                yield check_feed(_read_npz(p), inputs, str(p))
+            else:
+                raise CalibrationError(f"{p}: no such file or directory")
+            return
+        yield from self._text_feeds(inputs)
+
+    def tokens(self) -> list[int]:
+        from int4onnx.runtime import Tokenizer
+
+        if not self.tokenizer:
+            raise CalibrationError("text calibration needs --tokenizer (a tokenizer.json or sentencepiece .model)")
+        p = pathlib.Path(self.text)
+        if not p.is_file():
+            raise CalibrationError(f"{p}: no such file")
+        try:
+            text = p.read_text(encoding="utf-8")[self.skip_chars:]
+            if self.max_chars:
+                text = text[:self.max_chars]
+        except UnicodeDecodeError as exc:
+            raise CalibrationError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if not text.strip():
+            raise CalibrationError(f"{p}: no text" + (f" after the first {self.skip_chars} characters"
+                                                     if self.skip_chars else ""))
+        tok = Tokenizer(self.tokenizer)
+        ids = tok.encode(text)
+        return ([tok.bos_id] if tok.bos_id is not None else []) + ids
+
+    def _text_feeds(self, inputs) -> Iterator[dict]:
+        if self.sequence_length < 1 or self.samples < 1:
+            raise CalibrationError("--calibration-samples and --sequence-length must be at least 1")
+        token_input(inputs, self.text)
+        ids = self.tokens()
+        L = self.sequence_length
+        n = min(self.samples, len(ids) // L)
+        if n == 0:
+            raise CalibrationError(f"{self.text}: {len(ids)} tokens, fewer than one sample of --sequence-length {L}")
+        if n < self.samples:
+            logger.warning("calibration text gives %d samples of %d tokens (asked for %d)", n, L, self.samples)
+        for i in range(n):
+            window = np.array(ids[i * L:(i + 1) * L], dtype=np.int64)[None, :]
+            yield check_feed(lm_feed(inputs, window, self.text), inputs, self.text)
+
+
+# -- running the model ---------------------------------------------------------------------------------
+
+class ModelRunner:
+    """An ONNX Runtime session of an in-memory ir.Model with extra values exposed as outputs.
+
+    The model is serialised once (to a temporary directory with external data when it is large);
+    the ir.Model is left as it was. ``overridable`` names initializers that may be replaced per run
+    by feeding arrays under their names (they become graph inputs too)."""
+
+    def __init__(self, model: ir.Model, extra: Iterable[ir.Value] = (), overridable: Iterable[str] = (),
+                 threads: int | None = None, dtypes: dict[str, ir.DataType] | None = None):
+        import onnx
+
+        from int4onnx import io
+        from int4onnx.runtime import make_session
+
+        graph = model.graph
+        inputs = {v.name for v in graph.inputs}
+        self.fed = {}   # requested value name -> graph input name (activation that is a model input)
+        added, typed = [], []
+        self.extra_names: list[str] = []
+        for v in extra:
+            if v.name in self.fed or v.name in self.extra_names:
+                continue
+            if v.name in inputs:
+                self.fed[v.name] = v.name
+                continue
+            if v.type is None:  # an output needs a type; the caller knows the MatMul's (float or float16)
+                typed.append(v)
+                v.type = ir.TensorType((dtypes or {}).get(v.name) or ir.DataType.FLOAT)
+            if not v.is_graph_output():
+                graph.outputs.append(v)
+                added.append(v)
+            self.extra_names.append(v.name)
+        self.tmp = None
+        try:
+            large = io.initializer_bytes(model) > io.EXTERNAL_DATA_THRESHOLD
+            if large:
+                self.tmp = tempfile.TemporaryDirectory(prefix="int4onnx-calib-")
+                path = os.path.join(self.tmp.name, "model.onnx")
+                ir.save(model, path, external_data="model.onnx.data")
+                proto = onnx.load(path, load_external_data=False)
+            else:
+                proto = ir.serde.serialize_model(model)
+        finally:
+            for v in added:
+                graph.outputs.remove(v)
+            for v in typed:
+                v.type = None
+        self.output_names = [o.name for o in proto.graph.output]
+        over = set(overridable)
+        if over:
+            have = {i.name for i in proto.graph.input}
+            for init in proto.graph.initializer:
+                if init.name in over and init.name not in have:
+                    proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        if self.tmp is not None:
+            path = os.path.join(self.tmp.name, "model.onnx")
+            onnx.save(proto, path)
+            self.session = make_session(path, threads=threads)
+        else:
+            self.session = make_session(proto.SerializeToString(), threads=threads)
+        self.model_outputs = [o.name for o in model.graph.outputs]
+
+    def run(self, feed: dict, names: list[str]) -> list[np.ndarray]:
+        want = [n for n in names if n not in self.fed]
+        got = dict(zip(want, self.session.run(want, feed), strict=True)) if want else {}
+        return [feed[self.fed[n]] if n in self.fed else got[n] for n in names]
+
+    def close(self) -> None:
+        self.session = None
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
+
+
+def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict], gram: bool,
+                       progress: Callable[[int, int, str], None] | None = None,
+                       dtypes: dict[str, ir.DataType] | None = None) -> dict[str, ActivationStats]:
+    """Statistics of each value (an activation [..., K]) over the feeds, keyed by value name.
+    dtypes: element type of values whose type the graph does not record (default float32)."""
+    uniq: dict[str, ir.Value] = {}
+    for v in values:
+        uniq.setdefault(v.name, v)
+    runner = ModelRunner(model, uniq.values(), dtypes=dtypes)
+    stats: dict[str, ActivationStats] = {}
+    names = list(uniq)
+    try:
+        for i, feed in enumerate(feeds):
+            if progress:
+                progress(i, len(feeds), "calibrating")
+            try:
+                outs = runner.run(feed, names)
+            except Exception as exc:  # ONNX Runtime rejects the feed (e.g. a dimension the graph needs)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CalibrationError(f"calibration sample {i}: ONNX Runtime cannot run the model on it: {first}") from exc
+            for name, x in zip(names, outs, strict=True):
+                if name not in stats:
+                    stats[name] = ActivationStats(int(x.shape[-1]), gram=gram)
+                stats[name].update(x)
+        if progress:
+            progress(len(feeds), len(feeds), "calibrating")
+    finally:
+        runner.close()
+    return stats

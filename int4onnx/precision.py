@@ -1,0 +1,204 @@
+"""Per-layer precision: the LM policy (lm_head) and mixed precision by measured sensitivity.
+
+Sensitivity of a layer = the relative error of the model's outputs on calibration samples when only
+that layer is quantized (with the chosen method), measured end to end in ONNX Runtime: the float
+model runs with the layer's weight replaced by its dequantized version (weights become overridable
+inputs of one session, so no model is rebuilt per layer). Errors of different layers are treated as
+independent, so the squared relative output error of a choice is estimated as the sum of the layers'
+squared errors.
+
+Each layer can be 4-bit (the configured format), 8-bit (same op, bits=8) or float. With
+``target_bits`` the layers are promoted greedily by error reduction per extra bit while the average
+bits per weight over all selected MatMul weights (float ones counted at 16/32) stays within the
+target; with ``max_error`` the most error-reducing promotions per bit are taken until the estimated
+error is at most the bound. Only one layer's weights are held at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import onnx_ir as ir
+
+from int4onnx.config import GROUP_SIZES, QuantConfig
+from int4onnx.errors import ConfigError
+from int4onnx.passes.plan import LayerSpec, MatMulTarget, QuantPlan, SkippedNode
+from int4onnx.passes.quantize import WeightQuantizer, default_spec
+
+logger = logging.getLogger(__name__)
+
+SENSITIVITY_SAMPLES = 4  # calibration samples used to measure each layer
+
+
+@dataclasses.dataclass
+class Option:
+    name: str                 # "4", "8" or "float"
+    spec: LayerSpec | None    # None = float
+    bits: float               # storage bits of the layer
+    error2: float = 0.0       # measured squared relative output error
+
+
+def float_bits(t: MatMulTarget) -> int:
+    return t.K * t.N * (16 if t.dtype == ir.DataType.FLOAT16 else 32)
+
+
+def apply_lm_policy(plan: QuantPlan, config: QuantConfig, lm_heads: list[MatMulTarget]) -> set[tuple]:
+    """Fix the lm_head's precision from config.lm_head; returns the keys decided."""
+    fixed = set()
+    if config.lm_head == "4":
+        return fixed
+    for t in lm_heads:
+        if config.lm_head == "8":
+            plan.specs[t.key] = default_spec(config, t, bits=8)
+            plan.decisions[t.key] = "lm_head kept at 8-bit (--lm-head 8)"
+        else:
+            plan.decisions[t.key] = "lm_head kept float (--lm-head float)"
+        fixed.add(t.key)
+    if config.lm_head == "float":
+        keep_float(plan, fixed, "lm_head kept float (--lm-head float)")
+    return fixed
+
+
+def keep_float(plan: QuantPlan, keys: set[tuple], reason: str) -> None:
+    for t in [t for t in plan.targets if t.key in keys]:
+        plan.targets.remove(t)
+        plan.skipped.append(SkippedNode(t.node.name or "", t.node.op_type, reason))
+        plan.specs.pop(t.key, None)
+
+
+def _stored(t: MatMulTarget, w_kn: np.ndarray) -> np.ndarray:
+    """A [K, N] weight in the layout and type of the target's initializer."""
+    w = w_kn / np.float32(t.alpha) if t.alpha != 1.0 else w_kn
+    w = w.T if t.transposed else w
+    return np.ascontiguousarray(w.astype(np.float16 if t.dtype == ir.DataType.FLOAT16 else np.float32))
+
+
+def measure_sensitivity(model: ir.Model, plan: QuantPlan, config: QuantConfig, feeds: list[dict],
+                        keys: list[tuple], options: dict[tuple, list[Option]], progress=None) -> None:
+    """Fill Option.error2 for the quantized options of each key."""
+    from int4onnx.calibrate import ModelRunner
+
+    by_key = plan.targets_by_key()
+    quantizer = WeightQuantizer(config, plan)
+    names = [by_key[k][0].weight.name for k in keys]
+    runner = ModelRunner(model, overridable=names)
+    outs = runner.model_outputs
+    feeds = feeds[:SENSITIVITY_SAMPLES]
+    try:
+        base = [runner.run(f, outs) for f in feeds]
+        norm2 = sum(float(np.sum(np.square(y, dtype=np.float64))) for b in base for y in b) or 1.0
+        total = sum(1 for k in keys for o in options[k] if o.spec is not None)
+        done = 0
+        for key in keys:
+            t = by_key[key][0]
+            w = t.weight_kn()
+            for opt in options[key]:
+                if opt.spec is None:
+                    continue
+                if progress:
+                    progress(done, total, "measuring sensitivity")
+                deq = _stored(t, quantizer.quantize(key, opt.spec, w).dequantize())
+                err = 0.0
+                for f, b in zip(feeds, base, strict=True):
+                    ys = runner.run({**f, t.weight.name: deq}, outs)
+                    err += sum(float(np.sum(np.square(y.astype(np.float64) - y0))) for y, y0 in zip(ys, b, strict=True))
+                opt.error2 = err / norm2
+                done += 1
+            del w
+        if progress:
+            progress(total, total, "measuring sensitivity")
+    finally:
+        runner.close()
+
+
+def choose(options: dict[tuple, list[Option]], target_bits: float | None, max_error: float | None,
+           total_weights: int, fixed_bits: float) -> dict[tuple, Option]:
+    """Greedy multiple-choice knapsack: start every layer at its cheapest option and take the upgrade
+    with the largest error reduction per extra bit while it fits (target_bits), or until the estimated
+    error is small enough (max_error)."""
+    choice = {k: min(opts, key=lambda o: o.bits) for k, opts in options.items()}
+    budget = None if target_bits is None else target_bits * total_weights - fixed_bits
+    used = sum(o.bits for o in choice.values())
+    if budget is not None and used > budget + 1e-6:
+        floor = (used + fixed_bits) / total_weights
+        raise ConfigError(f"--target-bits {target_bits} is below what 4-bit everywhere needs ({floor:.3f} bits "
+                          "per weight with these options); raise it or use a larger --group-size / --double-quant")
+    while True:
+        err = sum(o.error2 for o in choice.values())
+        if max_error is not None and err <= max_error ** 2:
+            break
+        best, best_gain = None, 0.0
+        for k, cur in choice.items():
+            for o in options[k]:
+                extra = o.bits - cur.bits
+                if extra <= 0 or o.error2 >= cur.error2:
+                    continue
+                if budget is not None and used + extra > budget + 1e-6:
+                    continue
+                gain = (cur.error2 - o.error2) / extra
+                if gain > best_gain:
+                    best, best_gain = (k, o), gain
+        if best is None:
+            break
+        k, o = best
+        used += o.bits - choice[k].bits
+        choice[k] = o
+    return choice
+
+
+def mixed_precision(model: ir.Model, plan: QuantPlan, config: QuantConfig, feeds: list[dict],
+                    fixed: set[tuple], progress=None) -> dict:
+    """Decide 4-bit / 8-bit / float per layer; fills plan.specs, plan.decisions, plan.sensitivity and
+    moves float layers to plan.skipped. Returns a summary for the report."""
+    start = time.perf_counter()
+    by_key = plan.targets_by_key()
+    keys = [k for k in by_key if k not in fixed]
+    options: dict[tuple, list[Option]] = {}
+    for k in keys:
+        t = by_key[k][0]
+        opts = []
+        for bits in (4, 8) if config.bits == 4 else (8,):
+            spec = default_spec(config, t, bits=bits)
+            opts.append(Option(str(bits), spec, 8.0 * spec.storage_bytes(t.K, t.N)))
+            if bits == 4:  # finer groups: cheaper than 8-bit when the budget is tight
+                for g in GROUP_SIZES:
+                    if g < spec.block_size:
+                        fine = dataclasses.replace(spec, block_size=g)
+                        opts.append(Option(f"4/g{g}", fine, 8.0 * fine.storage_bytes(t.K, t.N)))
+        opts.append(Option("float", None, float(float_bits(t))))
+        options[k] = opts
+    measure_sensitivity(model, plan, config, feeds, keys, options, progress)
+    total_weights = sum(by_key[k][0].K * by_key[k][0].N for k in by_key)
+    fixed_bits = 0.0
+    for k in fixed:
+        t = by_key[k][0]
+        spec = plan.specs.get(k)
+        fixed_bits += 8.0 * spec.storage_bytes(t.K, t.N) if spec is not None else float_bits(t)
+    choice = choose(options, config.target_bits, config.max_error, total_weights, fixed_bits)
+    floats = set()
+    for k, o in choice.items():
+        plan.sensitivity[k] = {f"error_{x.name}" if x.spec else "error_float": round(float(np.sqrt(x.error2)), 6)
+                               for x in options[k]}
+        if o.spec is None:
+            floats.add(k)
+            plan.decisions[k] = f"mixed precision: kept float (output error at 4-bit {np.sqrt(options[k][0].error2):.4f})"
+        else:
+            plan.specs[k] = o.spec
+            plan.decisions[k] = f"mixed precision: {o.spec.describe()}"
+    keep_float(plan, floats, "kept float by mixed precision (most sensitive layer)")
+    est = float(np.sqrt(sum(o.error2 for o in choice.values())))
+    used = sum(o.bits for o in choice.values()) + fixed_bits
+    summary = {
+        "target_bits": config.target_bits, "max_error": config.max_error,
+        "estimated_output_rel_error": round(est, 6),
+        "estimated_bits_per_weight_all_selected": round(used / total_weights, 4),
+        "layers": {name: sum(1 for o in choice.values() if o.name.split("/")[0] == name) for name in ("4", "8", "float")},
+        "choices": {o.spec.describe() if o.spec else "float": sum(1 for x in choice.values() if x is o or
+                                                                   (x.spec == o.spec)) for o in choice.values()},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    logger.info("mixed precision: %s", summary)
+    return summary

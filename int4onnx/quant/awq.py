@@ -1,0 +1,59 @@
+"""AWQ (Lin et al., 2023): activation-aware per-input-channel scaling.
+
+Input channels that carry large activations matter more to the output, so their weights deserve a
+finer grid. AWQ multiplies row k of W by s_k and divides input channel k by s_k, which leaves
+X W unchanged in exact arithmetic but gives the salient rows more of each group's range. The scales
+are s = mean|x|^alpha (normalised so max(s) * min(s) = 1); alpha is searched on a grid in [0, 1)
+to minimise the layer output error on the calibration data, computed from the Gram matrix G = X^T X
+as sum over the layers sharing the input of tr(D^T G D), D = Q(diag(s) W) / s - W. alpha = 0 is
+plain RTN, so the search never does worse on the calibration data.
+
+The division of the input by s is folded into the op producing it where that is exact (the
+multiplier of an RMSNorm/LayerNorm, the columns of a preceding MatMul) or kept as an input Mul
+(passes/awq.py). Cost per input: `points` quantizations of each weight sharing it and as many
+K x K x N products.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from int4onnx._threads import blas_threads_for
+
+DEFAULT_POINTS = 20
+
+
+def output_error(w_kn: np.ndarray, deq_kn: np.ndarray, gram: np.ndarray) -> float:
+    d = deq_kn.astype(np.float64) - w_kn.astype(np.float64)
+    return float(np.sum((gram @ d) * d))
+
+
+def search_scales(weights: list[np.ndarray], mean_abs: np.ndarray, gram: np.ndarray,
+                  fake_quant: Callable[[np.ndarray], np.ndarray], points: int = DEFAULT_POINTS
+                  ) -> tuple[np.ndarray, float, dict]:
+    """Best input-channel scales [K] for weights [K, N_i] sharing one input.
+
+    fake_quant maps a [K, N] weight to its dequantized quantization. Returns (s, alpha, losses by alpha).
+    """
+    with blas_threads_for(gram.shape[0]):
+        return _search(weights, mean_abs, gram, fake_quant, points)
+
+
+def _search(weights, mean_abs, gram, fake_quant, points):
+    x = np.maximum(np.asarray(mean_abs, dtype=np.float64), 1e-8)
+    losses: dict[float, float] = {}
+    best = (np.inf, 0.0, np.ones_like(x))
+    for alpha in np.arange(points) / points:
+        s = x ** alpha
+        s = s / np.sqrt(s.max() * s.min())
+        s = np.clip(s, 1e-4, 1e4)
+        loss = 0.0
+        for w in weights:
+            scaled = (w * s[:, None]).astype(np.float32)
+            loss += output_error(w, fake_quant(scaled) / s[:, None], gram)
+        losses[float(alpha)] = loss
+        if loss < best[0]:
+            best = (loss, float(alpha), s)
+    return best[2].astype(np.float32), best[1], losses

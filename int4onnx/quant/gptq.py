@@ -1,0 +1,141 @@
+"""GPTQ (Frantar et al., 2022): quantize the input channels of a layer one at a time and push each
+channel's rounding error onto the channels not yet quantized, weighted by the inverse of the
+calibration Gram matrix H = X^T X, so that the layer *output* error ||X W - X Q||^2 stays small.
+
+    H += damp * mean(diag H) * I            (damping: H may be singular, e.g. dead channels)
+    U = chol(H^-1) (upper)                   (rows of U give the optimal updates; Cholesky = stability)
+    for each channel k (in blocks of columns; updates to later blocks are applied once per block):
+        q_k = quantize(w_k) on its group's grid
+        e = (w_k - q_k) / U[k, k];  w_j -= e * U[k, j]  for j > k
+
+Group parameters (scale, zero point) are fixed when the first channel of a group is reached, from the
+current (error-updated) weights, optionally with a clip search. With act-order the channels are
+visited by decreasing H[k, k]; the stored format keeps groups contiguous along K, so the group
+parameters are then computed up front from the original weights ("static groups").
+
+Cost: O(K^3) for the inverse plus O(K^2 N) for the updates per layer; memory O(K^2 + K N).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from int4onnx._threads import blas_threads_for
+from int4onnx.quant.base import QuantizedWeight
+from int4onnx.quant.clip import best_shrink
+from int4onnx.quant.grid import (
+    Grid,
+    GroupParams,
+    dequantize_values,
+    group_params,
+    quantize_values,
+    raw_scales,
+    super_scales,
+    to_blocks,
+)
+from int4onnx.quant.rtn import make_weight
+
+DEFAULT_DAMP = 0.01
+LAZY_BLOCK = 128
+
+
+def _upper_inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
+    """U (upper triangular) with U^T U = (H + damp * mean(diag H) I)^-1; more damping if H is not
+    positive definite in floating point."""
+    K = H.shape[0]
+    mean_diag = float(np.mean(np.diag(H)))
+    for extra in (1.0, 10.0, 100.0, 1000.0):
+        Hd = H + np.eye(K) * damp * extra * mean_diag
+        try:
+            L = np.linalg.cholesky(Hd)
+            Linv = np.linalg.inv(L)
+            return np.linalg.cholesky(Linv.T @ Linv).T
+        except np.linalg.LinAlgError:
+            continue
+    raise np.linalg.LinAlgError("the calibration Gram matrix is not positive definite even with damping")
+
+
+def _params(values: np.ndarray, grid: Grid, block_size: int, weight: np.ndarray | None, clip: bool,
+            super_scale: np.ndarray | None) -> GroupParams:
+    """Group parameters for [N, g] values of one group (g <= block_size; padded with zeros)."""
+    blocks = np.zeros((values.shape[0], 1, block_size), dtype=np.float64)
+    blocks[:, 0, :values.shape[1]] = values
+    shrink = 1.0
+    if clip:
+        cw = None
+        if weight is not None:
+            cw = np.zeros((1, block_size), dtype=np.float64)
+            cw[0, :weight.shape[0]] = weight
+        shrink = best_shrink(blocks, grid, cw, super_scale=super_scale)
+    return group_params(blocks, grid, shrink, super_scale)
+
+
+def quantize_gptq(w_kn: np.ndarray, gram: np.ndarray, grid: Grid, block_size: int, damp: float = DEFAULT_DAMP,
+                  act_order: bool = False, clip: bool = False, lazy_block: int = LAZY_BLOCK) -> QuantizedWeight:
+    """[K, N] weight and the [K, K] Gram matrix of its inputs -> QuantizedWeight."""
+    with blas_threads_for(max(w_kn.shape)):
+        return _gptq(w_kn, gram, grid, block_size, damp, act_order, clip, lazy_block)
+
+
+def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool, clip: bool,
+          lazy_block: int) -> QuantizedWeight:
+    w_kn = np.asarray(w_kn, dtype=np.float32)
+    K, N = w_kn.shape
+    bs = block_size
+    nb = -(-K // bs)
+    W = w_kn.T.astype(np.float64)            # [N, K]: column k = input channel k
+    H = np.array(gram, dtype=np.float64)
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    diag = np.diag(H).copy()
+
+    ss = None
+    if grid.scale_dtype == "int8":  # one super-scale per column, fixed up front from the original weights
+        ss = super_scales(raw_scales(to_blocks(W.T.astype(np.float32), bs), grid)[0])
+
+    scales = np.zeros((N, nb), np.float32)
+    zps = None if grid.symmetric or grid.quant_type == "nf4" else np.zeros((N, nb), np.float32)
+    scodes = np.zeros((N, nb), np.int8) if ss is not None else None
+
+    def set_group(g: int, p: GroupParams) -> None:
+        scales[:, g] = p.scales[:, 0]
+        if zps is not None:
+            zps[:, g] = p.zero_points[:, 0]
+        if scodes is not None:
+            scodes[:, g] = p.scale_codes[:, 0]
+
+    if act_order:
+        perm = np.argsort(-diag, kind="stable")
+        for g in range(nb):  # static groups from the original weights
+            lo, hi = g * bs, min(K, (g + 1) * bs)
+            set_group(g, _params(W[:, lo:hi], grid, bs, diag[lo:hi], clip, ss))
+    else:
+        perm = np.arange(K)
+    W = W[:, perm]
+    U = _upper_inverse_cholesky(H[np.ix_(perm, perm)], damp)
+
+    codes = np.zeros((N, K), np.uint8)
+    # without act-order, a block of columns must hold whole groups so group parameters see updated weights
+    B = bs * max(1, lazy_block // bs) if not act_order else lazy_block
+    for i1 in range(0, K, B):
+        i2 = min(i1 + B, K)
+        W1 = W[:, i1:i2].copy()
+        E1 = np.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            k = perm[i1 + i]
+            g = k // bs
+            if not act_order and k % bs == 0:
+                hi = min(i2 - i1, i + bs)
+                set_group(g, _params(W1[:, i:hi], grid, bs, diag[k:k + hi - i], clip, ss))
+            s = scales[:, g]
+            z = None if zps is None else zps[:, g]
+            w = W1[:, i]
+            c = quantize_values(w, s, z, grid)
+            codes[:, k] = c
+            err = (w - dequantize_values(c, s, z, grid)) / U1[i, i]
+            W1[:, i:] -= np.outer(err, U1[i, i:])
+            E1[:, i] = err
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    return make_weight(K, N, bs, grid, codes, GroupParams(scales, zps, scodes, ss))
