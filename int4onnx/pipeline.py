@@ -44,7 +44,13 @@ class UpgradeOpsetPass(ir.passes.FunctionalPass):
                 f"converter failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
                 "Use --format int4onnx or --format matmulnbits, which work with any opset"
             ) from exc
-        return ir.passes.PassResult(ir.serde.deserialize_model(proto), modified=True)
+        upgraded = ir.serde.deserialize_model(proto)
+        # external data stays where it was: the serialised model only kept its relative locations
+        base_dirs = {t.base_dir for g in model.graphs() for v in g.initializers.values()
+                     if isinstance(t := v.const_value, ir.ExternalTensor)}
+        if base_dirs:
+            ir.external_data.set_base_dir(upgraded.graph, base_dirs.pop())
+        return ir.passes.PassResult(upgraded, modified=True)
 
 
 def _already_quantized(model: ir.Model) -> str | None:
@@ -105,26 +111,12 @@ def quantize_model(model: ir.Model, config: QuantConfig,
 def quantize_file(input_path, output_path, config: QuantConfig,
                   progress: Callable[[int, int, str], None] | None = None) -> Report:
     start = time.perf_counter()
-    out = io.check_output_path(input_path, output_path)
+    io.check_output_path(input_path, output_path)
     model = io.load_model(input_path)
-    input_bytes = _file_bytes(input_path)
+    out = io.check_output_path(input_path, output_path, model)  # now also against its data files
+    input_bytes = io.model_file_bytes(input_path, model)
     model, plan = quantize_model(model, config, progress)
     written = io.save_model_atomic(model, out)
     output_bytes = sum(os.path.getsize(p) for p in written)
     return Report.build(plan, config, input_path, output_path, input_bytes, output_bytes, time.perf_counter() - start)
 
-
-def _file_bytes(path) -> int:
-    """Size of a model file plus the external data files it references."""
-    total = os.path.getsize(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    proto = onnx.load(str(path), load_external_data=False)
-    seen = set()
-    for t in proto.graph.initializer:
-        for entry in t.external_data:
-            if entry.key == "location" and entry.value not in seen:
-                seen.add(entry.value)
-                p = os.path.join(folder, entry.value)
-                if os.path.isfile(p):
-                    total += os.path.getsize(p)
-    return total

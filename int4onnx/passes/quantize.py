@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from int4onnx.config import QuantConfig
 from int4onnx.passes.plan import LayerResult, LayerSpec, MatMulTarget, QuantPlan
-from int4onnx.quant.base import QuantizedWeight, error_metrics
+from int4onnx.quant.base import QuantizedWeight, error_metrics_of
 from int4onnx.quant.rtn import quantize_rtn
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,14 @@ def rtn_method(w: np.ndarray, target: MatMulTarget, spec: LayerSpec) -> Quantize
                         quant_type=spec.quant_type, scale_dtype=np.dtype(spec.scale_dtype))
 
 
+# RTN quantizes every output column on its own, so it can run on a slice of columns at a time.
+rtn_method.column_independent = True
+
 METHODS: dict[str, Method] = {"rtn": rtn_method}
+
+# Methods marked ``column_independent`` are run on slices of about this many weights, so the float
+# temporaries of one call stay small whatever the layer size (memory is bounded by the largest layer).
+CHUNK_ELEMENTS = 1 << 22
 
 
 class PlanLayersPass(ir.passes.InPlacePass):
@@ -77,8 +84,8 @@ class WeightQuantizer:
         if self.progress:
             self.progress(len(self.plan.layers), len(self.by_key), t.weight.name or "")
         w = t.weight_kn()
-        qw = self.method(w, t, spec)
-        metrics = error_metrics(w, qw.dequantize())
+        qw = self._quantize(w, t, spec)
+        metrics = error_metrics_of(w, qw, CHUNK_ELEMENTS)
         del w
         self.plan.layers[key] = LayerResult(spec=spec, K=t.K, N=t.N, nodes=[x.node.name or "" for x in targets],
                                             metrics=metrics)
@@ -89,6 +96,13 @@ class WeightQuantizer:
         while len(self.cache) > self.keep:
             self.cache.popitem(last=False)
         return qw
+
+    def _quantize(self, w: np.ndarray, t: MatMulTarget, spec: LayerSpec) -> QuantizedWeight:
+        step = max(1, CHUNK_ELEMENTS // max(t.K, 1))
+        if not getattr(self.method, "column_independent", False) or t.N <= step:
+            return self.method(w, t, spec)
+        return QuantizedWeight.concat_columns(
+            [self.method(w[:, n0:n0 + step], t, spec) for n0 in range(0, t.N, step)])
 
     def quantize_all(self) -> None:
         """Force every pending weight (used when the model is kept in memory rather than saved)."""

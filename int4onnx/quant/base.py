@@ -46,6 +46,22 @@ class QuantizedWeight:
     def packed_zero_points(self) -> np.ndarray | None:
         return None if self.zero_points is None else _native.pack_zero_points(self.zero_points, self.bits)
 
+    def columns(self, start: int, stop: int) -> "QuantizedWeight":
+        """Output columns start..stop-1 of this weight (views, no copy)."""
+        return dataclasses.replace(self, N=stop - start, codes=self.codes[start:stop], scales=self.scales[start:stop],
+                                   zero_points=None if self.zero_points is None else self.zero_points[start:stop])
+
+    @classmethod
+    def concat_columns(cls, parts: list["QuantizedWeight"]) -> "QuantizedWeight":
+        """Join weights quantized column slice by column slice (the inverse of ``columns``)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return dataclasses.replace(
+            first, N=sum(p.N for p in parts), codes=np.concatenate([p.codes for p in parts]),
+            scales=np.concatenate([p.scales for p in parts]),
+            zero_points=None if first.zero_points is None else np.concatenate([p.zero_points for p in parts]))
+
     def dequantize(self) -> np.ndarray:
         """float32 [K, N], computed in numpy from codes/scales (independent of the C packer)."""
         bs, nb = self.block_size, self.n_blocks
@@ -60,12 +76,30 @@ class QuantizedWeight:
         return np.ascontiguousarray((values * s_k).T)
 
 
-def error_metrics(w: np.ndarray, wq: np.ndarray) -> dict:
-    """Relative Frobenius error and SQNR (dB) of wq against w."""
+def _error_sums(w: np.ndarray, wq: np.ndarray) -> tuple[float, float]:
     w = w.astype(np.float64)
     err = w - wq.astype(np.float64)
-    signal = float(np.sum(w * w))
-    noise = float(np.sum(err * err))
+    return float(np.sum(w * w)), float(np.sum(err * err))
+
+
+def error_metrics(w: np.ndarray, wq: np.ndarray) -> dict:
+    """Relative Frobenius error and SQNR (dB) of wq against w."""
+    return _metrics(*_error_sums(w, wq))
+
+
+def error_metrics_of(w: np.ndarray, qw: QuantizedWeight, max_elements: int = 1 << 22) -> dict:
+    """error_metrics(w, qw.dequantize()) computed a slice of columns at a time, so that the float
+    temporaries stay near max_elements whatever the size of the layer."""
+    step = max(1, max_elements // max(qw.K, 1))
+    signal = noise = 0.0
+    for n0 in range(0, qw.N, step):
+        n1 = min(qw.N, n0 + step)
+        s, e = _error_sums(w[:, n0:n1], qw.columns(n0, n1).dequantize())
+        signal, noise = signal + s, noise + e
+    return _metrics(signal, noise)
+
+
+def _metrics(signal: float, noise: float) -> dict:
     rel = float(np.sqrt(noise / signal)) if signal > 0 else 0.0
     sqnr = float(10 * np.log10(signal / noise)) if noise > 0 and signal > 0 else float("inf")
     return {"rel_error": rel, "sqnr_db": sqnr}
