@@ -147,9 +147,12 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
         name = model.name[:-5] if model.name.endswith(".onnx") else model.name
         output = model.with_name(f"{name}.int4.onnx" if bits == 4 else f"{name}.int{bits}.onnx")
     if report is not None:
-        from int4onnx.io import check_output_path
+        from int4onnx.errors import OutputError
+        from int4onnx.io import check_output_path, data_path
 
         check_output_path(model, report)
+        if report.resolve() in (output.resolve(), data_path(output).resolve()):
+            raise OutputError(f"--report {report} would overwrite the output model; choose another report path")
 
     bar = None
 
