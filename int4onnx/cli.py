@@ -42,7 +42,8 @@ def _terminate_as_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    old = {s: signal.signal(s, _raise_interrupted) for s in sigs}
     try:
         yield
     finally:
@@ -73,7 +74,7 @@ class _Group(click.Group):
             raise
         except KeyboardInterrupt as exc:
             name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
-            if getattr(exc, "output_written", False):
+            if getattr(exc, "output_written", False) or (ctx.obj and ctx.obj.get("written")):
                 click.echo(f"int4onnx: interrupted ({name}) after the output was written", err=True)
             else:
                 click.echo(f"int4onnx: interrupted ({name}); nothing was written and any previous output is "
@@ -168,6 +169,7 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
             bar.__exit__(None, None, None)
 
     result = quantize_file(model, output, config, progress=progress)
+    click.get_current_context().obj["written"] = True
     if report is not None:
         _write_atomic(report, result.to_json() + "\n")
     if quiet:

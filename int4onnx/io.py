@@ -92,8 +92,11 @@ def check_external_data(model: ir.Model, path: pathlib.Path) -> None:
                 f"{path}: initializer '{value.name}' has {tensor.length} bytes in '{tensor.location}' but its "
                 f"shape and type need {tensor.nbytes}"
             )
-        try:  # onnx_ir's own checks (path outside the model folder, hard links) run when data is mapped
-            tensor.numpy()
+        # onnx_ir refuses data paths outside the model's folder (and hard links) when it maps the
+        # data; run that check now rather than in the middle of the conversion
+        check = getattr(tensor, "_check_path_containment", None)
+        try:
+            check() if check else tensor.numpy()
         except (ValueError, OSError) as exc:
             raise ModelLoadError(f"{path}: initializer '{value.name}': {_first_line(exc)}") from exc
         finally:
@@ -193,7 +196,7 @@ def _signals_deferred():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    sigs = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
     pending: list[int] = []
     old = {}
     for s in sigs:
@@ -232,7 +235,7 @@ def save_model_atomic(model: ir.Model, output_path, external_data: bool | None =
         tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_MARK}{os.getpid()}-", suffix=".tmp",
                                                dir=out.parent))
     except OSError as exc:
-        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write {out}: creating a file in {out.parent} failed ({exc.strerror or exc})") from exc
     try:
         tmp_model = tmpdir / out.name
         try:
