@@ -238,10 +238,16 @@ def save_model_atomic(model: ir.Model, output_path, external_data: bool | None =
         raise OutputError(f"cannot write {out}: creating a file in {out.parent} failed ({exc.strerror or exc})") from exc
     try:
         tmp_model = tmpdir / out.name
+        # string tensors cannot live in external data: a model with large ones is serialised in memory
+        strings = any(v.const_value is not None and v.const_value.dtype == ir.DataType.STRING
+                      and v.const_value.nbytes > _STREAM_THRESHOLD for g in model.graphs() for v in g.initializers.values())
         try:
-            # every initializer above the threshold goes to the data file, one at a time
-            ir.save(model, str(tmp_model), external_data=data_name, size_threshold_bytes=_STREAM_THRESHOLD)
-            if not external_data:
+            if strings and not external_data:
+                ir.save(model, str(tmp_model))
+            else:
+                # every initializer above the threshold goes to the data file, one at a time
+                ir.save(model, str(tmp_model), external_data=data_name, size_threshold_bytes=_STREAM_THRESHOLD)
+            if not external_data and not strings:
                 single = tmpdir / (out.name + ".single")
                 _inline(tmp_model, tmpdir, single)
                 os.replace(single, tmp_model)

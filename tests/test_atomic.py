@@ -154,3 +154,19 @@ def test_single_file_output_is_what_onnx_save_writes(tmp_path):
         out = tmp_path / f"m.{fmt}.onnx"
         int4onnx.quantize(src, out, format=fmt, symmetric=fmt == "qdq")
         assert out.read_bytes() == onnx.load(str(out)).SerializeToString()
+
+
+def test_string_initializers_survive(tmp_path):
+    """String tensors cannot be external data; a model with a large one is still saved whole."""
+    from onnx import TensorProto, helper
+
+    model = matmul_model({"w0": RNG.standard_normal((64, 32)).astype(np.float32)})
+    words = [f"token{i}".encode() for i in range(500)]
+    model.graph.initializer.append(helper.make_tensor("vocab", TensorProto.STRING, [len(words)], words))
+    model.graph.node.append(helper.make_node("Identity", ["vocab"], ["vocab_out"], name="keep"))
+    model.graph.output.append(helper.make_tensor_value_info("vocab_out", TensorProto.STRING, [len(words)]))
+    src = save(model, tmp_path / "m.onnx")
+    int4onnx.quantize(src, tmp_path / "o.onnx")
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    vocab = next(t for t in out.graph.initializer if t.name == "vocab")
+    assert list(vocab.string_data) == words
