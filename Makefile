@@ -6,7 +6,7 @@ ORT_INC := .deps/onnxruntime/include/onnxruntime_c_api.h
 STAMP  := $(VENV)/.installed
 NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/include/*.h) native/build_ffi.py
 
-.PHONY: all deps venv demo test test-fast arm-deps test-arm native clean
+.PHONY: all deps venv demo test test-fast test-sanitize arm-deps test-arm native clean
 
 all: venv
 
@@ -45,6 +45,24 @@ arm-deps: venv
 # armv7: cortex-a7), outputs compared with x86 (docs/deploy.md)
 test-arm: venv arm-deps
 	$(PY) tools/arm/run_tests.py
+
+# The native code built with AddressSanitizer + UndefinedBehaviorSanitizer, and the test suite (all
+# but the slow tests; the op fuzzer with more cases) run against it: INT4ONNX_LIBRARY loads the
+# sanitized cffi extension in place of the installed one, the sanitizer runtimes are preloaded.
+SAN_DIR   := build/sanitize
+SAN_FLAGS := -g -fno-wrapv -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_ENV    = LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+             ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+             INT4ONNX_LIBRARY="$$(ls $(CURDIR)/$(SAN_DIR)/int4onnx/_int4onnx_native*.so)"
+
+$(SAN_DIR)/.built: $(NATIVE_SRC) $(STAMP)
+	rm -rf $(SAN_DIR)
+	CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" $(PY) native/build_ffi.py $(SAN_DIR) > /dev/null
+	touch $@
+
+test-sanitize: venv $(SAN_DIR)/.built
+	$(SAN_ENV) $(PY) -c "from int4onnx import _native as n; assert '$(SAN_DIR)' in n._ext.__file__, n._ext.__file__"
+	$(SAN_ENV) INT4ONNX_FUZZ_EXAMPLES=1500 $(PY) -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf build dist *.egg-info int4onnx/*.so models/out native/build examples/c/build

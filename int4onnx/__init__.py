@@ -23,8 +23,15 @@ def quantize(input_path, output_path, config: QuantConfig | None = None, **optio
     ``method``, ``format``, ``exclude``, ...), given either as a config or as keywords.
     Returns a :class:`int4onnx.report.Report`.
     """
+    import dataclasses
+
+    from int4onnx.errors import ConfigError
     from int4onnx.pipeline import quantize_file
 
+    known = {f.name for f in dataclasses.fields(QuantConfig)}
+    for name in options:
+        if name not in known:
+            raise ConfigError(f"unknown option {name!r}; options are {', '.join(sorted(known))}")
     if config is None:
         config = QuantConfig(**options)
     elif options:

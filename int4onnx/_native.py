@@ -5,12 +5,37 @@ Everything here is a thin, checked wrapper around int4onnx.h; no layout logic is
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+
 import numpy as np
 
 from int4onnx.errors import NativeLibraryError
 
+_MODULE = "int4onnx._int4onnx_native"
+# INT4ONNX_LIBRARY: use another build of the native library. A build of the cffi extension
+# (_int4onnx_native*.so, e.g. the sanitizer build of `make test-sanitize`) replaces both the Python
+# binding and the ONNX Runtime op library; any other library (e.g. native/build/<triple>/
+# libint4onnx_ops.so) only changes what library_path() returns.
+_OVERRIDE = os.environ.get("INT4ONNX_LIBRARY") or None
+
+
+def _load_extension(path: str):
+    spec = importlib.util.spec_from_file_location(_MODULE, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"INT4ONNX_LIBRARY={path} is not a Python extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[_MODULE] = module
+    return module
+
+
 try:
-    from int4onnx import _int4onnx_native as _ext
+    if _OVERRIDE and os.path.basename(_OVERRIDE).startswith("_int4onnx_native"):
+        _ext = _load_extension(_OVERRIDE)
+    else:
+        from int4onnx import _int4onnx_native as _ext
 except ImportError as exc:  # pragma: no cover - only without a build
     raise ImportError(
         "int4onnx's native library is not built. Install the package with `pip install .` "
@@ -29,6 +54,10 @@ VERSION = ffi.string(lib.i4o_version()).decode()
 
 def library_path() -> str:
     """Path of the shared library to pass to ``SessionOptions.register_custom_ops_library``."""
+    if _OVERRIDE:
+        if not os.path.isfile(_OVERRIDE):
+            raise NativeLibraryError(f"INT4ONNX_LIBRARY={_OVERRIDE}: no such file")
+        return os.path.abspath(_OVERRIDE)
     return _ext.__file__
 
 

@@ -6,32 +6,97 @@ the model has nothing to quantize); `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import pathlib
+import signal
 import sys
+import tempfile
+import threading
 from collections import Counter
 
 import click
 
 from int4onnx.config import COMPUTE, FORMATS, LAYER_CHOICES, METHODS, QuantConfig
-from int4onnx.errors import Int4OnnxError
+from int4onnx.errors import Int4OnnxError, Interrupted
+
+
+class _OneLineUsageError(click.UsageError):
+    """A usage mistake (unknown choice, not a number, missing argument) printed on one line."""
+
+    def show(self, file=None):
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx else ""
+        click.echo(f"int4onnx: error: {self.format_message()}{hint}", err=True)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM and SIGHUP end a conversion like Ctrl-C does: through the clean-up code, so no
+    temporary file is left. (SIGKILL cannot be caught; see docs/errors.md.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    old = {s: signal.signal(s, _raise_interrupted) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 class _Group(click.Group):
     """Turns library errors into one line and an exit code."""
 
     def invoke(self, ctx):
+        def debug() -> bool:  # --debug is parsed inside super().invoke
+            return bool(ctx.obj and ctx.obj.get("debug"))
+
         try:
-            return super().invoke(ctx)
+            with _terminate_as_interrupt():
+                return super().invoke(ctx)
         except Int4OnnxError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+            if debug():
                 raise
             click.echo(f"int4onnx: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("int4onnx: interrupted; no output was written", err=True)
-            ctx.exit(130)
+        except click.UsageError as exc:
+            if isinstance(exc, _OneLineUsageError):
+                raise
+            raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt as exc:
+            name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+            if getattr(exc, "output_written", False) or (ctx.obj and ctx.obj.get("written")):
+                click.echo(f"int4onnx: interrupted ({name}) after the output was written", err=True)
+            else:
+                click.echo(f"int4onnx: interrupted ({name}); nothing was written and any previous output is "
+                           "unchanged", err=True)
+            ctx.exit(128 + int(getattr(exc, "signum", signal.SIGINT)))
+        except MemoryError:
+            if debug():
+                raise
+            click.echo("int4onnx: error: out of memory; nothing was written", err=True)
+            ctx.exit(1)
+        except OSError as exc:
+            if debug():
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"int4onnx: error: {exc.strerror or exc}{where}; nothing was written", err=True)
+            ctx.exit(1)
+        except Exception as exc:
+            if debug():
+                raise
+            click.echo(f"int4onnx: internal error: {type(exc).__name__}: {exc}. This is a bug in int4onnx; "
+                       "nothing was written. Run again with --debug for the traceback and report it.", err=True)
+            ctx.exit(1)
 
 
 def _mb(n: int) -> str:
@@ -83,7 +148,7 @@ def _progress_printer(quiet: bool):
               help="Output model (default: MODEL with .int4.onnx).")
 @click.option("--bits", type=int, default=4, show_default=True, help="Weight bits: 4 or 8.")
 @click.option("--group-size", type=int, default=32, show_default=True,
-              help="Weights per scale along K: 16, 32, 64, 128, 256; -1 or 0 = per-channel.")
+              help="Weights per scale along K: 16, 32, 64, 128, 256; -1 = per-channel.")
 @click.option("--symmetric/--asymmetric", default=None,
               help="Symmetric codes (no zero points) or asymmetric (uint codes with zero points). "
                    "Default: asymmetric, symmetric for --dtype nf4.")
@@ -148,11 +213,15 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
         name = model.name[:-5] if model.name.endswith(".onnx") else model.name
         output = model.with_name(f"{name}.int4.onnx" if bits == 4 else f"{name}.int{bits}.onnx")
     if report is not None:
-        from int4onnx.io import check_output_path
+        from int4onnx.errors import OutputError
+        from int4onnx.io import check_output_path, data_path
 
         check_output_path(model, report)
+        if report.resolve() in (output.resolve(), data_path(output).resolve()):
+            raise OutputError(f"--report {report} would overwrite the output model; choose another report path")
 
     result = quantize_file(model, output, config, progress=_progress_printer(quiet))
+    click.get_current_context().obj["written"] = True
     if report is not None:
         _write_atomic(report, result.to_json() + "\n")
     if quiet:
@@ -198,9 +267,14 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
 
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 @main.command()

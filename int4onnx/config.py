@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 
 from int4onnx.errors import ConfigError
@@ -16,13 +17,17 @@ COMPUTE = ("fp32", "int8")
 QUANT_TYPES = ("int", "nf4")
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
     """How to quantize.
 
     bits: 4 (default) or 8.
     group_size: weights along K share one scale per group of this many values (16, 32, 64, 128,
-        256). ``-1`` or ``0`` means per-channel: one group spanning the whole of K. A group larger
+        256). ``-1`` means per-channel: one group spanning the whole of K. A group larger
         than K is the same as per-channel. K need not be a multiple of the group size: the last
         group is padded.
     symmetric: True = signed codes with an implied zero point (no zero-point tensor);
@@ -93,11 +98,11 @@ class QuantConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.bits not in (4, 8):
+        if not _is_int(self.bits) or self.bits not in (4, 8):
             raise ConfigError(f"bits must be 4 or 8, got {self.bits!r}")
-        if self.group_size not in GROUP_SIZES + (-1, 0):
+        if not _is_int(self.group_size) or self.group_size not in GROUP_SIZES + (-1,):
             raise ConfigError(
-                f"group size must be one of {', '.join(map(str, GROUP_SIZES))}, or -1/0 for per-channel; got {self.group_size!r}"
+                f"group size must be one of {', '.join(map(str, GROUP_SIZES))}, or -1 for per-channel; got {self.group_size!r}"
             )
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
@@ -157,7 +162,7 @@ class QuantConfig:
 
     @property
     def per_channel(self) -> bool:
-        return self.group_size in (-1, 0)
+        return self.group_size == -1
 
     def block_size_for(self, K: int) -> int:
         """Block size used for a weight with K rows: the group size, or K rounded up to 16 when one

@@ -37,3 +37,11 @@ class OutputError(Int4OnnxError):
 
 class NativeLibraryError(Int4OnnxError):
     """The native library reported an error."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived during a CLI command; it unwinds like Ctrl-C (KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -1,12 +1,24 @@
-"""Loading and atomic saving of ONNX models (external data included)."""
+"""Loading and atomic, memory-bounded saving of ONNX models (external data included).
+
+Saving never holds the whole output in memory: onnx_ir writes every initializer to an external data
+file one at a time (lazy quantized weights are computed as they are written), and a model small
+enough for one file is then assembled by streaming those bytes into a protobuf file (`_inline`).
+Everything is written inside a temporary directory next to the output and renamed into place at the
+end, so a failure or an interrupt leaves any previous output as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import re
 import shutil
+import signal
 import tempfile
+import threading
 
+import onnx
 import onnx_ir as ir
 
 from int4onnx.errors import ModelLoadError, OutputError
@@ -14,6 +26,12 @@ from int4onnx.errors import ModelLoadError, OutputError
 # Above this many bytes of initializers the output keeps its weights in an external data file
 # (protobuf cannot serialise a message over 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# Initializers smaller than this stay in the protobuf while saving; larger ones are streamed.
+_STREAM_THRESHOLD = 1024
+_COPY_CHUNK = 8 << 20
+
+
+# -- loading ------------------------------------------------------------------------------------
 
 
 def load_model(path) -> ir.Model:
@@ -23,54 +41,113 @@ def load_model(path) -> ir.Model:
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ModelLoadError(f"{path}: permission denied")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: file is empty")
     try:
         model = ir.load(str(path))
     except Exception as exc:  # protobuf DecodeError, onnx errors, IR deserialisation errors
         raise ModelLoadError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {_first_line(exc)})") from exc
+    if model.ir_version < 1:
+        # protobuf parses many byte strings as some message; an ONNX file always states its IR version
+        raise ModelLoadError(f"{path}: not a valid ONNX model (no IR version; is this an ONNX file?)")
     check_external_data(model, path)
     return model
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else "no details"
 
 
+def external_tensors(model: ir.Model):
+    """(value, tensor) for every initializer of every graph whose data lives in an external file."""
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                yield value, value.const_value
+
+
 def check_external_data(model: ir.Model, path: pathlib.Path) -> None:
-    """Every external tensor's file must exist and be long enough."""
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor):
-            data = pathlib.Path(tensor.base_dir) / tensor.location
-            if not data.is_file():
-                raise ModelLoadError(
-                    f"{path}: initializer '{value.name}' lives in external data file '{tensor.location}', "
-                    f"which is missing (looked for {data}); keep the .onnx and its data file together"
-                )
-            need = (tensor.offset or 0) + (tensor.length or 0)
-            if data.stat().st_size < need:
-                raise ModelLoadError(
-                    f"{path}: external data file '{tensor.location}' is truncated "
-                    f"({data.stat().st_size} bytes, initializer '{value.name}' needs {need})"
-                )
+    """Every external tensor's file must exist, stay inside the model's folder, and be long enough."""
+    for value, tensor in external_tensors(model):
+        data = pathlib.Path(tensor.base_dir) / tensor.location
+        if not data.is_file():
+            raise ModelLoadError(
+                f"{path}: initializer '{value.name}' lives in external data file '{tensor.location}', "
+                f"which is missing (looked for {data}); keep the .onnx and its data file together"
+            )
+        need = (tensor.offset or 0) + (tensor.length if tensor.length is not None else tensor.nbytes)
+        size = data.stat().st_size
+        if size < need:
+            raise ModelLoadError(
+                f"{path}: external data file '{tensor.location}' is truncated "
+                f"({size} bytes, initializer '{value.name}' needs {need})"
+            )
+        if tensor.length is not None and tensor.length != tensor.nbytes:
+            raise ModelLoadError(
+                f"{path}: initializer '{value.name}' has {tensor.length} bytes in '{tensor.location}' but its "
+                f"shape and type need {tensor.nbytes}"
+            )
+        # onnx_ir refuses data paths outside the model's folder (and hard links) when it maps the
+        # data; run that check now rather than in the middle of the conversion
+        check = getattr(tensor, "_check_path_containment", None)
+        try:
+            check() if check else tensor.numpy()
+        except (ValueError, OSError) as exc:
+            raise ModelLoadError(f"{path}: initializer '{value.name}': {_first_line(exc)}") from exc
+        finally:
+            tensor.release()
+
+
+def external_data_files(model: ir.Model) -> set[pathlib.Path]:
+    return {pathlib.Path(os.path.realpath(pathlib.Path(t.base_dir) / t.location)) for _, t in external_tensors(model)}
+
+
+def model_file_bytes(path, model: ir.Model) -> int:
+    """Size of a model file plus the external data files it references (no second parse)."""
+    return os.path.getsize(path) + sum(os.path.getsize(p) for p in external_data_files(model))
 
 
 def initializer_bytes(model: ir.Model) -> int:
-    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    return sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values()
+               if v.const_value is not None)
 
 
-def check_output_path(input_path, output_path) -> pathlib.Path:
+# -- output checks ------------------------------------------------------------------------------
+
+
+def data_path(output_path) -> pathlib.Path:
+    """Where the external data of an output model goes (when it has any)."""
+    out = pathlib.Path(output_path)
+    return out.with_name(out.name + ".data")
+
+
+def check_output_path(input_path, output_path, input_model: ir.Model | None = None) -> pathlib.Path:
+    """Refuse outputs that would overwrite the input (model or its data files), are not regular
+    files, or sit in a missing or read-only folder."""
     out = pathlib.Path(output_path)
     if input_path is not None:
         inp = pathlib.Path(input_path)
         same = out.resolve() == inp.resolve() or (out.exists() and inp.exists() and os.path.samefile(out, inp))
         if same:
             raise OutputError(f"output {out} is the input model; choose another output path")
+    if input_model is not None:
+        inputs = external_data_files(input_model)
+        for candidate in (out, data_path(out)):
+            if pathlib.Path(os.path.realpath(candidate)) in inputs:
+                raise OutputError(f"output {out} would overwrite {candidate.name}, the input model's external data; "
+                                  "choose another output path")
     if out.is_dir():
         raise OutputError(f"output {out} is a directory; give a file name such as model.int4.onnx")
+    if out.exists() and not out.is_file():
+        raise OutputError(f"output {out} exists and is not a regular file")
     parent = out.parent if str(out.parent) else pathlib.Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"output directory {parent} is not a directory")
     if not parent.is_dir():
         raise OutputError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -78,30 +155,237 @@ def check_output_path(input_path, output_path) -> pathlib.Path:
     return out
 
 
+# -- atomic save --------------------------------------------------------------------------------
+
+_TMP_MARK = "int4onnx-"
+
+
+def _tmp_pattern(out: pathlib.Path) -> re.Pattern:
+    return re.compile(re.escape(f".{out.name}.{_TMP_MARK}") + r"(\d+)-.*\.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: pathlib.Path) -> list[pathlib.Path]:
+    """Delete temporary folders left next to `out` by conversions that were killed (SIGKILL, power
+    loss) before they could clean up: those whose process no longer exists on this machine."""
+    pattern = _tmp_pattern(out)
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out.parent):
+            m = pattern.fullmatch(entry.name)
+            if m and entry.is_dir(follow_symlinks=False) and int(m.group(1)) != os.getpid() \
+                    and not _pid_alive(int(m.group(1))):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(pathlib.Path(entry.path))
+    return removed
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM/SIGHUP while the renames run, so an interrupt cannot fall between them;
+    a signal that arrives meanwhile is re-delivered at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    pending: list[int] = []
+    old = {}
+    for s in sigs:
+        old[s] = signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s in sigs:
+            signal.signal(s, old[s])
+        for s in pending[:1]:
+            os.kill(os.getpid(), s)
+
+
+def _fsync(path: pathlib.Path) -> None:
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (and all directories on some systems) cannot be synced
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_model_atomic(model: ir.Model, output_path, external_data: bool | None = None) -> list[pathlib.Path]:
     """Write the model (and its external data) under temporary names in the target directory, then
     rename them into place, data file first. A failure or interrupt leaves any previous output intact
-    and removes the temporary files. Returns the files written."""
+    and removes the temporary files. Memory stays bounded by the largest initializer (lazy
+    initializers are evaluated one at a time, as they are written). Returns the files written."""
     out = pathlib.Path(output_path)
     if external_data is None:
         external_data = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    data_name = out.name + ".data"
-    tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    data_name = data_path(out).name
+    remove_stale_temporaries(out)
+    try:
+        tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_MARK}{os.getpid()}-", suffix=".tmp",
+                                               dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: creating a file in {out.parent} failed ({exc.strerror or exc})") from exc
     try:
         tmp_model = tmpdir / out.name
+        # string tensors cannot live in external data: a model with large ones is serialised in memory
+        strings = any(v.const_value is not None and v.const_value.dtype == ir.DataType.STRING
+                      and v.const_value.nbytes > _STREAM_THRESHOLD for g in model.graphs() for v in g.initializers.values())
         try:
-            if external_data:
-                ir.save(model, str(tmp_model), external_data=data_name)
-            else:
+            if strings and not external_data:
                 ir.save(model, str(tmp_model))
+            else:
+                # every initializer above the threshold goes to the data file, one at a time
+                ir.save(model, str(tmp_model), external_data=data_name, size_threshold_bytes=_STREAM_THRESHOLD)
+            if not external_data and not strings:
+                single = tmpdir / (out.name + ".single")
+                _inline(tmp_model, tmpdir, single)
+                os.replace(single, tmp_model)
+                (tmpdir / data_name).unlink(missing_ok=True)
+            files = [tmpdir / data_name, tmp_model] if (tmpdir / data_name).exists() else [tmp_model]
+            for f in files:
+                _fsync(f)
         except OSError as exc:
             raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
         written = []
-        if external_data:
-            os.replace(tmpdir / data_name, out.parent / data_name)
-            written.append(out.parent / data_name)
-        os.replace(tmp_model, out)
-        written.append(out)
+        try:
+            with _signals_deferred():
+                for f in files:
+                    os.replace(f, out.parent / f.name)
+                    written.append(out.parent / f.name)
+        except KeyboardInterrupt as exc:  # a signal held back during the renames: the output is complete
+            exc.output_written = True
+            raise
+        _fsync(out.parent)
         return written
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# -- streaming a model with external data into one protobuf file ----------------------------------
+#
+# Protobuf writes a message's fields in field-number order, an embedded message as a tag, its
+# length and its bytes. Knowing every tensor's size in advance, the ModelProto can be written with
+# each initializer's raw_data copied from the data file in chunks. The result is byte for byte what
+# onnx.save would write for the same model loaded into memory (tests check this).
+
+_WIRE_LEN = 2
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _tag(number: int) -> bytes:
+    return _varint(number << 3 | _WIRE_LEN)
+
+
+def _number(message_type, field: str) -> int:
+    return message_type.DESCRIPTOR.fields_by_name[field].number
+
+
+def _split(message, number: int, drop=()) -> tuple[bytes, bytes]:
+    """Serialised fields of `message` numbered below / above `number` (fields in `drop` left out)."""
+    low, high = type(message)(), type(message)()
+    low.CopyFrom(message)
+    high.CopyFrom(message)
+    for fd, _ in message.ListFields():
+        if fd.number >= number or fd.name in drop:
+            low.ClearField(fd.name)
+        if fd.number <= number or fd.name in drop:
+            high.ClearField(fd.name)
+    return low.SerializeToString(), high.SerializeToString()
+
+
+def _external_info(tensor: onnx.TensorProto) -> tuple[str, int, int] | None:
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    info = {e.key: e.value for e in tensor.external_data}
+    return info["location"], int(info.get("offset", 0)), int(info["length"])
+
+
+def _read_external(tensor: onnx.TensorProto, base: pathlib.Path) -> None:
+    location, offset, length = _external_info(tensor)
+    with open(base / location, "rb") as f:
+        f.seek(offset)
+        tensor.raw_data = f.read(length)
+    del tensor.external_data[:]
+    tensor.ClearField("data_location")
+
+
+def _inline_nested(graph: onnx.GraphProto, base: pathlib.Path) -> None:
+    """Initializers of subgraphs (If/Loop bodies) are read into memory: they are rarely large."""
+    for node in graph.node:
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.HasField("g") else list(attr.graphs)
+            for sub in subgraphs:
+                for t in sub.initializer:
+                    if _external_info(t):
+                        _read_external(t, base)
+                _inline_nested(sub, base)
+
+
+def _inline(model_path: pathlib.Path, base: pathlib.Path, dest: pathlib.Path) -> None:
+    model = onnx.load(str(model_path), load_external_data=False)
+    graph = model.graph
+    _inline_nested(graph, base)
+    raw_no = _number(onnx.TensorProto, "raw_data")
+    pieces = []  # per initializer: (header bytes, (location, offset, length) or None, trailer bytes)
+    for t in graph.initializer:
+        ext = _external_info(t)
+        if ext is None:
+            pieces.append((t.SerializeToString(), None, b""))
+        else:
+            head, tail = _split(t, raw_no, drop=("external_data", "data_location"))
+            pieces.append((head + _tag(raw_no) + _varint(ext[2]), ext, tail))
+    init_no = _number(onnx.GraphProto, "initializer")
+    graph_head, graph_tail = _split(graph, init_no)
+    graph_no = _number(onnx.ModelProto, "graph")
+    model_head, model_tail = _split(model, graph_no)
+
+    def record_len(p) -> int:
+        n = len(p[0]) + (p[1][2] if p[1] else 0) + len(p[2])
+        return len(_tag(init_no)) + len(_varint(n)) + n
+
+    graph_len = len(graph_head) + sum(record_len(p) for p in pieces) + len(graph_tail)
+    files: dict[str, object] = {}
+    try:
+        with open(dest, "wb") as f:
+            f.write(model_head + _tag(graph_no) + _varint(graph_len) + graph_head)
+            for head, ext, tail in pieces:
+                n = len(head) + (ext[2] if ext else 0) + len(tail)
+                f.write(_tag(init_no) + _varint(n) + head)
+                if ext:
+                    location, offset, length = ext
+                    src = files.get(location) or files.setdefault(location, open(base / location, "rb"))
+                    src.seek(offset)
+                    while length:
+                        chunk = src.read(min(length, _COPY_CHUNK))
+                        if not chunk:
+                            raise OSError(f"external data file {location} ended early")
+                        f.write(chunk)
+                        length -= len(chunk)
+                f.write(tail)
+            f.write(graph_tail + model_tail)
+    finally:
+        for src in files.values():
+            src.close()
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -46,16 +47,75 @@ class UpgradeOpsetPass(ir.passes.FunctionalPass):
                 f"converter failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
                 "Use --format int4onnx or --format matmulnbits, which work with any opset"
             ) from exc
-        return ir.passes.PassResult(ir.serde.deserialize_model(proto), modified=True)
+        upgraded = ir.serde.deserialize_model(proto)
+        # external data stays where it was: the serialised model only kept its relative locations
+        base_dirs = {t.base_dir for g in model.graphs() for v in g.initializers.values()
+                     if isinstance(t := v.const_value, ir.ExternalTensor)}
+        if base_dirs:
+            ir.external_data.set_base_dir(upgraded.graph, base_dirs.pop())
+        return ir.passes.PassResult(upgraded, modified=True)
+
+
+_LOW_BIT = (ir.DataType.INT4, ir.DataType.UINT4, ir.DataType.INT8, ir.DataType.UINT8)
+# integer matrix products of other quantizers: a model made of these has nothing left for us
+_INTEGER_MATMULS = {("", "MatMulInteger"), ("", "QLinearMatMul"), ("com.microsoft", "QGemm"),
+                    ("com.microsoft", "DynamicQuantizeMatMul"), ("com.microsoft", "MatMulIntegerToFloat")}
 
 
 def _already_quantized(model: ir.Model) -> str | None:
+    """What in the model shows that its MatMul weights are already low-bit (None if nothing)."""
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.domain == _native.DOMAIN and node.op_type == _native.OP_NAME:
-            return f"{_native.DOMAIN}::{_native.OP_NAME}"
+            return f"{_native.DOMAIN}::{_native.OP_NAME} nodes"
         if node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
-            return "com.microsoft::MatMulNBits"
+            return "com.microsoft::MatMulNBits nodes"
+        if node.domain in ("", "ai.onnx") and node.op_type == "DequantizeLinear" and node.inputs \
+                and node.inputs[0] is not None:
+            const = ir.convenience.get_const_tensor(node.inputs[0])
+            feeds_weight = any(user.op_type in ("MatMul", "Gemm") and index == 1
+                               for user, index in node.outputs[0].uses())
+            if const is not None and const.dtype in _LOW_BIT and (feeds_weight or const.dtype.bitwidth == 4):
+                return (f"{const.dtype.name.lower()} DequantizeLinear weights such as '{node.inputs[0].name}', "
+                        "as written by --format qdq")
     return None
+
+
+def _what_is_there(model: ir.Model) -> str:
+    """A short account of a model's nodes, for the "nothing to quantize" message."""
+    ops = collections.Counter((n.domain or "", n.op_type) for n in ir.traversal.RecursiveGraphIterator(model.graph))
+    integer = {k: n for k, n in ops.items() if k in _INTEGER_MATMULS}
+    if integer:
+        listed = ", ".join(f"{n} {op}" for (_, op), n in integer.items())
+        return f"the model has no float MatMul or Gemm nodes; its {listed} node(s) are already integer (quantized)"
+    if not ops:
+        return "the model has no nodes"
+    top = ", ".join(f"{n} {op}" for (_, op), n in ops.most_common(5))
+    return f"the model has no MatMul or Gemm nodes (it has {top}{', ...' if len(ops) > 5 else ''})"
+
+
+def _check_opset(model: ir.Model) -> None:
+    """A default-domain opset newer than this onnx release knows: its nodes cannot be checked (or
+    upgraded for qdq), and ONNX Runtime refuses unreleased opsets, so the output would not run."""
+    version = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    known = onnx.defs.onnx_opset_version()
+    if version is not None and version > known:
+        raise UnsupportedModelError(
+            f"the model imports ONNX opset {version}, newer than the newest this installation's onnx "
+            f"{onnx.__version__} knows ({known}); upgrade onnx (pip install -U onnx), or re-export the model "
+            f"with opset {known} or older")
+
+
+def _initializers_as_constants(model: ir.Model) -> None:
+    """IR versions before 4 list every initializer as a graph input too; ONNX Runtime treats them as
+    constants. Make that explicit (IR version 4, initializers no longer inputs) so weights can be
+    quantized and the old float ones dropped."""
+    if model.ir_version >= 4:
+        return
+    graph = model.graph
+    keep = [v for v in graph.inputs if v.name not in graph.initializers]
+    graph.inputs.clear()
+    graph.inputs.extend(keep)
+    model.ir_version = 4
 
 
 def _run(pass_, model: ir.Model) -> ir.Model:
@@ -81,7 +141,10 @@ def quantize_model(model: ir.Model, config: QuantConfig,
     """
     done = _already_quantized(model)
     if done:
-        raise UnsupportedModelError(f"the model is already quantized (it contains {done} nodes)")
+        raise UnsupportedModelError(f"the model is already quantized (it contains {done}); "
+                                    "convert the original float model instead")
+    _check_opset(model)
+    _initializers_as_constants(model)
     if config.format == "qdq" and model.opset_imports.get("", 1) < QDQ_MIN_OPSET:
         model = _run(UpgradeOpsetPass(QDQ_MIN_OPSET), model)
     plan = QuantPlan()
@@ -92,7 +155,7 @@ def quantize_model(model: ir.Model, config: QuantConfig,
         more = f" (and {found - 5} more)" if found > 5 else ""
         raise NothingToQuantizeError(
             "no MatMul/Gemm with a constant float weight to quantize"
-            + (f"; found {found} MatMul/Gemm node(s): {detail}{more}" if found else "; the model has no MatMul or Gemm nodes")
+            + (f"; found {found} MatMul/Gemm node(s): {detail}{more}" if found else f"; {_what_is_there(model)}")
         )
     lm_heads = find_lm_heads(model.graph, plan.targets)
     fixed = precision.apply_lm_policy(plan, config, lm_heads)
@@ -146,26 +209,12 @@ def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress) 
 def quantize_file(input_path, output_path, config: QuantConfig,
                   progress: Callable[[int, int, str], None] | None = None) -> Report:
     start = time.perf_counter()
-    out = io.check_output_path(input_path, output_path)
+    io.check_output_path(input_path, output_path)
     model = io.load_model(input_path)
-    input_bytes = _file_bytes(input_path)
+    out = io.check_output_path(input_path, output_path, model)  # now also against its data files
+    input_bytes = io.model_file_bytes(input_path, model)
     model, plan = quantize_model(model, config, progress)
     written = io.save_model_atomic(model, out)
     output_bytes = sum(os.path.getsize(p) for p in written)
     return Report.build(plan, config, input_path, output_path, input_bytes, output_bytes, time.perf_counter() - start)
 
-
-def _file_bytes(path) -> int:
-    """Size of a model file plus the external data files it references."""
-    total = os.path.getsize(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    proto = onnx.load(str(path), load_external_data=False)
-    seen = set()
-    for t in proto.graph.initializer:
-        for entry in t.external_data:
-            if entry.key == "location" and entry.value not in seen:
-                seen.add(entry.value)
-                p = os.path.join(folder, entry.value)
-                if os.path.isfile(p):
-                    total += os.path.getsize(p)
-    return total

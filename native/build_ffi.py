@@ -50,16 +50,24 @@ def public_declarations() -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
 
-ffibuilder = cffi.FFI()
-ffibuilder.cdef(public_declarations())
-ffibuilder.set_source(
-    "int4onnx._int4onnx_native",
-    '#include "int4onnx.h"\n',
-    sources=SOURCES,
-    include_dirs=[str(HERE / "include"), str(HERE / "src"), find_ort_include()],
-    extra_compile_args=CFLAGS,
-    libraries=["m"],
-)
+def make_builder(sources) -> cffi.FFI:
+    builder = cffi.FFI()
+    builder.cdef(public_declarations())
+    builder.set_source(
+        "int4onnx._int4onnx_native",
+        '#include "int4onnx.h"\n',
+        sources=sources,
+        include_dirs=[str(HERE / "include"), str(HERE / "src"), find_ort_include()],
+        extra_compile_args=CFLAGS,
+        libraries=["m"],
+    )
+    return builder
+
+
+ffibuilder = make_builder(SOURCES)
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    # python native/build_ffi.py DIR: build the extension into DIR/int4onnx/ (CFLAGS and LDFLAGS from the
+    # environment are added, e.g. for the sanitizer build of `make test-sanitize`)
+    out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
+    make_builder([str(ROOT / s) for s in SOURCES]).compile(tmpdir=str(out), verbose=True)

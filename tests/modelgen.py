@@ -144,3 +144,34 @@ def char_tokenizer(path, alphabet: str) -> str:
     tok.pre_tokenizer = Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.save(str(path))
     return str(path)
+
+
+def write_external_data_model(path, layers: int, K: int, N: int, seed: int = 0) -> int:
+    """A chain of `layers` MatMuls with float32 [K, N] weights (normal, std 1/sqrt(K)) stored in the
+    external data file `<path>.data`, written one layer at a time (memory stays near one layer).
+    Returns the bytes of weights written."""
+    import os
+
+    path = str(path)
+    data_name = os.path.basename(path) + ".data"
+    rng = np.random.default_rng(seed)
+    inits, nodes, offset = [], [], 0
+    with open(os.path.join(os.path.dirname(path), data_name), "wb") as f:
+        for i in range(layers):
+            w = rng.standard_normal((K, N), dtype=np.float32)
+            w *= np.float32(1 / np.sqrt(K))
+            f.write(w.tobytes())
+            t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[K, N],
+                            data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(w.nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            offset += w.nbytes
+            inits.append(t)
+            nodes.append(helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"],
+                                          ["y" if i == layers - 1 else f"h{i}"], name=f"mm{i}"))
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", K])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", N])], inits)
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+    return offset

@@ -60,7 +60,8 @@ def _assert_clean_failure(r, tmp_path, before, needle, code=2):
 
 @pytest.mark.parametrize("args,needle", [
     (["--bits", "3"], "bits must be 4 or 8"),
-    (["--group-size", "0", "--bits", "5"], "bits must be 4 or 8"),
+    (["--group-size", "-1", "--bits", "5"], "bits must be 4 or 8"),
+    (["--group-size", "0"], "or -1 for per-channel; got 0"),
     (["--group-size", "-5"], "group size must be one of"),
     (["--group-size", "3"], "group size must be one of"),
     (["--dtype", "nf4", "--asymmetric"], "nf4 is a symmetric 4-bit code"),

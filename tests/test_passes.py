@@ -177,7 +177,8 @@ def test_other_formats(fmt):
         assert model.opset_imports[""] == 21
 
 
-@pytest.mark.parametrize("bad", [dict(bits=3), dict(group_size=3), dict(group_size=-5), dict(group_size=0, bits=2),
+@pytest.mark.parametrize("bad", [dict(bits=3), dict(group_size=3), dict(group_size=-5), dict(group_size=0), dict(group_size=-1, bits=2),
+                                 dict(group_size=32.0), dict(bits=True),
                                  dict(method="magic"), dict(format="gguf"), dict(compute="fp8"),
                                  dict(quant_type="nf4", symmetric=False), dict(exclude=("(",))])
 def test_bad_options(bad):
@@ -189,7 +190,7 @@ def test_block_size_rules():
     c = QuantConfig(group_size=32)
     assert c.block_size_for(172) == 32 and c.block_size_for(16) == 16
     assert QuantConfig(group_size=-1).block_size_for(172) == 176
-    assert QuantConfig(group_size=0).block_size_for(4096) == 4096
+    assert QuantConfig(group_size=-1).block_size_for(4096) == 4096
     assert QuantConfig(group_size=256).block_size_for(64) == 64
 
 

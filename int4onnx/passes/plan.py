@@ -37,13 +37,14 @@ class MatMulTarget:
     def weight_kn(self) -> np.ndarray:
         """The float32 [K, N] weight this target multiplies by (a copy; the source is released)."""
         tensor = ir.convenience.get_const_tensor(self.weight)
-        w = np.array(tensor.numpy(), dtype=np.float32)
+        src = tensor.numpy()
+        w = np.empty((self.K, self.N), dtype=np.float32)  # one copy, whatever the layout or type
+        w[...] = src.T if self.transposed else src
+        del src
         release(tensor)
-        if self.transposed:
-            w = w.T
         if self.alpha != 1.0:
-            w = w * np.float32(self.alpha)
-        return np.ascontiguousarray(w)
+            w *= np.float32(self.alpha)
+        return w
 
 
 def release(tensor) -> None:

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from int4onnx.config import QuantConfig
 from int4onnx.errors import CalibrationError
 from int4onnx.passes.plan import LayerResult, LayerSpec, MatMulTarget, QuantPlan
-from int4onnx.quant.base import QuantizedWeight, error_metrics
+from int4onnx.quant.base import QuantizedWeight, error_metrics, error_metrics_of
 from int4onnx.quant.clip import quantize_clip
 from int4onnx.quant.gptq import quantize_gptq
 from int4onnx.quant.grid import Grid
@@ -70,7 +70,23 @@ def gptq_method(w: np.ndarray, ctx: LayerContext) -> QuantizedWeight:
                          act_order=ctx.config.act_order, clip=ctx.config.clip_search)
 
 
+# Methods marked ``column_independent`` quantize every output column on its own, so they run on slices
+# of about CHUNK_ELEMENTS weights and their float temporaries stay small whatever the layer size.
+rtn_method.column_independent = True
+clip_method.column_independent = True
+CHUNK_ELEMENTS = 1 << 22
+
 METHODS: dict[str, Method] = {"rtn": rtn_method, "clip": clip_method, "awq": awq_method, "gptq": gptq_method}
+
+
+def _run_method(method, w: np.ndarray, ctx, independent: bool | None = None) -> QuantizedWeight:
+    """Run a method on the whole weight, or slice by slice of columns if it is column independent."""
+    if independent is None:
+        independent = getattr(method, "column_independent", False)
+    step = max(1, CHUNK_ELEMENTS // max(w.shape[0], 1))
+    if not independent or w.shape[1] <= step:
+        return method(w, ctx)
+    return QuantizedWeight.concat_columns([method(w[:, n0:n0 + step], ctx) for n0 in range(0, w.shape[1], step)])
 
 
 def default_spec(config: QuantConfig, t: MatMulTarget, bits: int | None = None) -> LayerSpec:
@@ -127,7 +143,7 @@ class WeightQuantizer:
         """Quantize one weight with `spec` (no caching, no record): used by the saver and by mixed precision."""
         t = self.by_key[key][0]
         w = t.weight_kn() if w is None else w
-        return self.method(w, LayerContext(t, spec, self.stats_for(key), self.config))
+        return _run_method(self.method, w, LayerContext(t, spec, self.stats_for(key), self.config))
 
     def __call__(self, key: tuple) -> QuantizedWeight:
         if key in self.cache:
@@ -154,18 +170,20 @@ class WeightQuantizer:
     def _metrics(self, key: tuple, spec: LayerSpec, w: np.ndarray, qw: QuantizedWeight) -> dict:
         stats = self.stats_for(key)
         s = self.plan.input_scales.get(key)
-        deq = qw.dequantize()
         if s is not None:  # AWQ: the stored weight is diag(s) W and its input x / s
             w = w / s[:, None]
-            deq = deq / s[:, None]
             stats = stats.scaled(s) if stats is not None else None
-        gram = stats.gram if stats is not None else None
-        after = error_metrics(w, deq, gram)
+            gram = stats.gram if stats is not None else None
+            after = error_metrics(w, qw.dequantize() / s[:, None], gram)
+        else:  # column slices: temporaries stay small for large layers
+            gram = stats.gram if stats is not None else None
+            after = error_metrics_of(w, qw, gram, CHUNK_ELEMENTS)
         if self.config.method == "rtn" and s is None:
             before = after
         else:
-            before = error_metrics(w, quantize_grid(w, Grid(spec.bits, spec.symmetric, spec.quant_type,
-                                                            spec.scale_dtype), spec.block_size).dequantize(), gram)
+            grid = Grid(spec.bits, spec.symmetric, spec.quant_type, spec.scale_dtype)
+            rtn = _run_method(lambda w_, _ctx: quantize_grid(w_, grid, spec.block_size), w, None, independent=True)
+            before = error_metrics_of(w, rtn, gram, CHUNK_ELEMENTS)
         metrics = dict(after)
         metrics.update({f"rtn_{k}": v for k, v in before.items()})
         return metrics

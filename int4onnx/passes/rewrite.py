@@ -31,12 +31,16 @@ class _Names:
     """Fresh value names that collide with nothing in the graph."""
 
     def __init__(self, graph: ir.Graph):
-        self.used = set(graph.initializers)
-        self.used.update(v.name for v in graph.inputs if v.name)
+        self.used = set()
+        graphs = {id(graph): graph}
         for node in ir.traversal.RecursiveGraphIterator(graph):
             self.used.update(v.name for v in node.outputs if v.name)
             if node.name:
                 self.used.add(node.name)
+            graphs.setdefault(id(node.graph), node.graph)
+        for g in graphs.values():  # subgraph initializers and inputs share the model's namespace
+            self.used.update(g.initializers)
+            self.used.update(v.name for v in g.inputs if v.name)
 
     def fresh(self, base: str) -> str:
         name, i = base, 1
@@ -55,14 +59,26 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         self.names = _Names(graph)
-        self.graph = graph
         self.cache: dict[tuple, list] = {}
-        self.empties: dict[ir.DataType, ir.Value] = {}
+        self.empties: dict[tuple, ir.Value] = {}
+        # A quantized weight lives in the graph of the nodes that use it (inside an If/Loop body the
+        # op then sees it as a constant); a weight shared across graphs goes to the main graph.
+        homes = {}
+        for key, targets in self.plan.targets_by_key().items():
+            owners = {id(t.node.graph) for t in targets}
+            homes[key] = targets[0].node.graph if len(owners) == 1 else graph
         for t in self.plan.targets:
+            self.graph = homes[t.key]
             if t.key not in self.cache:
                 self.cache[t.key] = self._weight_inputs(t)
+            self.graph = t.node.graph
             self._rewrite(t, self.plan.specs[t.key], self.cache[t.key])
             self.plan.rewritten += 1
+        for t in self.plan.targets:  # float weights left unused inside subgraphs (the main graph's go later)
+            w, owner = t.weight, t.weight.graph
+            if owner is not None and owner is not graph and owner.initializers.get(w.name) is w and not w.uses() \
+                    and w not in owner.outputs:
+                del owner.initializers[w.name]
         fmt = self.config.format
         if self.plan.rewritten:
             if fmt == "int4onnx":
@@ -142,10 +158,11 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
 
     def _empty(self, dtype: ir.DataType) -> ir.Value:
         """A shared zero-element initializer standing for an absent optional input."""
-        if dtype not in self.empties:
-            self.empties[dtype] = self._initializer(f"int4onnx_absent_{dtype.name.lower()}",
-                                                    np.zeros((0,), dtype=dtype.numpy()), dtype)
-        return self.empties[dtype]
+        key = (id(self.graph), dtype)
+        if key not in self.empties:
+            self.empties[key] = self._initializer(f"int4onnx_absent_{dtype.name.lower()}",
+                                                  np.zeros((0,), dtype=dtype.numpy()), dtype)
+        return self.empties[key]
 
     # -- nodes ----------------------------------------------------------------------------------
 

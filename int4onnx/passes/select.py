@@ -49,8 +49,6 @@ class SelectMatMulsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=False)
 
     def _why_not(self, node: ir.Node, graph: ir.Graph, graph_inputs) -> MatMulTarget | str:
-        if node.graph is not graph:
-            return "inside a subgraph (If/Loop/Scan body); only the main graph is quantized"
         if self.config.excluded(node.name or ""):
             return "excluded by --exclude"
         if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:

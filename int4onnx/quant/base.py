@@ -55,6 +55,29 @@ class QuantizedWeight:
     def packed_zero_points(self) -> np.ndarray | None:
         return None if self.zero_points is None else _native.pack_zero_points(self.zero_points, self.bits)
 
+    def columns(self, start: int, stop: int) -> "QuantizedWeight":
+        """Output columns start..stop-1 of this weight (views, no copy)."""
+        def cut(a):
+            return None if a is None else a[start:stop]
+
+        return dataclasses.replace(self, N=stop - start, codes=self.codes[start:stop], scales=self.scales[start:stop],
+                                   zero_points=cut(self.zero_points), scale_codes=cut(self.scale_codes),
+                                   scales_scale=cut(self.scales_scale))
+
+    @classmethod
+    def concat_columns(cls, parts: list["QuantizedWeight"]) -> "QuantizedWeight":
+        """Join weights quantized column slice by column slice (the inverse of ``columns``)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+
+        def join(attr):
+            return None if getattr(first, attr) is None else np.concatenate([getattr(p, attr) for p in parts])
+
+        return dataclasses.replace(
+            first, N=sum(p.N for p in parts), codes=join("codes"), scales=join("scales"),
+            zero_points=join("zero_points"), scale_codes=join("scale_codes"), scales_scale=join("scales_scale"))
+
     def dequantize(self) -> np.ndarray:
         """float32 [K, N], computed in numpy from codes/scales (independent of the C packer)."""
         bs, nb = self.block_size, self.n_blocks
@@ -75,13 +98,38 @@ def _ratio_metrics(signal: float, noise: float, prefix: str = "") -> dict:
     return {f"{prefix}rel_error": rel, f"{prefix}sqnr_db": sqnr}
 
 
+def _error_sums(w: np.ndarray, wq: np.ndarray, gram: np.ndarray | None) -> np.ndarray:
+    """[sum w^2, sum err^2] and, with a Gram matrix, [tr(W^T G W), tr(D^T G D)]: all additive over columns."""
+    w = w.astype(np.float64)
+    err = w - wq.astype(np.float64)
+    sums = [float(np.sum(w * w)), float(np.sum(err * err))]
+    if gram is not None:
+        sums += [float(np.sum((gram @ w) * w)), float(np.sum((gram @ err) * err))]
+    return np.array(sums)
+
+
+def _metrics_from_sums(sums: np.ndarray) -> dict:
+    out = _ratio_metrics(sums[0], sums[1])
+    if len(sums) > 2:
+        out.update(_ratio_metrics(sums[2], sums[3], "output_"))
+    return out
+
+
 def error_metrics(w: np.ndarray, wq: np.ndarray, gram: np.ndarray | None = None) -> dict:
     """Relative Frobenius error and SQNR (dB) of the weight wq against w; with the Gram matrix X^T X of
     the layer's calibration inputs also those of the layer output, X wq against X w
     (``output_rel_error``, ``output_sqnr_db``), computed as tr(D^T G D) without the activations."""
-    w = w.astype(np.float64)
-    err = w - wq.astype(np.float64)
-    out = _ratio_metrics(float(np.sum(w * w)), float(np.sum(err * err)))
-    if gram is not None:
-        out.update(_ratio_metrics(float(np.sum((gram @ w) * w)), float(np.sum((gram @ err) * err)), "output_"))
-    return out
+    return _metrics_from_sums(_error_sums(w, wq, gram))
+
+
+def error_metrics_of(w: np.ndarray, qw: QuantizedWeight, gram: np.ndarray | None = None,
+                     max_elements: int = 1 << 22) -> dict:
+    """error_metrics(w, qw.dequantize(), gram) computed a slice of columns at a time, so that the float
+    temporaries stay near max_elements whatever the size of the layer."""
+    step = max(1, max_elements // max(qw.K, 1))
+    sums = None
+    for n0 in range(0, qw.N, step):
+        n1 = min(qw.N, n0 + step)
+        part = _error_sums(w[:, n0:n1], qw.columns(n0, n1).dequantize(), gram)
+        sums = part if sums is None else sums + part
+    return _metrics_from_sums(sums)

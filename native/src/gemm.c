@@ -52,13 +52,15 @@ void i4o_qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, 
       float amax = 0.0f;
       for (int64_t k = k0; k < k1; k++) {
         float x = fabsf(a[k]);
-        amax = x > amax ? x : amax;
+        amax = x > amax || x != x ? x : amax; /* a NaN sticks, so the block's scale is NaN */
       }
       const float scale = amax / 127.0f;
       const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
       int32_t sum = 0;
       for (int64_t k = k0; k < k1; k++) {
         float r = nearbyintf(a[k] * inv);
+        if (r != r) r = 0.0f; /* inf or NaN activations: converting NaN to int8 is undefined; the
+                                 block's non-finite scale carries them into the result */
         r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
         q[k] = (int8_t)r;
         sum += q[k];

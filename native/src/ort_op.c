@@ -74,6 +74,20 @@ static void shape_str(const int64_t *d, size_t n, char *out, size_t len) {
   if (off < len) snprintf(out + off, len - off, "]");
 }
 
+static const char *type_name(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    default: return "another type";
+  }
+}
+
 /* Element type and shape of a tensor value (shape truncated to 8 dims for messages; n is the true rank). */
 typedef struct tensor_info {
   ONNXTensorElementDataType type;
@@ -98,6 +112,8 @@ static OrtStatus *get_info(const OrtValue *v, tensor_info *ti) {
     if (dims[i] < 0 || (dims[i] && ti->count > INT64_MAX / dims[i])) ti->count = -1;
     else if (ti->count >= 0) ti->count *= dims[i];
   }
+  for (size_t i = 0; i < ti->rank; i++)
+    if (dims[i] == 0) ti->count = 0; /* zero elements, whatever the other dimensions */
   return NULL;
 }
 
@@ -129,7 +145,7 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
 
   TRY(get_info(in->b, &ti));
   if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
-    return fail(ORT_INVALID_ARGUMENT, k->name, "B must be uint8 (got element type %d)", (int)ti.type);
+    return fail(ORT_INVALID_ARGUMENT, k->name, "B must be uint8 (got %s)", type_name(ti.type));
   if (ti.rank != 3 || ti.dims[0] != k->N || ti.dims[1] != nb || ti.dims[2] != blob) {
     shape_str(ti.dims, ti.rank < 8 ? ti.rank : 8, s, sizeof(s));
     return fail(ORT_INVALID_ARGUMENT, k->name, "B has shape %s, expected [%lld, %lld, %lld] for K=%lld N=%lld bits=%lld block_size=%lld",
@@ -144,9 +160,11 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
     shape_str(ti.dims, ti.rank < 8 ? ti.rank : 8, s, sizeof(s));
     return fail(ORT_INVALID_ARGUMENT, k->name, "scales have shape %s, expected [%lld, %lld]", s, (long long)k->N, (long long)nb);
   }
+  const ONNXTensorElementDataType stype = ti.type;
+  if (stype != k->a_type && stype != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8)
+    return fail(ORT_INVALID_ARGUMENT, k->name, "scales must be %s or int8 (got %s)", type_name(k->a_type), type_name(stype));
   TRY(g_ort->GetTensorMutableData((OrtValue *)in->scales, &p));
   const void *scales_raw = p;
-  const ONNXTensorElementDataType stype = ti.type;
 
   const float *sscale = NULL;
   const OrtValue *sscale_val = in->sscale && !is_empty(in->sscale) ? in->sscale : NULL;
@@ -154,8 +172,8 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
     if (!sscale_val) return fail(ORT_INVALID_ARGUMENT, k->name, "int8 scales need input 5 (scales_scale, float [N])");
     TRY(get_info(sscale_val, &ti));
     if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || ti.count != k->N || ti.rank > 2)
-      return fail(ORT_INVALID_ARGUMENT, k->name, "scales_scale must be float [N=%lld] (got type %d, %lld elements)",
-                  (long long)k->N, (int)ti.type, (long long)ti.count);
+      return fail(ORT_INVALID_ARGUMENT, k->name, "scales_scale must be float32 [N=%lld] (got %s, %lld elements)",
+                  (long long)k->N, type_name(ti.type), (long long)ti.count);
     TRY(g_ort->GetTensorMutableData((OrtValue *)sscale_val, &p));
     sscale = (const float *)p;
   } else if (sscale_val) {
@@ -170,8 +188,8 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
     if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || ti.count != k->N * row || ti.rank > 2 ||
         (ti.rank == 2 && ti.dims[0] != k->N)) {
       shape_str(ti.dims, ti.rank < 8 ? ti.rank : 8, s, sizeof(s));
-      return fail(ORT_INVALID_ARGUMENT, k->name, "zero_points must be uint8 [%lld, %lld] (got type %d, shape %s)",
-                  (long long)k->N, (long long)row, (int)ti.type, s);
+      return fail(ORT_INVALID_ARGUMENT, k->name, "zero_points must be uint8 [%lld, %lld] (got %s, shape %s)",
+                  (long long)k->N, (long long)row, type_name(ti.type), s);
     }
     TRY(g_ort->GetTensorMutableData((OrtValue *)in->zp, &p));
     zp = (const uint8_t *)p;
@@ -222,19 +240,50 @@ static OrtStatus *read_int_attr(const OrtKernelInfo *info, const op_kernel *k, c
   OrtStatus *st = g_ort->KernelInfoGetAttribute_int64(info, attr, out);
   if (st) {
     g_ort->ReleaseStatus(st);
-    return fail(ORT_INVALID_ARGUMENT, k->name, "missing required int attribute '%s'", attr);
+    return fail(ORT_INVALID_ARGUMENT, k->name, "required int attribute '%s' is missing or not an int", attr);
   }
   return NULL;
 }
 
-/* Optional string attribute; absent -> def. */
-static void read_str_attr(const OrtKernelInfo *info, const char *attr, char *out, size_t len, const char *def) {
-  size_t n = len;
-  OrtStatus *st = g_ort->KernelInfoGetAttribute_string(info, attr, out, &n);
-  if (st) {
+/* 1 if the node has attribute `attr` of a numeric type (so it is not the string we want). */
+static int has_numeric_attr(const OrtKernelInfo *info, const char *attr) {
+  int64_t i;
+  float f;
+  OrtStatus *st = g_ort->KernelInfoGetAttribute_int64(info, attr, &i);
+  if (!st) return 1;
+  g_ort->ReleaseStatus(st);
+  st = g_ort->KernelInfoGetAttribute_float(info, attr, &f);
+  if (!st) return 1;
+  g_ort->ReleaseStatus(st);
+  return 0;
+}
+
+/* Optional string attribute; absent -> def. A value that does not fit `out` is cut short (with
+ * "..." at the end) so that it fails the caller's comparison and still shows in the message. */
+static OrtStatus *read_str_attr(const OrtKernelInfo *info, const op_kernel *k, const char *attr, char *out,
+                                size_t len, const char *def) {
+  size_t n = 0;
+  OrtStatus *st = g_ort->KernelInfoGetAttribute_string(info, attr, NULL, &n);
+  if (st) { /* absent, or not a string */
     g_ort->ReleaseStatus(st);
+    if (has_numeric_attr(info, attr))
+      return fail(ORT_INVALID_ARGUMENT, k->name, "attribute '%s' must be a string", attr);
     snprintf(out, len, "%s", def);
+    return NULL;
   }
+  if (n <= len) {
+    n = len;
+    st = g_ort->KernelInfoGetAttribute_string(info, attr, out, &n);
+    if (st) return st;
+    out[len - 1] = '\0';
+    return NULL;
+  }
+  char *tmp = (char *)malloc(n);
+  if (!tmp) return fail(ORT_FAIL, k->name, "out of memory reading attribute '%s'", attr);
+  st = g_ort->KernelInfoGetAttribute_string(info, attr, tmp, &n);
+  if (!st) snprintf(out, len, "%.*s...", (int)(len - 4), tmp);
+  free(tmp);
+  return st;
 }
 
 static void ORT_API_CALL kernel_destroy(void *p) {
@@ -255,9 +304,16 @@ static OrtStatus *ORT_API_CALL kernel_create(const OrtCustomOp *op, const OrtApi
   k->scale_type = v->scale_type;
   size_t len = sizeof(k->name);
   OrtStatus *st = g_ort->KernelInfo_GetNodeName(info, k->name, &len);
-  if (st) {
+  if (st) { /* longer than the buffer (len now holds the size needed), or no name */
     g_ort->ReleaseStatus(st);
     snprintf(k->name, sizeof(k->name), "<unnamed>");
+    char *full = len > sizeof(k->name) ? (char *)malloc(len) : NULL;
+    if (full) {
+      st = g_ort->KernelInfo_GetNodeName(info, full, &len);
+      if (!st) snprintf(k->name, sizeof(k->name), "%.*s...", (int)sizeof(k->name) - 4, full);
+      else g_ort->ReleaseStatus(st);
+      free(full);
+    }
   }
   if (!k->name[0]) snprintf(k->name, sizeof(k->name), "<unnamed>");
 
@@ -276,12 +332,12 @@ static OrtStatus *ORT_API_CALL kernel_create(const OrtCustomOp *op, const OrtApi
                "invalid K=%lld N=%lld block_size=%lld (K, N in 1..2^31; block_size a multiple of 16 in 16..65536)",
                (long long)k->K, (long long)k->N, (long long)k->block_size));
   char text[32];
-  read_str_attr(info, "quant_type", text, sizeof(text), "int");
+  CHECK(read_str_attr(info, k, "quant_type", text, sizeof(text), "int"));
   if (strcmp(text, "int") == 0) k->quant_type = I4O_QUANT_INT;
   else if (strcmp(text, "nf4") == 0) k->quant_type = I4O_QUANT_NF4;
   else CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "quant_type='%s', expected 'int' or 'nf4'", text));
   if (k->quant_type == I4O_QUANT_NF4 && k->bits != 4) CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "nf4 needs bits=4"));
-  read_str_attr(info, "compute", text, sizeof(text), "fp32");
+  CHECK(read_str_attr(info, k, "compute", text, sizeof(text), "fp32"));
   if (strcmp(text, "fp32") == 0) k->compute = I4O_COMPUTE_FP32;
   else if (strcmp(text, "int8") == 0) k->compute = I4O_COMPUTE_INT8;
   else CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "compute='%s', expected 'fp32' or 'int8'", text));
@@ -340,7 +396,7 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
   TRY(g_ort->KernelContext_GetInput(ctx, IN_A, &a_val));
   if (!a_val) return fail(ORT_INVALID_ARGUMENT, k->name, "input A is missing");
   TRY(get_info(a_val, &ti));
-  if (ti.type != k->a_type) return fail(ORT_INVALID_ARGUMENT, k->name, "A has element type %d, kernel expects %d", (int)ti.type, (int)k->a_type);
+  if (ti.type != k->a_type) return fail(ORT_INVALID_ARGUMENT, k->name, "A is %s, this kernel expects %s", type_name(ti.type), type_name(k->a_type));
   if (ti.rank < 1 || ti.rank > 64) return fail(ORT_INVALID_ARGUMENT, k->name, "A must have rank 1..64 (got %zu)", ti.rank);
   {
     OrtTensorTypeAndShapeInfo *info = NULL;
@@ -365,8 +421,8 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
       tensor_info bi;
       TRY(get_info(bias_val, &bi));
       if (bi.type != k->a_type || bi.count != k->N || bi.rank != 1)
-        return fail(ORT_INVALID_ARGUMENT, k->name, "bias must be [N=%lld] of A's type (got type %d, %lld elements, rank %zu)",
-                    (long long)k->N, (int)bi.type, (long long)bi.count, bi.rank);
+        return fail(ORT_INVALID_ARGUMENT, k->name, "bias must be [N=%lld] of A's type %s (got %s, %lld elements, rank %zu)",
+                    (long long)k->N, type_name(k->a_type), type_name(bi.type), (long long)bi.count, bi.rank);
     }
   }
 
@@ -442,6 +498,8 @@ static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferC
   size_t got = 0;
   if (!attr) return g_ort->CreateStatus(ORT_INVALID_ARGUMENT, "MatMulInt4: missing attribute N");
   TRY(g_ort->ReadOpAttr(attr, ORT_OP_ATTR_INT, &N, sizeof(N), &got));
+  if (N < 1 || N > ((int64_t)1 << 31))
+    return g_ort->CreateStatus(ORT_INVALID_ARGUMENT, "MatMulInt4: attribute N must be in 1..2^31");
   ONNXTensorElementDataType type;
   size_t rank = 0;
   TRY(g_ort->GetTensorElementType(in_info, &type));
