@@ -186,6 +186,8 @@ def _progress_printer(quiet: bool):
                    "per weight stay within B.")
 @click.option("--max-error", type=float, metavar="E",
               help="Mixed precision: promote layers until the estimated relative output error is at most E.")
+@click.option("--sensitivity-samples", type=int, default=16, show_default=True,
+              help="Mixed precision: calibration samples used to measure each layer's sensitivity.")
 @click.option("--lm-head", type=click.Choice(LAYER_CHOICES), default="8", show_default=True,
               help="Language models: bits of the final vocabulary projection (4 = like the other layers).")
 @click.option("--embedding", type=click.Choice(("float", "8", "4")), default="float", show_default=True,
@@ -195,7 +197,7 @@ def _progress_printer(quiet: bool):
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary.")
 def convert(model, output, bits, group_size, symmetric, method, fmt, compute, quant_type, double_quant, exclude,
             calibration, calibration_text, tokenizer, calibration_samples, sequence_length, calibration_skip_chars,
-            clip_search, act_order, damp, target_bits, max_error, lm_head, embedding, report, quiet):
+            clip_search, act_order, damp, target_bits, max_error, sensitivity_samples, lm_head, embedding, report, quiet):
     """Quantize the MatMul/Gemm weights of MODEL and write the converted model."""
     from int4onnx.pipeline import quantize_file
 
@@ -208,7 +210,8 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
                          calibration_text=str(calibration_text) if calibration_text else None,
                          tokenizer=str(tokenizer) if tokenizer else None, calibration_samples=calibration_samples,
                          sequence_length=sequence_length, calibration_skip_chars=calibration_skip_chars,
-                         target_bits=target_bits, max_error=max_error, lm_head=lm_head, embedding=embedding)
+                         target_bits=target_bits, max_error=max_error, sensitivity_samples=sensitivity_samples,
+                         lm_head=lm_head, embedding=embedding)
     if output is None:
         name = model.name[:-5] if model.name.endswith(".onnx") else model.name
         output = model.with_name(f"{name}.int4.onnx" if bits == 4 else f"{name}.int{bits}.onnx")

@@ -9,8 +9,9 @@ import re
 from int4onnx.errors import ConfigError
 
 GROUP_SIZES = (16, 32, 64, 128, 256)
-METHODS = ("rtn", "clip", "awq", "gptq")
-CALIBRATED_METHODS = ("awq", "gptq")  # need calibration data (Gram matrices)
+METHODS = ("rtn", "clip", "awq", "gptq", "awq-gptq")
+CALIBRATED_METHODS = ("awq", "gptq", "awq-gptq")
+AWQ_METHODS = ("awq", "awq-gptq")  # methods that scale input channels first (AwqPass)  # need calibration data (Gram matrices)
 LAYER_CHOICES = ("4", "8", "float")
 FORMATS = ("int4onnx", "matmulnbits", "qdq")
 COMPUTE = ("fp32", "int8")
@@ -39,12 +40,15 @@ class QuantConfig:
         to int8 at run time; faster on VNNI/dotprod CPUs).
     exclude: node names or regular expressions (full match) of MatMul/Gemm nodes to leave float.
     quant_type: "int" (uniform codes) or "nf4" (normal-quantile codebook, symmetric 4-bit only).
-    double_quant: store scales as int8 with a float32 super-scale per output column (int4onnx format).
+    double_quant: store scales as int8 with float32 super-scales (int4onnx format): one per output
+        column, or one for the whole tensor when K < 1024, where a per-column super-scale would cost
+        more than 1/32 bit per weight.
 
     method: "rtn" (round to nearest), "clip" (RTN with an MSE-optimal clipping range per group,
         weighted by the calibration mean square when calibration data is given), "awq"
         (activation-aware input-channel scaling, then clip search), "gptq" (error-compensating
-        quantization on the calibration Gram matrices). docs/methods.md has the details.
+        quantization on the calibration Gram matrices), "awq-gptq" (AWQ's input scaling, then GPTQ on
+        the scaled weights). docs/methods.md has the details.
     clip_search: awq and gptq also search each group's clipping range.
     act_order, damp: GPTQ options (visit channels by decreasing activation energy; damping as a
         fraction of the mean diagonal of the Gram matrix).
@@ -59,6 +63,8 @@ class QuantConfig:
         the most sensitive layers go to 8-bit or stay float while the average stays within it.
     max_error: promote the most sensitive layers until the estimated relative error of the model
         outputs on the calibration data is at most this.
+    sensitivity_samples: calibration samples used to measure each layer's sensitivity (more samples:
+        better choices, proportionally longer conversion).
     lm_head: "8" (default), "4" (like the other layers) or "float": the final projection of a
         language model (a MatMul whose output is a graph output, in a model with a token embedding).
     embedding: "float" (default), "8" or "4": quantize token-embedding Gather tables (ONNX
@@ -85,6 +91,7 @@ class QuantConfig:
     calibration_skip_chars: int = 0
     target_bits: float | None = None
     max_error: float | None = None
+    sensitivity_samples: int = 16
     lm_head: str = "8"
     embedding: str = "float"
 
@@ -139,6 +146,8 @@ class QuantConfig:
             raise ConfigError(f"--target-bits must be between 1 and 32, got {self.target_bits!r}")
         if self.max_error is not None and not self.max_error > 0:
             raise ConfigError(f"--max-error must be positive, got {self.max_error!r}")
+        if not _is_int(self.sensitivity_samples) or self.sensitivity_samples < 1:
+            raise ConfigError(f"--sensitivity-samples must be at least 1, got {self.sensitivity_samples!r}")
         if not self.has_calibration:
             need = [f"--method {self.method}"] if self.method in CALIBRATED_METHODS else []
             need += ["--target-bits"] if self.target_bits is not None else []

@@ -13,7 +13,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from int4onnx import _native, io, precision
-from int4onnx.config import CALIBRATED_METHODS, QuantConfig
+from int4onnx.config import AWQ_METHODS, CALIBRATED_METHODS, QuantConfig
 from int4onnx.errors import Int4OnnxError, NothingToQuantizeError, UnsupportedModelError
 from int4onnx.passes.awq import AwqPass
 from int4onnx.passes.embedding import QuantizeEmbeddingsPass, find_lm_heads
@@ -164,7 +164,7 @@ def quantize_model(model: ir.Model, config: QuantConfig,
     feeds = None
     if config.has_calibration:
         feeds = _calibrate(model, plan, config, progress)
-    if config.method == "awq":
+    if config.method in AWQ_METHODS:
         model = _run(AwqPass(config, plan, lambda t: plan.specs.get(t.key) or default_spec(config, t)), model)
     if config.mixed_precision:
         plan.calibration["mixed_precision"] = precision.mixed_precision(model, plan, config, feeds, fixed, progress)

@@ -30,7 +30,6 @@ from int4onnx.passes.quantize import WeightQuantizer, default_spec
 
 logger = logging.getLogger(__name__)
 
-SENSITIVITY_SAMPLES = 4  # calibration samples used to measure each layer
 
 
 @dataclasses.dataclass
@@ -86,7 +85,7 @@ def measure_sensitivity(model: ir.Model, plan: QuantPlan, config: QuantConfig, f
     names = [by_key[k][0].weight.name for k in keys]
     runner = ModelRunner(model, overridable=names)
     outs = runner.model_outputs
-    feeds = feeds[:SENSITIVITY_SAMPLES]
+    feeds = feeds[:config.sensitivity_samples]
     try:
         base = [runner.run(f, outs) for f in feeds]
         norm2 = sum(float(np.sum(np.square(y, dtype=np.float64))) for b in base for y in b) or 1.0

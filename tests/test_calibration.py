@@ -151,7 +151,7 @@ def test_awq_folds_scales_exactly(tmp_path, lm):
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
 
 
-@pytest.mark.parametrize("method", ["clip", "awq", "gptq"])
+@pytest.mark.parametrize("method", ["clip", "awq", "gptq", "awq-gptq"])
 def test_calibrated_methods_beat_rtn_and_report_before_after(tmp_path, lm, method):
     cal = lm_feeds_dir(tmp_path)
     out, rep = tmp_path / "q.onnx", tmp_path / "r.json"

@@ -85,6 +85,20 @@ def test_int4onnx_equals_numpy_reference_and_stays_near_fp32(tmp_path, bits, gro
         assert weight_error < 1.1 * sum(layer["rel_error"] for layer in plain.layers)
 
 
+@pytest.mark.parametrize("K,per_tensor", [(172, True), (1024, False)])
+def test_int8_scales_super_scale_per_tensor_for_small_k(tmp_path, K, per_tensor):
+    """Small K: one float32 super-scale for the tensor ([1]); large K: one per column ([N])."""
+    N = 24
+    path, report = convert(tmp_path, matmul_model({"w0": w(K, N, 0.1)}), double_quant=True, group_size=32)
+    node = onnx.load(path).graph.node[0]
+    inits = {t.name: t for t in onnx.load(path).graph.initializer}
+    assert list(inits[node.input[5]].dims) == ([1] if per_tensor else [N])
+    x = RNG.standard_normal((3, K)).astype(np.float32)
+    np.testing.assert_allclose(run(path, {"x": x}), reference(path, x), rtol=1e-4, atol=1e-4)
+    nb = -(-K // 32)
+    assert report.layers[0]["bytes"] == N * nb * 16 + N * nb + N * (-(-nb // 2)) + (4 if per_tensor else 4 * N)
+
+
 def test_int8_compute_matches_int8_reference(tmp_path):
     W = w(256, 40)
     path, _ = convert(tmp_path, matmul_model({"w0": W}), compute="int8", group_size=64)

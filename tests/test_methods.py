@@ -66,7 +66,7 @@ def gptq_reference(W, H, grid, bs, damp):
     ss = None
     if grid.scale_dtype == "int8":
         from int4onnx.quant.grid import raw_scales, super_scales, to_blocks
-        ss = super_scales(raw_scales(to_blocks(W, bs), grid)[0])
+        ss = super_scales(raw_scales(to_blocks(W, bs), grid)[0], grid)
     for k in range(K):
         if k % bs == 0:
             block = np.zeros((N, 1, bs))

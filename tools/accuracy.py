@@ -42,6 +42,11 @@ STORIES_CONFIGS = [
     ("GPTQ + mixed precision, --target-bits 4.6", dict(method="gptq", group_size=-1, target_bits=4.6)),
     ("GPTQ, group 32", dict(method="gptq", group_size=32)),
     ("GPTQ, group 16", dict(method="gptq", group_size=16)),
+    # all 159 calibration windows the text after the evaluation span holds
+    ("AWQ+GPTQ, group 32, int8 scales, act-order, 159 samples",
+     dict(method="awq-gptq", group_size=32, double_quant=True, act_order=True, calibration_samples=159)),
+    ("AWQ+GPTQ, int8 scales, act-order, 159 samples, --target-bits 4.6 (best)",
+     dict(method="awq-gptq", group_size=32, double_quant=True, act_order=True, calibration_samples=159, target_bits=4.6)),
 ]
 TINYGPT_CONFIGS = [
     ("RTN, group 32", dict(method="rtn", group_size=32)),
@@ -54,6 +59,9 @@ TINYGPT_CONFIGS = [
     ("GPTQ, group 32, int8 scales", dict(method="gptq", group_size=32, double_quant=True)),
     ("GPTQ, group 32, int8 scales, act-order", dict(method="gptq", group_size=32, double_quant=True, act_order=True)),
     ("GPTQ + mixed precision, --target-bits 4.6", dict(method="gptq", group_size=64, target_bits=4.6)),
+    ("AWQ+GPTQ, group 32, int8 scales, act-order", dict(method="awq-gptq", group_size=32, double_quant=True, act_order=True)),
+    ("GPTQ, int8 scales, act-order, --target-bits 4.6 (best)",
+     dict(method="gptq", group_size=32, double_quant=True, act_order=True, target_bits=4.6)),
 ]
 
 

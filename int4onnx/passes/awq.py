@@ -27,7 +27,6 @@ import onnx_ir as ir
 from int4onnx.config import QuantConfig
 from int4onnx.passes.plan import MatMulTarget, QuantPlan, release
 from int4onnx.quant.awq import search_scales
-from int4onnx.quant.grid import Grid
 from int4onnx.quant.rtn import quantize_grid
 
 logger = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ class AwqPass(ir.passes.InPlacePass):
             return False
         weights = [t.weight_kn() for t in by_key.values()]
         spec = self.spec_for(targets[0])
-        grid = Grid(spec.bits, spec.symmetric, spec.quant_type, spec.scale_dtype)
+        grid = spec.grid
         s, alpha, losses = search_scales(weights, stats.mean_abs, stats.gram,
                                          lambda w: quantize_grid(w, grid, spec.block_size).dequantize())
         del weights

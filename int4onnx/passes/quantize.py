@@ -41,7 +41,7 @@ class LayerContext:
 
     @property
     def grid(self) -> Grid:
-        return Grid(self.spec.bits, self.spec.symmetric, self.spec.quant_type, self.spec.scale_dtype)
+        return self.spec.grid
 
 
 # A method maps a float32 [K, N] weight and its context to a QuantizedWeight.
@@ -76,17 +76,23 @@ rtn_method.column_independent = True
 clip_method.column_independent = True
 CHUNK_ELEMENTS = 1 << 22
 
-METHODS: dict[str, Method] = {"rtn": rtn_method, "clip": clip_method, "awq": awq_method, "gptq": gptq_method}
+METHODS: dict[str, Method] = {"rtn": rtn_method, "clip": clip_method, "awq": awq_method, "gptq": gptq_method,
+                              "awq-gptq": gptq_method}  # AwqPass scaled the graph and statistics first
 
 
 def _run_method(method, w: np.ndarray, ctx, independent: bool | None = None) -> QuantizedWeight:
     """Run a method on the whole weight, or slice by slice of columns if it is column independent."""
     if independent is None:
         independent = getattr(method, "column_independent", False)
+    if ctx is not None and ctx.spec.tensor_super_scale:
+        independent = False  # one super-scale spans every column
     step = max(1, CHUNK_ELEMENTS // max(w.shape[0], 1))
     if not independent or w.shape[1] <= step:
         return method(w, ctx)
     return QuantizedWeight.concat_columns([method(w[:, n0:n0 + step], ctx) for n0 in range(0, w.shape[1], step)])
+
+
+TENSOR_SUPER_SCALE_BELOW_K = 1024
 
 
 def default_spec(config: QuantConfig, t: MatMulTarget, bits: int | None = None) -> LayerSpec:
@@ -94,8 +100,11 @@ def default_spec(config: QuantConfig, t: MatMulTarget, bits: int | None = None) 
     bits = bits or config.bits
     quant_type = config.quant_type if bits == 4 else "int"
     scale_dtype = "int8" if config.double_quant else ("float16" if t.dtype == ir.DataType.FLOAT16 else "float32")
+    # int8 scales need float32 super-scales: one per column costs 32 / K bits per weight, which is
+    # negligible for large K and half a bit at K = 64, where one super-scale for the tensor is used
+    tensor_super = config.double_quant and t.K < TENSOR_SUPER_SCALE_BELOW_K
     return LayerSpec(bits=bits, block_size=config.block_size_for(t.K), symmetric=config.symmetric or quant_type == "nf4",
-                     quant_type=quant_type, scale_dtype=scale_dtype)
+                     quant_type=quant_type, scale_dtype=scale_dtype, tensor_super_scale=tensor_super)
 
 
 class PlanLayersPass(ir.passes.InPlacePass):
@@ -181,7 +190,7 @@ class WeightQuantizer:
         if self.config.method == "rtn" and s is None:
             before = after
         else:
-            grid = Grid(spec.bits, spec.symmetric, spec.quant_type, spec.scale_dtype)
+            grid = spec.grid
             rtn = _run_method(lambda w_, _ctx: quantize_grid(w_, grid, spec.block_size), w, None, independent=True)
             before = error_metrics_of(w, rtn, gram, CHUNK_ELEMENTS)
         metrics = dict(after)

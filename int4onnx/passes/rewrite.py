@@ -126,8 +126,12 @@ class RewriteMatMulsPass(ir.passes.InPlacePass):
                                  lambda: quant(key).packed_zero_points())
             ssv = None
             if spec.double_quant:
-                ssv = self._lazy(f"{base}_scales_scale", (N,), ir.DataType.FLOAT,
-                                 lambda: quant(key).scales_scale.astype(np.float32))
+                if spec.tensor_super_scale:  # one value for the tensor (the op broadcasts a [1] super-scale)
+                    ssv = self._lazy(f"{base}_scales_scale", (1,), ir.DataType.FLOAT,
+                                     lambda: quant(key).scales_scale[:1].astype(np.float32))
+                else:
+                    ssv = self._lazy(f"{base}_scales_scale", (N,), ir.DataType.FLOAT,
+                                     lambda: quant(key).scales_scale.astype(np.float32))
             return [data, sc, zpv, block, ssv]
         # qdq: codes as a [K, N] int4/uint4 (or int8/uint8) tensor, scales [n_blocks, N] ([N] for one block)
         half = 1 << (bits - 1)

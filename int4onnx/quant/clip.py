@@ -40,7 +40,7 @@ def best_shrink(blocks: np.ndarray, grid: Grid, channel_weight: np.ndarray | Non
     best_err = np.full(blocks.shape[:2], np.inf)
     best = np.ones(blocks.shape[:2], dtype=np.float32)
     if grid.scale_dtype == "int8" and super_scale is None:
-        super_scale = super_scales(raw_scales(blocks, grid)[0])
+        super_scale = super_scales(raw_scales(blocks, grid)[0], grid)
     for shrink in np.linspace(1.0, min_shrink, points, dtype=np.float32):
         p = group_params(blocks, grid, shrink, super_scale)
         s = p.scales[:, :, None]
@@ -83,7 +83,7 @@ def quantize_clip(w_kn: np.ndarray, grid: Grid, block_size: int, channel_weight:
     if channel_weight is not None:
         cw = to_blocks(np.asarray(channel_weight, dtype=np.float32)[:, None], block_size)[0]
     gb = gram_diagonal_blocks(gram, block_size) if gram is not None else None
-    ss = super_scales(raw_scales(blocks, grid)[0]) if grid.scale_dtype == "int8" else None
+    ss = super_scales(raw_scales(blocks, grid)[0], grid) if grid.scale_dtype == "int8" else None
     shrink = best_shrink(blocks, grid, cw, points, min_shrink, ss, gb)
     p = group_params(blocks, grid, shrink, ss)
     codes = quantize_values(blocks, p.scales[:, :, None], None if p.zero_points is None else p.zero_points[:, :, None],

@@ -91,8 +91,8 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
     diag = np.diag(H).copy()
 
     ss = None
-    if grid.scale_dtype == "int8":  # one super-scale per column, fixed up front from the original weights
-        ss = super_scales(raw_scales(to_blocks(W.T.astype(np.float32), bs), grid)[0])
+    if grid.scale_dtype == "int8":  # super-scales fixed up front from the original weights
+        ss = super_scales(raw_scales(to_blocks(W.T.astype(np.float32), bs), grid)[0], grid)
 
     scales = np.zeros((N, nb), np.float32)
     zps = None if grid.symmetric or grid.quant_type == "nf4" else np.zeros((N, nb), np.float32)

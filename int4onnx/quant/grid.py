@@ -30,6 +30,7 @@ class Grid:
     symmetric: bool = False
     quant_type: str = "int"
     scale_dtype: str = "float32"
+    tensor_super_scale: bool = False  # int8 scales: one float32 super-scale for the tensor, not per column
 
     @property
     def qmax(self) -> int:
@@ -68,9 +69,13 @@ def raw_scales(blocks: np.ndarray, grid: Grid, shrink=1.0) -> tuple[np.ndarray, 
     return (hi - lo) / grid.qmax, lo
 
 
-def super_scales(scales: np.ndarray) -> np.ndarray:
-    """Per-column float32 super-scale of int8 scales: the column's largest |scale| maps to 127."""
-    return (np.abs(scales).max(axis=-1) / INT8_SCALE_MAX).astype(np.float32)
+def super_scales(scales: np.ndarray, grid: Grid) -> np.ndarray:
+    """Float32 super-scales [N] of int8 scales: the column's largest |scale| maps to 127, or with a
+    tensor super-scale the tensor's largest (every column then holds the same value)."""
+    per_column = np.abs(scales).max(axis=-1)
+    if grid.tensor_super_scale:
+        per_column = np.full_like(per_column, per_column.max() if per_column.size else 0.0)
+    return (per_column / INT8_SCALE_MAX).astype(np.float32)
 
 
 def store_scales(scales: np.ndarray, grid: Grid, super_scale: np.ndarray | None = None
@@ -102,7 +107,7 @@ def group_params(blocks: np.ndarray, grid: Grid, shrink=1.0, super_scale: np.nda
     `super_scale` defaults to the one of the unshrunk groups."""
     s, lo = raw_scales(blocks, grid, shrink)
     if grid.scale_dtype == "int8" and super_scale is None:
-        super_scale = super_scales(raw_scales(blocks, grid)[0] if np.any(shrink != 1.0) else s)
+        super_scale = super_scales(raw_scales(blocks, grid)[0] if np.any(shrink != 1.0) else s, grid)
     scales, scale_codes = store_scales(s, grid, super_scale)
     zp = None
     if lo is not None:

@@ -6,7 +6,8 @@
  *          2 scales [N, n_blocks] (same type as A, or int8 with input 5)
  *          3 zero_points uint8 [N, ceil(n_blocks * bits / 8)]   (optional: asymmetric)
  *          4 bias [N] (same type as A, optional)
- *          5 scales_scale float [N] (optional; required when scales are int8)
+ *          5 scales_scale float [N] or [1] (optional; required when scales are int8: per-column or
+ *            per-tensor super-scale)
  *          An optional input may be left out by an empty name or by a zero-element tensor.
  * Output:  0 Y [..., N] (type of A)
  * Attributes: K, N, bits (4|8), block_size (multiple of 16), quant_type ("int"|"nf4"),
@@ -167,13 +168,15 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
   const void *scales_raw = p;
 
   const float *sscale = NULL;
+  size_t sscale_step = 0; /* 1: one super-scale per column, 0: one for the whole tensor */
   const OrtValue *sscale_val = in->sscale && !is_empty(in->sscale) ? in->sscale : NULL;
   if (stype == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
-    if (!sscale_val) return fail(ORT_INVALID_ARGUMENT, k->name, "int8 scales need input 5 (scales_scale, float [N])");
+    if (!sscale_val) return fail(ORT_INVALID_ARGUMENT, k->name, "int8 scales need input 5 (scales_scale, float [N] or [1])");
     TRY(get_info(sscale_val, &ti));
-    if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || ti.count != k->N || ti.rank > 2)
-      return fail(ORT_INVALID_ARGUMENT, k->name, "scales_scale must be float32 [N=%lld] (got %s, %lld elements)",
+    if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || (ti.count != k->N && ti.count != 1) || ti.rank > 2)
+      return fail(ORT_INVALID_ARGUMENT, k->name, "scales_scale must be float32 [N=%lld] or [1] (got %s, %lld elements)",
                   (long long)k->N, type_name(ti.type), (long long)ti.count);
+    sscale_step = ti.count == k->N ? 1 : 0;
     TRY(g_ort->GetTensorMutableData((OrtValue *)sscale_val, &p));
     sscale = (const float *)p;
   } else if (sscale_val) {
@@ -202,7 +205,7 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
     switch (stype) {
       case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: fs[i] = ((const float *)scales_raw)[i]; break;
       case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: fs[i] = i4o_half_to_float(((const uint16_t *)scales_raw)[i]); break;
-      default: fs[i] = (float)((const int8_t *)scales_raw)[i] * sscale[i / (size_t)nb]; break;
+      default: fs[i] = (float)((const int8_t *)scales_raw)[i] * sscale[sscale_step * (i / (size_t)nb)]; break;
     }
   }
   i4o_weights w = {k->K, k->N, k->block_size, (int)k->bits, k->quant_type, data, fs, zp};
