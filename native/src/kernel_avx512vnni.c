@@ -1,100 +1,222 @@
-/* AVX-512 VNNI int8 kernel: codes as unsigned bytes times int8 activations with vpdpbusd.
- * Block dot products are exact int32; the float epilogue repeats the scalar reference's
- * operations in the same order, so results match scalar_int8 bit for bit. */
+/* AVX-512 VNNI int8 kernel on the prepacked "cg16" layout (x86_packed.h).
+ *
+ * Activations are quantized per row and block (x86_avx512_qa_prepare, the rounding of
+ * i4o_qa_prepare), weights stay 4-bit in memory and are split into nibbles in registers. Each
+ * 32-bit lane of a vector is one weight column, so vpdpbusd (unsigned codes x signed activations,
+ * 4 products per lane) accumulates 16 columns at once with the activation bytes broadcast: no
+ * horizontal sums. Per block: exact int32 dot, minus zero point x sum(q) (the zero-point
+ * correction), then one float multiply-add with scale_a * scale_w. A tile is R rows x G groups of
+ * 16 columns; M = 1 uses 1 x 4, larger M 4 x 2 (or 6 x 2) with smaller tiles for the edges.
+ */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#include <string.h>
 
-#include "kernels.h"
+#include "x86_packed.h"
 
-#define VNNI_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
-#define ROWS 4
+#define T512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define AI static inline __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
-/* 32 codes starting at p as unsigned bytes in element order (bits 4: 16 bytes, bits 8: 32 bytes). */
-VNNI_TARGET static inline __m256i load32_codes(const uint8_t *p, int bits) {
-  if (bits == 8) return _mm256_loadu_si256((const __m256i *)p);
-  const __m128i b = _mm_loadu_si128((const __m128i *)p);
-  const __m128i m = _mm_set1_epi8(0x0F);
-  const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
-  return _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-}
+/* ---- activations: per-block int8 quantization, vectorised; bit-identical to i4o_qa_prepare ---- */
 
-/* 16 codes starting at p, zero-extended to 256 bits. */
-VNNI_TARGET static inline __m256i load16_codes(const uint8_t *p, int bits) {
-  __m128i v;
-  if (bits == 8) {
-    v = _mm_loadu_si128((const __m128i *)p);
-  } else {
-    const __m128i b = _mm_loadl_epi64((const __m128i *)p);
-    const __m128i m = _mm_set1_epi8(0x0F);
-    v = _mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
+T512 static void qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
+                            void *ws) {
+  const x86_qa v = x86_qa_map(w, M, ws);
+  const int64_t K = w->K, bs = w->block_size;
+  const int32_t zmul = w->zp ? 1 : x86_sym_zp(w);
+  const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+  for (int64_t m = m0; m < m1; m++) {
+    const float *a = A + m * lda;
+    int8_t *q = v.q + m * v.ldq;
+    for (int64_t b = 0; b < w->n_blocks; b++) {
+      const int64_t k0 = b * bs, kn = k0 + bs <= K ? bs : K - k0;
+      __m512 mx = _mm512_setzero_ps();
+      for (int64_t i = 0; i < kn; i += 16) {
+        const __mmask16 mk = kn - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (kn - i)) - 1);
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, a + k0 + i)));
+      }
+      const float amax = _mm512_reduce_max_ps(mx);
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      const __m512 vinv = _mm512_set1_ps(inv);
+      __m512i sum = _mm512_setzero_si512();
+      int64_t i = 0;
+      for (; i < kn; i += 16) {
+        const __mmask16 mk = kn - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (kn - i)) - 1);
+        __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, a + k0 + i), vinv)); /* RNE */
+        r = _mm512_min_epi32(_mm512_max_epi32(r, nlim), lim);
+        sum = _mm512_add_epi32(sum, r);
+        _mm_storeu_si128((__m128i *)(q + k0 + i), _mm512_cvtsepi32_epi8(r));
+      }
+      for (; i < bs; i += 16) _mm_storeu_si128((__m128i *)(q + k0 + i), _mm_setzero_si128());
+      v.sa[m * v.nb + b] = amax / 127.0f;
+      v.zs[m * v.nb + b] = zmul * _mm512_reduce_add_epi32(sum);
+    }
+    memset(q + w->n_blocks * bs, 0, (size_t)(v.ldq - w->n_blocks * bs));
   }
-  return _mm256_zextsi128_si256(v);
 }
 
-VNNI_TARGET static inline int32_t hsum_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-  return _mm_cvtsi128_si32(s);
-}
+/* ---- micro-kernel ---- */
 
-/* acc += codes . q, codes unsigned (int) or NF4 indices mapped through the int8 codebook. */
-VNNI_TARGET static inline __m256i dot_step(__m256i acc, __m256i codes, __m256i q, int is_nf4, __m256i lut) {
-  if (!is_nf4) return _mm256_dpbusd_epi32(acc, codes, q);
-  const __m256i wv = _mm256_shuffle_epi8(lut, codes);
-  return _mm256_dpbusd_epi32(acc, _mm256_abs_epi8(wv), _mm256_sign_epi8(q, wv));
-}
+enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
 
-VNNI_TARGET static void vnni_int8_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const i4o_wdesc *w = c->w;
-  const i4o_qa_view qa = i4o_qa_map(w, c->M, (void *)c->a_ws);
-  const int is_nf4 = w->quant_type == I4O_QUANT_NF4;
-  const __m128i lut128 = _mm_loadu_si128((const __m128i *)i4o_nf4_i8());
-  const __m256i lut = _mm256_set_m128i(lut128, lut128);
-  const int64_t bs = w->block_size, nb = w->n_blocks;
-  const int64_t bytes32 = w->bits == 8 ? 32 : 16;
-  for (int64_t n = n0; n < n1; n++) {
-    const uint8_t *col = w->data + n * nb * w->blob_bytes;
-    for (int64_t mb = m0; mb < m1; mb += ROWS) {
-      const int rows = (int)(m1 - mb < ROWS ? m1 - mb : ROWS);
-      float facc[ROWS] = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int64_t b = 0; b < nb; b++) {
-        __m256i acc[ROWS];
-        for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_si256();
-        const uint8_t *p = col + b * w->blob_bytes;
-        int64_t i = 0;
-        for (; i + 32 <= bs; i += 32, p += bytes32) {
-          const __m256i codes = load32_codes(p, w->bits);
-          for (int r = 0; r < rows; r++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(qa.q + (mb + r) * qa.ldq + b * bs + i));
-            acc[r] = dot_step(acc[r], codes, q, is_nf4, lut);
+/* C[m .. m+R, 16*g0 .. 16*(g0+G)) for all K. ncols = valid columns from 16*g0 (may be < 16*G). */
+AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0, int64_t ncols,
+             const int R, const int G, const int kind, const int asym) {
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  __m512i lut = _mm512_setzero_si512();
+  if (kind == KIND_NF4) { /* NF4 levels as int8, offset by 128 to be unsigned; zero point 128 */
+    const int8_t *l8 = i4o_nf4_i8();
+    uint8_t u[16];
+    for (int i = 0; i < 16; i++) u[i] = (uint8_t)(l8[i] + 128);
+    lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)u));
+  }
+  __m512 facc[6][4];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) facc[r][g] = _mm512_setzero_ps();
+  const int64_t bs = L->bs, nb = L->nb;
+  for (int64_t b = 0; b < nb; b++) {
+    __m512i iacc[6][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+      for (int g = 0; g < G; g++) iacc[r][g] = _mm512_setzero_si512();
+    const uint8_t *pc[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) pc[g] = x86_codes(c->packed, L, g0 + g, b);
+    const int8_t *pq = qa->q + m * qa->ldq + b * bs;
+    if (kind != KIND_INT8) {
+      for (int64_t t = 0; t < L->chunks; t++) {
+        __m512i lo[4], hi[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+          const __m512i raw = _mm512_load_si512((const void *)(pc[g] + t * 64));
+          lo[g] = _mm512_and_si512(raw, nib);
+          hi[g] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
+          if (kind == KIND_NF4) {
+            lo[g] = _mm512_shuffle_epi8(lut, lo[g]);
+            hi[g] = _mm512_shuffle_epi8(lut, hi[g]);
           }
         }
-        if (i < bs) { /* block sizes that are an odd multiple of 16 */
-          const __m256i codes = load16_codes(p, w->bits);
-          for (int r = 0; r < rows; r++) {
-            const __m256i q = _mm256_zextsi128_si256(
-                _mm_loadu_si128((const __m128i *)(qa.q + (mb + r) * qa.ldq + b * bs + i)));
-            acc[r] = dot_step(acc[r], codes, q, is_nf4, lut);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+          int32_t x0, x1;
+          memcpy(&x0, pq + r * qa->ldq + 8 * t, 4);
+          memcpy(&x1, pq + r * qa->ldq + 8 * t + 4, 4);
+          const __m512i qa0 = _mm512_set1_epi32(x0), qa1 = _mm512_set1_epi32(x1);
+#pragma GCC unroll 4
+          for (int g = 0; g < G; g++) {
+            iacc[r][g] = _mm512_dpbusd_epi32(iacc[r][g], lo[g], qa0);
+            iacc[r][g] = _mm512_dpbusd_epi32(iacc[r][g], hi[g], qa1);
           }
-        }
-        float sw = w->scales[n * nb + b];
-        if (is_nf4) sw *= (1.0f / 127.0f);
-        const int zp = i4o_zero_point(w, n, b);
-        for (int r = 0; r < rows; r++) {
-          int32_t dot = hsum_epi32(acc[r]);
-          if (!is_nf4) dot -= zp * qa.sum[(mb + r) * nb + b];
-          facc[r] += (float)dot * (qa.scale[(mb + r) * nb + b] * sw);
         }
       }
-      for (int r = 0; r < rows; r++) c->C[(mb + r) * c->ldc + n] = facc[r] + (c->bias ? c->bias[n] : 0.0f);
+    } else {
+      for (int64_t t = 0; t < L->chunks; t++) {
+        __m512i cv[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) cv[g] = _mm512_load_si512((const void *)(pc[g] + t * 64));
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+          int32_t x0;
+          memcpy(&x0, pq + r * qa->ldq + 4 * t, 4);
+          const __m512i qa0 = _mm512_set1_epi32(x0);
+#pragma GCC unroll 4
+          for (int g = 0; g < G; g++) iacc[r][g] = _mm512_dpbusd_epi32(iacc[r][g], cv[g], qa0);
+        }
+      }
+    }
+    /* block epilogue: y += (dot - zp * sum(q)) * (scale_a * scale_w) */
+    __m512 sw[4];
+    __m512i zpv[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) {
+      sw[g] = _mm512_load_ps(x86_scales(c->packed, L, g0 + g, b));
+      if (asym) zpv[g] = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_zp(c->packed, L, g0 + g, b)));
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+      const __m512 sa = _mm512_set1_ps(qa->sa[(m + r) * nb + b]);
+      const __m512i zs = _mm512_set1_epi32(qa->zs[(m + r) * nb + b]);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; g++) {
+        const __m512i corr = asym ? _mm512_mullo_epi32(zpv[g], zs) : zs;
+        const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(iacc[r][g], corr));
+        facc[r][g] = _mm512_fmadd_ps(d, _mm512_mul_ps(sw[g], sa), facc[r][g]);
+      }
+    }
+  }
+  /* store */
+#pragma GCC unroll 4
+  for (int g = 0; g < G; g++) {
+    const int64_t left = ncols - 16 * g;
+    if (left <= 0) break;
+    const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const int64_t n = 16 * (g0 + g);
+    const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n) : _mm512_setzero_ps();
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n, mk, _mm512_add_ps(facc[r][g], bias));
+  }
+}
+
+#define TILE_FN(R, G)                                                                                                 \
+  T512 static void tile_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0,   \
+                                  int64_t ncols, int kind, int asym) {                                                \
+    if (kind == KIND_INT4) {                                                                                          \
+      if (asym) tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 1);                                                     \
+      else tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 0);                                                          \
+    } else if (kind == KIND_NF4) {                                                                                    \
+      tile(c, L, qa, m, g0, ncols, R, G, KIND_NF4, 0);                                                                \
+    } else {                                                                                                          \
+      if (asym) tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 1);                                                     \
+      else tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 0);                                                          \
+    }                                                                                                                 \
+  }
+
+TILE_FN(1, 4)
+TILE_FN(1, 2)
+TILE_FN(1, 1)
+TILE_FN(2, 2)
+TILE_FN(3, 2)
+TILE_FN(4, 2)
+TILE_FN(2, 1)
+TILE_FN(3, 1)
+TILE_FN(4, 1)
+
+typedef void (*tile_fn)(const i4o_gemm_ctx *, const x86_pk *, const x86_qa *, int64_t, int64_t, int64_t, int, int);
+
+static void vnni_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const i4o_wdesc *w = c->w;
+  const x86_pk L = x86_pk_layout(w);
+  const x86_qa qa = x86_qa_map(w, c->M, c->a_ws);
+  const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
+  const int asym = w->zp != NULL;
+  const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (32) */
+  if (m1 - m0 == 1) {
+    int64_t g = g_begin;
+    for (; g + 4 <= g_end; g += 4) tile_1x4(c, &L, &qa, m0, g, n1 - 16 * g, kind, asym);
+    for (; g + 2 <= g_end; g += 2) tile_1x2(c, &L, &qa, m0, g, n1 - 16 * g, kind, asym);
+    for (; g < g_end; g++) tile_1x1(c, &L, &qa, m0, g, n1 - 16 * g, kind, asym);
+    return;
+  }
+  static const tile_fn by_rows2[5] = {NULL, tile_1x2, tile_2x2, tile_3x2, tile_4x2};
+  static const tile_fn by_rows1[5] = {NULL, tile_1x1, tile_2x1, tile_3x1, tile_4x1};
+  for (int64_t g = g_begin; g < g_end; g += 2) {
+    const int two = g + 2 <= g_end;
+    for (int64_t m = m0; m < m1; m += 4) {
+      const int rows = (int)(m1 - m < 4 ? m1 - m : 4);
+      (two ? by_rows2 : by_rows1)[rows](c, &L, &qa, m, g, n1 - 16 * g, kind, asym);
     }
   }
 }
 
+static size_t vnni_a_bytes(const i4o_wdesc *w, int64_t M) { return x86_qa_bytes(w, M); }
+
 const i4o_kernel i4o_kernel_avx512vnni_int8 = {
     .name = "avx512vnni_int8", .isa = "avx512vnni", .compute = I4O_COMPUTE_INT8,
-    .a_bytes = i4o_qa_bytes, .prepare_a = i4o_qa_prepare,
-    .gemm = vnni_int8_gemm, .n_tile = 1, .m_tile = 1,
+    .packed_bytes = i4o_x86_packed_bytes, .pack = i4o_x86_pack_int8,
+    .a_bytes = vnni_a_bytes, .prepare_a = qa_prepare,
+    .gemm = vnni_gemm, .n_tile = 32, .m_tile = 4,
 };
 #endif

@@ -95,6 +95,7 @@ extern const i4o_kernel i4o_kernel_scalar_fp32;
 extern const i4o_kernel i4o_kernel_scalar_int8;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const i4o_kernel i4o_kernel_avx2_fp32;
+extern const i4o_kernel i4o_kernel_avx512_fp32;
 extern const i4o_kernel i4o_kernel_avx512vnni_int8;
 #endif
 #if defined(__aarch64__) || (defined(__arm__) && defined(__ARM_NEON))

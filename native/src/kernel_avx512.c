@@ -1,0 +1,331 @@
+/* AVX-512 fp32 kernel on the prepacked "cg16" layout (x86_packed.h): float activations, weights
+ * dequantized in registers, FMA.
+ *
+ * A 32-bit lane of a chunk is one column, so one vector holds one k of 16 columns and the
+ * activation is broadcast: no horizontal sums. Codes become floats by a 16-entry table lookup
+ * (vpermps reads the low 4 bits of each lane: one shift and one permute per 16 weights; the table
+ * holds code - 8, plain codes for weights with zero points, or the NF4 levels).
+ *
+ * Few rows (M < PANEL_MIN_ROWS): per block, products of unscaled codes accumulate per column and
+ * are scaled once at the block's end (R rows x G groups of 16 columns in registers).
+ * More rows: a panel of KC x 32 weights is dequantized once into an L1-resident buffer and a
+ * 12 x 32 register-blocked micro-kernel (24 accumulators) runs over all rows of the task, which
+ * amortises the dequantization over the rows like an ordinary SGEMM.
+ */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#include <string.h>
+
+#include "x86_packed.h"
+
+#define TGT "avx2,fma,f16c,avx512f,avx512bw,avx512vl"
+#define T512 __attribute__((target(TGT)))
+#define AI static inline __attribute__((always_inline, target(TGT)))
+
+#define PANEL_MIN_ROWS 8
+#define KC 256 /* panel depth: 256 x 32 floats = 32 KiB */
+#define MR 12  /* micro-kernel rows */
+
+enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
+
+AI __m512 make_lut(int kind, int asym) {
+  if (kind == KIND_NF4) return _mm512_loadu_ps(i4o_nf4_codebook());
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return asym ? codes : _mm512_sub_ps(codes, _mm512_set1_ps(8.0f));
+}
+
+/* The 16 columns' codes of element i of a chunk (4-bit: i = 0..7, 8-bit: i = 0..3) as floats,
+ * minus zf for weights with zero points, or the symmetric zero point folded into the table. */
+AI __m512 dequant(__m512i raw, int i, int kind, int asym, __m512 lut, __m512 zf) {
+  if (kind == KIND_INT8) {
+    const __m512i v = _mm512_and_si512(_mm512_srli_epi32(raw, 8 * i), _mm512_set1_epi32(0xFF));
+    return _mm512_sub_ps(_mm512_cvtepi32_ps(v), zf);
+  }
+  const int sh = i < 4 ? 8 * i : 8 * (i - 4) + 4;
+  const __m512 v = _mm512_permutexvar_ps(sh ? _mm512_srli_epi32(raw, sh) : raw, lut);
+  return asym ? _mm512_sub_ps(v, zf) : v;
+}
+
+/* ---- few rows: dequantize in registers ---- */
+
+AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0, int64_t ncols, const int R,
+                   const int G, const int kind, const int asym) {
+  const i4o_wdesc *w = c->w;
+  const int64_t K = w->K, bs = L->bs, nb = L->nb;
+  const int per_chunk = kind == KIND_INT8 ? 4 : 8;
+  const __m512 lut = make_lut(kind, asym);
+  __m512 facc[4][4];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) facc[r][g] = _mm512_setzero_ps();
+  const float *a0 = c->A + m * c->lda;
+  for (int64_t b = 0; b < nb; b++) {
+    __m512 bacc[4][4], zf[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) {
+      zf[g] = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
+      if (asym) zf[g] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_zp(c->packed, L, g0 + g, b))));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++) bacc[r][g] = _mm512_setzero_ps();
+    }
+    const uint8_t *pc[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) pc[g] = x86_codes(c->packed, L, g0 + g, b);
+    const int64_t kb = b * bs;
+    const int64_t full = kb + bs <= K ? L->chunks : (K - kb) / per_chunk; /* chunks with every k < K */
+    for (int64_t t = 0; t < full; t++) {
+      __m512i raw[4];
+#pragma GCC unroll 4
+      for (int g = 0; g < G; g++) raw[g] = _mm512_load_si512((const void *)(pc[g] + t * 64));
+#pragma GCC unroll 8
+      for (int i = 0; i < per_chunk; i++) {
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) wv[g] = dequant(raw[g], i, kind, asym, lut, zf[g]);
+        const int64_t k = kb + t * per_chunk + i;
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+          const __m512 av = _mm512_set1_ps(a0[r * c->lda + k]);
+#pragma GCC unroll 4
+          for (int g = 0; g < G; g++) bacc[r][g] = _mm512_fmadd_ps(av, wv[g], bacc[r][g]);
+        }
+      }
+    }
+    if (full < L->chunks) { /* the chunk that crosses K: never read activations at or past K */
+      for (int64_t t = full; t * per_chunk < K - kb; t++) {
+        __m512i raw[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) raw[g] = _mm512_load_si512((const void *)(pc[g] + t * 64));
+        for (int i = 0; i < per_chunk; i++) {
+          const int64_t k = kb + t * per_chunk + i;
+          if (k >= K) break;
+          __m512 wv[4];
+          for (int g = 0; g < G; g++) wv[g] = dequant(raw[g], i, kind, asym, lut, zf[g]);
+          for (int r = 0; r < R; r++) {
+            const __m512 av = _mm512_set1_ps(a0[r * c->lda + k]);
+            for (int g = 0; g < G; g++) bacc[r][g] = _mm512_fmadd_ps(av, wv[g], bacc[r][g]);
+          }
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) {
+      const __m512 s = _mm512_load_ps(x86_scales(c->packed, L, g0 + g, b));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++) facc[r][g] = _mm512_fmadd_ps(bacc[r][g], s, facc[r][g]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < G; g++) {
+    const int64_t left = ncols - 16 * g;
+    if (left <= 0) break;
+    const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const int64_t n = 16 * (g0 + g);
+    const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n, mk, _mm512_add_ps(facc[r][g], bias));
+  }
+}
+
+#define SMALL_FN(R, G)                                                                                            \
+  T512 static void small_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0, int64_t ncols,  \
+                                   int kind, int asym) {                                                          \
+    if (kind == KIND_INT4) {                                                                                      \
+      if (asym) small_tile(c, L, m, g0, ncols, R, G, KIND_INT4, 1);                                               \
+      else small_tile(c, L, m, g0, ncols, R, G, KIND_INT4, 0);                                                    \
+    } else if (kind == KIND_NF4) {                                                                                \
+      small_tile(c, L, m, g0, ncols, R, G, KIND_NF4, 0);                                                          \
+    } else {                                                                                                      \
+      if (asym) small_tile(c, L, m, g0, ncols, R, G, KIND_INT8, 1);                                               \
+      else small_tile(c, L, m, g0, ncols, R, G, KIND_INT8, 0);                                                    \
+    }                                                                                                             \
+  }
+
+SMALL_FN(1, 4)
+SMALL_FN(1, 2)
+SMALL_FN(1, 1)
+SMALL_FN(2, 2)
+SMALL_FN(3, 2)
+SMALL_FN(4, 2)
+SMALL_FN(2, 1)
+SMALL_FN(3, 1)
+SMALL_FN(4, 1)
+
+typedef void (*small_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t, int64_t, int, int);
+
+/* ---- many rows: dequantized panel + register-blocked micro-kernel ---- */
+
+/* panel[k][16 * G] = dequantized weights of groups g0 .. g0+G-1 for k in [k0, k0 + kc) */
+AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k0, int64_t kc, float *panel,
+                   const int G, const int kind, const int asym) {
+  const int per_chunk = kind == KIND_INT8 ? 4 : 8;
+  const __m512 lut = make_lut(kind, asym);
+  const int64_t bs = L->bs;
+#pragma GCC unroll 2
+  for (int g = 0; g < G; g++) {
+    for (int64_t k = k0; k < k0 + kc; k += per_chunk) { /* k0 and kc are multiples of 16 or kc reaches K */
+      const int64_t b = k / bs, t = (k - b * bs) / per_chunk;
+      const __m512i raw = _mm512_load_si512((const void *)(x86_codes(c->packed, L, g0 + g, b) + t * 64));
+      const __m512 s = _mm512_load_ps(x86_scales(c->packed, L, g0 + g, b));
+      __m512 zf = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
+      if (asym) zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_zp(c->packed, L, g0 + g, b))));
+      float *dst = panel + (k - k0) * 16 * G + 16 * g;
+#pragma GCC unroll 8
+      for (int i = 0; i < per_chunk; i++)
+        _mm512_store_ps(dst + i * 16 * G, _mm512_mul_ps(dequant(raw, i, kind, asym, lut, zf), s));
+    }
+  }
+}
+
+/* Activations for the panel path, packed once per call: row tiles of MR rows, interleaved,
+ * ap[(m / MR) * K * MR + k * MR + r] (rows past M are 0). One pointer walks contiguous memory, where
+ * rows of A lie a multiple of 4 KiB apart and would compete for the same L1 sets. */
+static size_t panel_a_bytes(const i4o_wdesc *w, int64_t M) {
+  if (M < PANEL_MIN_ROWS) return 64;
+  return (size_t)((M + MR - 1) / MR * MR) * (size_t)w->K * sizeof(float);
+}
+
+T512 static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
+                                 void *ws) {
+  if (M < PANEL_MIN_ROWS) return;
+  const int64_t K = w->K;
+  for (int64_t m = m0; m < m1; m += MR) { /* m0 is a multiple of MR (m_tile) */
+    float *ap = (float *)ws + (m / MR) * K * MR;
+    const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+    const float *a = A + m * lda;
+    int64_t k = 0;
+    if (rows == MR) {
+      /* 16 k at a time: 12 row loads, scatter through a small transpose in registers */
+      for (; k + 16 <= K; k += 16) {
+        float t[MR][16];
+        for (int r = 0; r < MR; r++) _mm512_storeu_ps(t[r], _mm512_loadu_ps(a + r * lda + k));
+        for (int kk = 0; kk < 16; kk++)
+          for (int r = 0; r < MR; r++) ap[(k + kk) * MR + r] = t[r][kk];
+      }
+    }
+    for (; k < K; k++)
+      for (int r = 0; r < MR; r++) ap[k * MR + r] = r < rows ? a[r * lda + k] : 0.0f;
+  }
+}
+
+/* C[m .. m+R, cols] (+)= packed A @ panel; first = overwrite (plus bias), else accumulate */
+AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n, int64_t ncols,
+              int64_t kc, int first, const int R, const int G) {
+  __m512 acc[MR][2];
+  __mmask16 mk[2];
+#pragma GCC unroll 2
+  for (int g = 0; g < G; g++) {
+    const int64_t left = ncols - 16 * g;
+    mk[g] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+    for (int g = 0; g < G; g++) {
+      if (first) acc[r][g] = c->bias ? _mm512_maskz_loadu_ps(mk[g], c->bias + n + 16 * g) : _mm512_setzero_ps();
+      else acc[r][g] = _mm512_maskz_loadu_ps(mk[g], c->C + (m + r) * c->ldc + n + 16 * g);
+    }
+  for (int64_t k = 0; k < kc; k++) {
+    __m512 wv[2];
+#pragma GCC unroll 2
+    for (int g = 0; g < G; g++) wv[g] = _mm512_load_ps(panel + k * 16 * G + 16 * g);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; r++) {
+      const __m512 av = _mm512_set1_ps(ap[k * MR + r]);
+#pragma GCC unroll 2
+      for (int g = 0; g < G; g++) acc[r][g] = _mm512_fmadd_ps(av, wv[g], acc[r][g]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+    for (int g = 0; g < G; g++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n + 16 * g, mk[g], acc[r][g]);
+}
+
+#define MICRO_FN(R, G)                                                                                    \
+  T512 static void micro_##R##x##G(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m,   \
+                                   int64_t n, int64_t ncols, int64_t kc, int first) {                     \
+    micro(c, ap, panel, m, n, ncols, kc, first, R, G);                                                    \
+  }
+#define MICRO_ROWS(G) \
+  MICRO_FN(1, G) MICRO_FN(2, G) MICRO_FN(3, G) MICRO_FN(4, G) MICRO_FN(5, G) MICRO_FN(6, G) \
+  MICRO_FN(7, G) MICRO_FN(8, G) MICRO_FN(9, G) MICRO_FN(10, G) MICRO_FN(11, G) MICRO_FN(12, G)
+MICRO_ROWS(1)
+MICRO_ROWS(2)
+
+typedef void (*micro_fn)(const i4o_gemm_ctx *, const float *, const float *, int64_t, int64_t, int64_t, int64_t,
+                         int);
+static const micro_fn kMicro[2][MR + 1] = {
+    {NULL, micro_1x1, micro_2x1, micro_3x1, micro_4x1, micro_5x1, micro_6x1, micro_7x1, micro_8x1, micro_9x1,
+     micro_10x1, micro_11x1, micro_12x1},
+    {NULL, micro_1x2, micro_2x2, micro_3x2, micro_4x2, micro_5x2, micro_6x2, micro_7x2, micro_8x2, micro_9x2,
+     micro_10x2, micro_11x2, micro_12x2},
+};
+
+#define PANEL_FN(G)                                                                                             \
+  T512 static void panel_##G(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k0, int64_t kc,        \
+                             float *panel, int kind, int asym) {                                                \
+    if (kind == KIND_INT4) {                                                                                    \
+      if (asym) fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT4, 1);                                           \
+      else fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT4, 0);                                                \
+    } else if (kind == KIND_NF4) {                                                                              \
+      fill_panel(c, L, g0, k0, kc, panel, G, KIND_NF4, 0);                                                      \
+    } else {                                                                                                    \
+      if (asym) fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT8, 1);                                           \
+      else fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT8, 0);                                                \
+    }                                                                                                           \
+  }
+PANEL_FN(1)
+PANEL_FN(2)
+
+static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const i4o_wdesc *w = c->w;
+  const x86_pk L = x86_pk_layout(w);
+  const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
+  const int asym = w->zp != NULL;
+  const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (32) */
+  if (m1 - m0 == 1) {
+    int64_t g = g_begin;
+    for (; g + 4 <= g_end; g += 4) small_1x4(c, &L, m0, g, n1 - 16 * g, kind, asym);
+    for (; g + 2 <= g_end; g += 2) small_1x2(c, &L, m0, g, n1 - 16 * g, kind, asym);
+    for (; g < g_end; g++) small_1x1(c, &L, m0, g, n1 - 16 * g, kind, asym);
+    return;
+  }
+  if (m1 - m0 < PANEL_MIN_ROWS) {
+    static const small_fn by_rows2[5] = {NULL, small_1x2, small_2x2, small_3x2, small_4x2};
+    static const small_fn by_rows1[5] = {NULL, small_1x1, small_2x1, small_3x1, small_4x1};
+    for (int64_t g = g_begin; g < g_end; g += 2) {
+      const int two = g + 2 <= g_end;
+      for (int64_t m = m0; m < m1; m += 4) {
+        const int rows = (int)(m1 - m < 4 ? m1 - m : 4);
+        (two ? by_rows2 : by_rows1)[rows](c, &L, m, g, n1 - 16 * g, kind, asym);
+      }
+    }
+    return;
+  }
+  /* per K chunk, every column panel of the task is dequantized once, then swept by the micro-kernel
+   * over all rows of the task */
+  float panel[KC * 32] __attribute__((aligned(64)));
+  const float *ap_all = (const float *)c->a_ws;
+  for (int64_t k0 = 0; k0 < w->K; k0 += KC) {
+    const int64_t kc = w->K - k0 < KC ? w->K - k0 : KC;
+    for (int64_t g = g_begin; g < g_end; g += 2) {
+      const int G = g + 2 <= g_end ? 2 : 1;
+      const int64_t n = 16 * g, ncols = n1 - n;
+      (G == 2 ? panel_2 : panel_1)(c, &L, g, k0, kc, panel, kind, asym);
+      for (int64_t m = m0; m < m1; m += MR) {
+        const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+        kMicro[G - 1][rows](c, ap_all + (m / MR) * w->K * MR + k0 * MR, panel, m, n, ncols, kc, k0 == 0);
+      }
+    }
+  }
+}
+
+const i4o_kernel i4o_kernel_avx512_fp32 = {
+    .name = "avx512_fp32", .isa = "avx512", .compute = I4O_COMPUTE_FP32,
+    .packed_bytes = i4o_x86_packed_bytes, .pack = i4o_x86_pack_fp32,
+    .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
+    .gemm = avx512_fp32_gemm, .n_tile = 32, .m_tile = MR,
+};
+#endif
