@@ -63,11 +63,24 @@ def dequant_reference(codes, scales, zp, K, block, bits, quant_type="int"):
     return (vals * scales.astype(np.float64)[:, b]).T
 
 
+def int8_scales(scales: np.ndarray) -> np.ndarray:
+    """Weight scales as the int8 path uses them: per column a power of two 2^E puts the largest |scale|
+    in [2^14, 2^15), then each scale is rounded to float16: half(s * 2^-E) * 2^E (docs/format.md)."""
+    s = np.asarray(scales, dtype=np.float32).copy()
+    for n in range(s.shape[0]):
+        for _ in range(2):  # a maximum that rounds up to 2^15 moves E by one: round again
+            mx = float(np.abs(s[n]).max())
+            e = int(np.frexp(np.float32(mx))[1]) - 1 - 14 if mx > 0 and np.isfinite(mx) else 0
+            s[n] = (np.ldexp(s[n], -e).astype(np.float16).astype(np.float32) * np.float32(2.0**e)).astype(np.float32)
+    return s
+
+
 def int8_path_reference(A, codes, scales, zp, K, block, bits, quant_type="int", bias=None):
     """numpy statement of the int8 compute path: per-block activation quantization, exact integer dots."""
     M = A.shape[0]
     N = codes.shape[0]
     nb = -(-K // block)
+    scales = int8_scales(scales)
     out = np.zeros((M, N), dtype=np.float32)
     nf4_i8 = np.rint(_native.nf4_codebook() * 127).astype(np.int64)
     for m in range(M):

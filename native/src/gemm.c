@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fp16.h"
 #include "kernels.h"
 
 void *i4o_aligned_alloc(size_t bytes) {
@@ -83,6 +84,37 @@ const int8_t *i4o_nf4_i8(void) {
   return g_nf4_i8;
 }
 
+/* ---- weight scales of the int8 path ----
+ * The int8 path uses each weight scale rounded to 11 significant bits (float16 precision) with a
+ * power-of-two per column: E[n] puts the column's largest |scale| in [2^14, 2^15), and
+ * scale' = half(scale * 2^-E[n]) * 2^E[n]. Kernels can then store scales in 16 bits and stay exact.
+ * (Scales below 2^-38 of their column's largest lose bits as float16 subnormals, by definition.) */
+int i4o_int8_scale_exp(const i4o_wdesc *w, int64_t n) {
+  float mx = 0.0f;
+  for (int64_t b = 0; b < w->n_blocks; b++) {
+    const float a = fabsf(w->scales[n * w->n_blocks + b]);
+    mx = a > mx ? a : mx;
+  }
+  if (!(mx > 0.0f) || !isfinite(mx)) return 0;
+  return ilogbf(mx) - 14;
+}
+
+static void round_scales_int8(i4o_wdesc *w, float *scales) { /* w->scales == scales */
+  for (int64_t n = 0; n < w->N; n++) {
+    /* a maximum that rounds up to 2^15 moves E by one: round again, then E is stable (the value a
+     * kernel recomputes from the rounded scales) */
+    for (int pass = 0, e = i4o_int8_scale_exp(w, n); pass < 2; pass++) {
+      for (int64_t b = 0; b < w->n_blocks; b++) {
+        float *s = &scales[n * w->n_blocks + b];
+        if (isfinite(*s)) *s = ldexpf(i4o_half_to_float(i4o_float_to_half(ldexpf(*s, -e))), e);
+      }
+      const int e2 = i4o_int8_scale_exp(w, n);
+      if (e2 == e) break;
+      e = e2;
+    }
+  }
+}
+
 /* ---- prepared weights ---- */
 
 void i4o_prepared_free(i4o_prepared *p) {
@@ -122,6 +154,7 @@ int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared *
     w->zp = p->zp;
   }
   p->kernel = kernel;
+  if (kernel->compute == I4O_COMPUTE_INT8) round_scales_int8(w, p->scales);
   if (kernel->supports && !kernel->supports(w)) {
     i4o_prepared_free(p);
     return I4O_E_KERNEL;

@@ -23,6 +23,7 @@
 #define AI static inline __attribute__((always_inline, target(TGT)))
 
 #define PANEL_MIN_ROWS 8
+#define PF_DIST 4096 /* bytes ahead of the one-row stream */
 #define KC 256 /* panel depth: 256 x 32 floats = 32 KiB */
 #define MR 12  /* micro-kernel rows */
 
@@ -61,19 +62,41 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
     for (int g = 0; g < G; g++) facc[r][g] = _mm512_setzero_ps();
   const float *a0 = c->A + m * c->lda;
   for (int64_t b = 0; b < nb; b++) {
+    /* the tile lies inside one supergroup: one record per block */
+    const uint8_t *rec = x86_record(c->packed, L, g0, b);
+    const int64_t gs = x86_gs(L, g0), j0 = g0 % X86_SG;
     __m512 bacc[4][4], zf[4];
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) {
       zf[g] = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
-      if (asym) zf[g] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_zp(c->packed, L, g0 + g, b))));
+      if (asym)
+        zf[g] = _mm512_cvtepi32_ps(
+            _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 64) + (j0 + g) * 16))));
 #pragma GCC unroll 4
       for (int r = 0; r < R; r++) bacc[r][g] = _mm512_setzero_ps();
     }
     const uint8_t *pc[4];
 #pragma GCC unroll 4
-    for (int g = 0; g < G; g++) pc[g] = x86_codes(c->packed, L, g0 + g, b);
+    for (int g = 0; g < G; g++) pc[g] = rec + (j0 + g) * L->block_bytes;
     const int64_t kb = b * bs;
     const int64_t full = kb + bs <= K ? L->chunks : (K - kb) / per_chunk; /* chunks with every k < K */
+    if (R == 1) { /* one row: walk the record in address order */
+#pragma GCC unroll 4
+      for (int g = 0; g < G; g++) {
+        for (int64_t t = 0; t < full; t++) {
+          const __m512i raw = _mm512_load_si512((const void *)(pc[g] + t * 64));
+          _mm_prefetch((const char *)(pc[g] + t * 64 + PF_DIST), _MM_HINT_T0);
+          __m512 p0 = bacc[0][g], p1 = _mm512_setzero_ps(); /* two chains */
+#pragma GCC unroll 8
+          for (int i = 0; i < per_chunk; i += 2) {
+            const int64_t k = kb + t * per_chunk + i;
+            p0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[k]), dequant(raw, i, kind, asym, lut, zf[g]), p0);
+            p1 = _mm512_fmadd_ps(_mm512_set1_ps(a0[k + 1]), dequant(raw, i + 1, kind, asym, lut, zf[g]), p1);
+          }
+          bacc[0][g] = _mm512_add_ps(p0, p1);
+        }
+      }
+    } else {
     for (int64_t t = 0; t < full; t++) {
       __m512i raw[4];
 #pragma GCC unroll 4
@@ -91,6 +114,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
           for (int g = 0; g < G; g++) bacc[r][g] = _mm512_fmadd_ps(av, wv[g], bacc[r][g]);
         }
       }
+    }
     }
     if (full < L->chunks) { /* the chunk that crosses K: never read activations at or past K */
       for (int64_t t = full; t * per_chunk < K - kb; t++) {
@@ -111,7 +135,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
     }
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) {
-      const __m512 s = _mm512_load_ps(x86_scales(c->packed, L, g0 + g, b));
+      const __m512 s = _mm512_load_ps((const float *)(rec + gs * L->block_bytes + (j0 + g) * 64));
 #pragma GCC unroll 4
       for (int r = 0; r < R; r++) facc[r][g] = _mm512_fmadd_ps(bacc[r][g], s, facc[r][g]);
     }
@@ -143,6 +167,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
   }
 
 SMALL_FN(1, 4)
+SMALL_FN(1, 3)
 SMALL_FN(1, 2)
 SMALL_FN(1, 1)
 SMALL_FN(2, 2)
@@ -167,7 +192,7 @@ AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k
     for (int64_t k = k0; k < k0 + kc; k += per_chunk) { /* k0 and kc are multiples of 16 or kc reaches K */
       const int64_t b = k / bs, t = (k - b * bs) / per_chunk;
       const __m512i raw = _mm512_load_si512((const void *)(x86_codes(c->packed, L, g0 + g, b) + t * 64));
-      const __m512 s = _mm512_load_ps(x86_scales(c->packed, L, g0 + g, b));
+      const __m512 s = _mm512_load_ps((const float *)x86_scales(c->packed, L, g0 + g, b));
       __m512 zf = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
       if (asym) zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_zp(c->packed, L, g0 + g, b))));
       float *dst = panel + (k - k0) * 16 * G + 16 * g;
@@ -281,15 +306,17 @@ PANEL_FN(2)
 
 static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const i4o_wdesc *w = c->w;
-  const x86_pk L = x86_pk_layout(w);
+  const x86_pk L = x86_pk_layout(w, 0);
   const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
   const int asym = w->zp != NULL;
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (32) */
-  if (m1 - m0 == 1) {
-    int64_t g = g_begin;
-    for (; g + 4 <= g_end; g += 4) small_1x4(c, &L, m0, g, n1 - 16 * g, kind, asym);
-    for (; g + 2 <= g_end; g += 2) small_1x2(c, &L, m0, g, n1 - 16 * g, kind, asym);
-    for (; g < g_end; g++) small_1x1(c, &L, m0, g, n1 - 16 * g, kind, asym);
+  if (m1 - m0 == 1) { /* one row: tiles as wide as the supergroups (one sequential stream) */
+    static const small_fn by_groups[5] = {NULL, small_1x1, small_1x2, small_1x3, small_1x4};
+    for (int64_t g = g_begin; g < g_end;) {
+      const int64_t left = X86_SG - g % X86_SG, cnt = g_end - g < left ? g_end - g : left;
+      by_groups[cnt](c, &L, m0, g, n1 - 16 * g, kind, asym);
+      g += cnt;
+    }
     return;
   }
   if (m1 - m0 < PANEL_MIN_ROWS) {
@@ -324,7 +351,7 @@ static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int6
 
 const i4o_kernel i4o_kernel_avx512_fp32 = {
     .name = "avx512_fp32", .isa = "avx512", .compute = I4O_COMPUTE_FP32,
-    .packed_bytes = i4o_x86_packed_bytes, .pack = i4o_x86_pack_fp32,
+    .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32,
     .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
     .gemm = avx512_fp32_gemm, .n_tile = 32, .m_tile = MR,
 };

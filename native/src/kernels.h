@@ -87,6 +87,10 @@ static inline int i4o_code(const i4o_wdesc *w, int64_t n, int64_t k) {
   return (row[k >> 1] >> ((k & 1) * 4)) & 0xF;
 }
 
+/* Column exponent E of the int8 path's weight scales (gemm.c): i4o_prepare rounds the scales of int8
+ * kernels to half(scale * 2^-E) * 2^E, so that kernels may keep them as float16 exactly. */
+I4O_HIDDEN int i4o_int8_scale_exp(const i4o_wdesc *w, int64_t n);
+
 /* int8 levels of the NF4 codebook for the int8 path: round(127 * level); value = level_i8 * scale / 127. */
 I4O_HIDDEN const int8_t *i4o_nf4_i8(void);
 

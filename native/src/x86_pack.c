@@ -1,35 +1,44 @@
 /* Portable layout -> the x86 kernels' "cg16" layout (x86_packed.h). Plain C: runs once per weight
  * at session start. */
 #if defined(__x86_64__) || defined(_M_X64)
+#include <math.h>
 #include <string.h>
 
+#include "fp16.h"
 #include "x86_packed.h"
 
-size_t i4o_x86_packed_bytes(const i4o_wdesc *w) { return x86_pk_layout(w).total; }
+size_t i4o_x86_packed_bytes_fp32(const i4o_wdesc *w) { return x86_pk_layout(w, 0).total; }
+size_t i4o_x86_packed_bytes_int8(const i4o_wdesc *w) { return x86_pk_layout(w, 1).total; }
 
-static void pack(const i4o_wdesc *w, void *dst, int nf4_scale_div127) {
-  const x86_pk L = x86_pk_layout(w);
+static void pack(const i4o_wdesc *w, void *dst, int int8) {
+  const x86_pk L = x86_pk_layout(w, int8);
   uint8_t *base = (uint8_t *)dst;
   memset(base, 0, L.total);
+  const uint8_t pad = w->bits == 8 ? 128 : (w->quant_type == I4O_QUANT_NF4 ? 7 : 8);
   for (int64_t g = 0; g < L.G; g++) {
-    for (int64_t b = 0; b < L.nb; b++) {
-      uint8_t *out = base + (g * L.nb + b) * L.block_bytes;
-      float *sc = (float *)(base + L.scales_off) + (g * L.nb + b) * 16;
-      uint8_t *zp = base + L.zp_off + (g * L.nb + b) * 16;
-      for (int j = 0; j < 16; j++) {
-        const int64_t n = g * 16 + j;
-        if (n >= w->N) {
-          /* padding column: codes equal to the zero point (or NF4's zero), scale 0 */
-          const uint8_t pad = w->bits == 8 ? 128 : (w->quant_type == I4O_QUANT_NF4 ? 7 : 8);
+    float *colscale = int8 ? (float *)(base + L.colscale_off) + g * 16 : NULL;
+    for (int j = 0; j < 16; j++) {
+      const int64_t n = g * 16 + j;
+      const int e = n < w->N && int8 ? i4o_int8_scale_exp(w, n) : 0;
+      if (colscale) colscale[j] = n < w->N ? ldexpf(1.0f, e) : 0.0f;
+      for (int64_t b = 0; b < L.nb; b++) {
+        uint8_t *out = base + (x86_codes(dst, &L, g, b) - (const uint8_t *)dst);
+        uint8_t *sc = base + ((const uint8_t *)x86_scales(dst, &L, g, b) - (const uint8_t *)dst);
+        uint8_t *zp = L.asym ? base + (x86_zp(dst, &L, g, b) - (const uint8_t *)dst) : NULL;
+        if (n >= w->N) { /* padding column: codes that dequantize to 0, scale 0 */
           for (int64_t t = 0; t < L.chunks; t++)
             for (int i = 0; i < 4; i++) out[t * 64 + 4 * j + i] = w->bits == 8 ? pad : (uint8_t)(pad | (pad << 4));
-          if (w->zp) zp[j] = pad;
+          if (zp) zp[j] = pad;
           continue;
         }
         float s = w->scales[n * L.nb + b];
-        if (nf4_scale_div127 && w->quant_type == I4O_QUANT_NF4) s *= (1.0f / 127.0f);
-        sc[j] = s;
-        if (w->zp) zp[j] = w->zp[n * L.nb + b];
+        if (int8) { /* exact: i4o_prepare rounded s to this precision (NF4's 1/127 is applied by the kernel) */
+          const uint16_t h = i4o_float_to_half(ldexpf(s, -e));
+          memcpy(sc + 2 * j, &h, 2);
+        } else {
+          memcpy(sc + 4 * j, &s, 4);
+        }
+        if (zp) zp[j] = w->zp[n * L.nb + b];
         const uint8_t *blob = w->data + (n * L.nb + b) * w->blob_bytes;
         for (int64_t t = 0; t < L.chunks; t++) {
           for (int i = 0; i < 4; i++) {

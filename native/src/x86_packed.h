@@ -12,51 +12,86 @@
  * chunks and pick nibble (8i or 8i+4 bits up) of every lane for one k (16 columns in a vector).
  * A 256-bit kernel uses each chunk as two halves (columns 16g..16g+7 and 16g+8..16g+15).
  *
- * Arrays (each 64-byte aligned), for G groups and nb blocks:
- *   codes  [G][nb][chunks(bs)][64]
- *   scales float [G][nb][16]   (the int8 kernels store scale/127 for NF4)
- *   zp     uint8 [G][nb][16]   (only for weights with zero points)
+ * Groups are gathered 4 at a time into supergroups (64 columns; the last one may have fewer groups).
+ * For supergroup s and block b one record holds, contiguously,
+ *   codes  [gs][chunks * 64]
+ *   scales [gs][16]  float32 (fp32 kernels) or float16 (int8 kernels, see below; NF4 scales are
+ *                    divided by 127 in the kernel)
+ *   zp     [gs][16]  uint8, only for weights with zero points
+ * padded to 64 bytes; records run over b, then s. A row of decode (M = 1) over 64 columns therefore
+ * reads one sequential stream.
+ *
+ * int8 kernels store scale * 2^-E[n] as float16 and keep colscale[n] = 2^E[n] (float [G][16] after
+ * the records); i4o_prepare has already rounded the scales to exactly these values
+ * (i4o_round_scales_int8 in gemm.c), so the int8 path stays bit-exact with its definition.
  */
 #ifndef I4O_X86_PACKED_H_
 #define I4O_X86_PACKED_H_
 
 #include "kernels.h"
 
+#define X86_SG 4 /* groups per supergroup */
+
 typedef struct x86_pk {
   int64_t G, nb, bs;
   int64_t chunks;        /* 64-byte chunks per (group, block) */
   int64_t block_bytes;   /* chunks * 64 */
-  size_t scales_off, zp_off, total;
+  int64_t ssize;         /* bytes per scale: 4 (fp32 kernels) or 2 (int8 kernels) */
+  int asym;
+  int64_t rec, rec_last; /* record bytes of full supergroups and of the last one */
+  int64_t gs_last;       /* groups in the last supergroup */
+  size_t colscale_off, total;
 } x86_pk;
 
 static inline int64_t x86_align64(int64_t x) { return (x + 63) & ~(int64_t)63; }
 
-static inline x86_pk x86_pk_layout(const i4o_wdesc *w) {
+static inline int64_t x86_rec_bytes(const x86_pk *L, int64_t gs) {
+  return x86_align64(gs * L->block_bytes + gs * 16 * L->ssize + (L->asym ? gs * 16 : 0));
+}
+
+static inline x86_pk x86_pk_layout(const i4o_wdesc *w, int int8_scales) {
   x86_pk L;
   L.G = (w->N + 15) / 16;
   L.nb = w->n_blocks;
   L.bs = w->block_size;
   L.chunks = w->bits == 4 ? w->block_size / 8 : w->block_size / 4;
   L.block_bytes = L.chunks * 64;
-  const int64_t codes = L.G * L.nb * L.block_bytes;
-  L.scales_off = (size_t)x86_align64(codes);
-  L.zp_off = L.scales_off + (size_t)x86_align64(L.G * L.nb * 16 * (int64_t)sizeof(float));
-  L.total = L.zp_off + (w->zp ? (size_t)x86_align64(L.G * L.nb * 16) : 0);
+  L.ssize = int8_scales ? 2 : 4;
+  L.asym = w->zp != NULL;
+  L.gs_last = L.G % X86_SG ? L.G % X86_SG : X86_SG;
+  L.rec = x86_rec_bytes(&L, X86_SG);
+  L.rec_last = x86_rec_bytes(&L, L.gs_last);
+  const int64_t n_sg = (L.G + X86_SG - 1) / X86_SG;
+  L.colscale_off = (size_t)((n_sg - 1) * L.nb * L.rec + L.nb * L.rec_last);
+  L.total = L.colscale_off + (int8_scales ? (size_t)(L.G * 16 * 4) : 0);
   return L;
 }
 
-static inline const uint8_t *x86_codes(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
-  return (const uint8_t *)packed + (g * L->nb + b) * L->block_bytes;
+/* groups in the supergroup of group g */
+static inline int64_t x86_gs(const x86_pk *L, int64_t g) {
+  return g / X86_SG == (L->G - 1) / X86_SG ? L->gs_last : X86_SG;
 }
-static inline const float *x86_scales(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
-  return (const float *)((const uint8_t *)packed + L->scales_off) + (g * L->nb + b) * 16;
+static inline const uint8_t *x86_record(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
+  const int64_t s = g / X86_SG;
+  return (const uint8_t *)packed + s * L->nb * L->rec + b * (x86_gs(L, g) == X86_SG ? L->rec : L->rec_last);
+}
+static inline const uint8_t *x86_codes(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
+  return x86_record(packed, L, g, b) + (g % X86_SG) * L->block_bytes;
+}
+static inline const void *x86_scales(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
+  return x86_record(packed, L, g, b) + x86_gs(L, g) * L->block_bytes + (g % X86_SG) * 16 * L->ssize;
 }
 static inline const uint8_t *x86_zp(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
-  return (const uint8_t *)packed + L->zp_off + (g * L->nb + b) * 16;
+  const int64_t gs = x86_gs(L, g);
+  return x86_record(packed, L, g, b) + gs * L->block_bytes + gs * 16 * L->ssize + (g % X86_SG) * 16;
+}
+static inline const float *x86_colscale(const void *packed, const x86_pk *L, int64_t g) {
+  return (const float *)((const uint8_t *)packed + L->colscale_off) + g * 16;
 }
 
-/* pack hooks (x86_pack.c): scales as they are, or (int8 kernels) NF4 scales divided by 127 */
-I4O_HIDDEN size_t i4o_x86_packed_bytes(const i4o_wdesc *w);
+/* pack hooks (x86_pack.c): fp32 scales as they are, or (int8 kernels) float16 with a column exponent */
+I4O_HIDDEN size_t i4o_x86_packed_bytes_fp32(const i4o_wdesc *w);
+I4O_HIDDEN size_t i4o_x86_packed_bytes_int8(const i4o_wdesc *w);
 I4O_HIDDEN void i4o_x86_pack_fp32(const i4o_wdesc *w, void *dst);
 I4O_HIDDEN void i4o_x86_pack_int8(const i4o_wdesc *w, void *dst);
 
