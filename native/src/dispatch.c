@@ -28,6 +28,8 @@ static const i4o_kernel *const kKernels[] = {
     &i4o_kernel_scalar_int8,
 #if defined(__x86_64__) || defined(_M_X64)
     &i4o_kernel_avx2_fp32,
+    &i4o_kernel_avx2_int8,
+    &i4o_kernel_avxvnni_int8,
     &i4o_kernel_avx512_fp32,
     &i4o_kernel_avx512vnni_int8,
 #endif

@@ -80,21 +80,19 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
     for (int g = 0; g < G; g++) pc[g] = rec + (j0 + g) * L->block_bytes;
     const int64_t kb = b * bs;
     const int64_t full = kb + bs <= K ? L->chunks : (K - kb) / per_chunk; /* chunks with every k < K */
-    if (R == 1) { /* one row: walk the record in address order */
+    if (R == 1) { /* one row: walk the record in address order, four accumulator chains per group */
 #pragma GCC unroll 4
       for (int g = 0; g < G; g++) {
+        __m512 p[4] = {bacc[0][g], _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         for (int64_t t = 0; t < full; t++) {
           const __m512i raw = _mm512_load_si512((const void *)(pc[g] + t * 64));
           _mm_prefetch((const char *)(pc[g] + t * 64 + PF_DIST), _MM_HINT_T0);
-          __m512 p0 = bacc[0][g], p1 = _mm512_setzero_ps(); /* two chains */
+          const float *ak = a0 + kb + t * per_chunk;
 #pragma GCC unroll 8
-          for (int i = 0; i < per_chunk; i += 2) {
-            const int64_t k = kb + t * per_chunk + i;
-            p0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[k]), dequant(raw, i, kind, asym, lut, zf[g]), p0);
-            p1 = _mm512_fmadd_ps(_mm512_set1_ps(a0[k + 1]), dequant(raw, i + 1, kind, asym, lut, zf[g]), p1);
-          }
-          bacc[0][g] = _mm512_add_ps(p0, p1);
+          for (int i = 0; i < per_chunk; i++)
+            p[i & 3] = _mm512_fmadd_ps(_mm512_set1_ps(ak[i]), dequant(raw, i, kind, asym, lut, zf[g]), p[i & 3]);
         }
+        bacc[0][g] = _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3]));
       }
     } else {
     for (int64_t t = 0; t < full; t++) {

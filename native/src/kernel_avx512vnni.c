@@ -92,23 +92,33 @@ AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) pc[g] = rec + (j0 + g) * L->block_bytes;
     const int8_t *pq = qa->q + m * qa->ldq + b * bs;
-    if (kind != KIND_INT8 && R == 1) { /* one row: walk the record in address order */
+    if (kind != KIND_INT8 && R == 1) {
+      /* one row: walk the record in address order; four accumulators per group keep the dependency
+       * chains short (chunks come in pairs: bs is a multiple of 16) */
 #pragma GCC unroll 4
       for (int g = 0; g < G; g++) {
-        for (int64_t t = 0; t < L->chunks; t++) {
-          const __m512i raw = _mm512_load_si512((const void *)(pc[g] + t * 64));
+        __m512i a0 = iacc[0][g], a1 = _mm512_setzero_si512(), a2 = _mm512_setzero_si512(), a3 = _mm512_setzero_si512();
+        for (int64_t t = 0; t < L->chunks; t += 2) {
+          const __m512i r0 = _mm512_load_si512((const void *)(pc[g] + t * 64));
+          const __m512i r1 = _mm512_load_si512((const void *)(pc[g] + t * 64 + 64));
           _mm_prefetch((const char *)(pc[g] + t * 64 + PF_DIST), _MM_HINT_T0);
-          __m512i lo = _mm512_and_si512(raw, nib), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
+          _mm_prefetch((const char *)(pc[g] + t * 64 + 64 + PF_DIST), _MM_HINT_T0);
+          __m512i l0 = _mm512_and_si512(r0, nib), h0 = _mm512_and_si512(_mm512_srli_epi16(r0, 4), nib);
+          __m512i l1 = _mm512_and_si512(r1, nib), h1 = _mm512_and_si512(_mm512_srli_epi16(r1, 4), nib);
           if (kind == KIND_NF4) {
-            lo = _mm512_shuffle_epi8(lut, lo);
-            hi = _mm512_shuffle_epi8(lut, hi);
+            l0 = _mm512_shuffle_epi8(lut, l0);
+            h0 = _mm512_shuffle_epi8(lut, h0);
+            l1 = _mm512_shuffle_epi8(lut, l1);
+            h1 = _mm512_shuffle_epi8(lut, h1);
           }
-          int32_t x0, x1;
-          memcpy(&x0, pq + 8 * t, 4);
-          memcpy(&x1, pq + 8 * t + 4, 4);
-          iacc[0][g] = _mm512_dpbusd_epi32(iacc[0][g], lo, _mm512_set1_epi32(x0));
-          iacc[0][g] = _mm512_dpbusd_epi32(iacc[0][g], hi, _mm512_set1_epi32(x1));
+          int32_t x[4];
+          memcpy(x, pq + 8 * t, 16);
+          a0 = _mm512_dpbusd_epi32(a0, l0, _mm512_set1_epi32(x[0]));
+          a1 = _mm512_dpbusd_epi32(a1, h0, _mm512_set1_epi32(x[1]));
+          a2 = _mm512_dpbusd_epi32(a2, l1, _mm512_set1_epi32(x[2]));
+          a3 = _mm512_dpbusd_epi32(a3, h1, _mm512_set1_epi32(x[3]));
         }
+        iacc[0][g] = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
       }
     } else if (kind != KIND_INT8) {
       for (int64_t t = 0; t < L->chunks; t++) {

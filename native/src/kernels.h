@@ -99,6 +99,8 @@ extern const i4o_kernel i4o_kernel_scalar_fp32;
 extern const i4o_kernel i4o_kernel_scalar_int8;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const i4o_kernel i4o_kernel_avx2_fp32;
+extern const i4o_kernel i4o_kernel_avx2_int8;
+extern const i4o_kernel i4o_kernel_avxvnni_int8;
 extern const i4o_kernel i4o_kernel_avx512_fp32;
 extern const i4o_kernel i4o_kernel_avx512vnni_int8;
 #endif
