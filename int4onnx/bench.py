@@ -113,7 +113,7 @@ class ModelBench:
     repeats: int
 
     def table(self) -> str:
-        lines = [f"{'batch':>5} {'seq':>5}  {'model':<40} {'median ms':>10} {'p90 ms':>9} {'vs first':>9}  output check"]
+        lines = [f"{'batch':>5} {'seq':>5}  {'model':<40} {'median ms':>10} {'p90 ms':>9} {'speed-up':>9}  output check"]
         for r in self.rows:
             ratio = f"{r['speedup']:.2f}x" if r.get("speedup") is not None else ""
             lines.append(f"{r['batch']:>5} {r['seq']:>5}  {r['model'][-40:]:<40} {r['median_ms']:>10.3f} "
@@ -135,8 +135,9 @@ def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Seque
                  repeats: int = 20, warmup: int = 2, vocab: int = 32) -> ModelBench:
     """Time the models at `paths` alternating in one process, for each (batch, seq) in `shapes`.
 
-    The first model is the reference: every other one gets its speed-up over it (median / median)
-    and a comparison of its first output with the first model's.
+    The first model is the one under test: every other row gets the first model's speed-up over it
+    (its median / the first model's median; above 1 = the first model is faster) and a comparison of
+    its first output with the first model's.
     """
     from int4onnx.runtime import make_session
 
@@ -165,6 +166,6 @@ def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Seque
         for i, (name, t) in enumerate(timings.items()):
             rows.append({"batch": batch, "seq": seq, "model": name, "median_ms": t.median * 1e3,
                          "p90_ms": t.p90 * 1e3, "best_ms": t.best * 1e3,
-                         "speedup": None if i == 0 else base.median / t.median,
+                         "speedup": None if i == 0 else t.median / base.median,
                          "check": "" if i == 0 else _compare(outs[name], ref_out)})
     return ModelBench(rows, threads, repeats)

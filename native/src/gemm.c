@@ -219,12 +219,24 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
   s.ctx.ldc = p->w.N;
   s.ctx.M = M;
   const int64_t n_tile = k->n_tile > 0 ? k->n_tile : 1, m_tile = k->m_tile > 0 ? k->m_tile : 1;
-  /* rows: whole M for small batches, else chunks of ~64 rows; columns: ~64 per task, at least
-   * 64 tasks in all when N allows, so the pool can balance */
-  s.m_chunk = M <= 64 ? round_up(M, m_tile) : round_up(64, m_tile);
-  s.m_tasks = (M + s.m_chunk - 1) / s.m_chunk;
-  int64_t n_chunk = round_up(64, n_tile);
-  while (n_chunk > n_tile && ((p->w.N + n_chunk - 1) / n_chunk) * s.m_tasks < 64) n_chunk = round_up(n_chunk / 2, n_tile);
+  /* Tasks of up to ~144 rows x 256 columns: a task reads (and the fp32 panel path dequantizes) its
+   * columns' weights once for all its rows, and its rows' activations once for all its columns, so
+   * big tasks save memory traffic and per-task work. They shrink, columns first, then rows, towards
+   * 64 tasks for the pool to balance (it hands tasks out dynamically, so a thread that falls behind
+   * takes fewer), but rows only while a task keeps ~4 MFLOP (at M = 1, where the weights' memory
+   * traffic is the cost, narrow column tasks are cheap). */
+  int64_t m_chunk = round_up(M < 144 ? M : 144, m_tile), n_chunk = round_up(256, n_tile);
+  const int64_t K = p->w.K;
+#define TASKS(mc, nc) (((M + (mc) - 1) / (mc)) * ((p->w.N + (nc) - 1) / (nc)))
+  while (n_chunk > n_tile && TASKS(m_chunk, n_chunk) < 64) n_chunk = round_up(n_chunk / 2, n_tile);
+  while (m_chunk > 16 && TASKS(m_chunk, n_chunk) < 64) {
+    const int64_t half = round_up(m_chunk / 2, m_tile);
+    if (half >= m_chunk || 2 * half * K * n_chunk < ((int64_t)1 << 22)) break;
+    m_chunk = half;
+  }
+#undef TASKS
+  s.m_chunk = m_chunk;
+  s.m_tasks = (M + m_chunk - 1) / m_chunk;
   s.n_chunk = n_chunk;
   s.n_tasks = (p->w.N + n_chunk - 1) / n_chunk;
   if (k->prepare_a) {
