@@ -116,7 +116,8 @@ class ModelBench:
         lines = [f"{'batch':>5} {'seq':>5}  {'model':<40} {'median ms':>10} {'p90 ms':>9} {'speed-up':>9}  output check"]
         for r in self.rows:
             ratio = f"{r['speedup']:.2f}x" if r.get("speedup") is not None else ""
-            lines.append(f"{r['batch']:>5} {r['seq']:>5}  {r['model'][-40:]:<40} {r['median_ms']:>10.3f} "
+            name = r["model"] if len(r["model"]) <= 40 else "..." + r["model"][-37:]
+            lines.append(f"{r['batch']:>5} {r['seq']:>5}  {name:<40} {r['median_ms']:>10.3f} "
                          f"{r['p90_ms']:>9.3f} {ratio:>9}  {r.get('check', '')}")
         return "\n".join(lines)
 
