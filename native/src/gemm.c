@@ -185,8 +185,7 @@ typedef struct run_state {
 
 static void prepare_task(void *data, size_t i) {
   run_state *s = (run_state *)data;
-  int64_t m0 = (int64_t)i * s->m_chunk, m1 = m0 + s->m_chunk;
-  if (m1 > s->ctx.M) m1 = s->ctx.M;
+  int64_t m0 = (int64_t)i * s->m_chunk, m1 = (int64_t)i == s->m_tasks - 1 ? s->ctx.M : m0 + s->m_chunk;
   s->p->kernel->prepare_a(&s->p->w, s->ctx.A, s->ctx.lda, s->ctx.M, m0, m1, s->a_ws);
 }
 
@@ -195,9 +194,8 @@ static void gemm_task(void *data, size_t i) {
   /* tasks run N-major so a contiguous batch of tasks shares weight columns */
   int64_t nt = (int64_t)i / s->m_tasks, mt = (int64_t)i % s->m_tasks;
   int64_t n0 = nt * s->n_chunk, n1 = n0 + s->n_chunk;
-  int64_t m0 = mt * s->m_chunk, m1 = m0 + s->m_chunk;
+  int64_t m0 = mt * s->m_chunk, m1 = mt == s->m_tasks - 1 ? s->ctx.M : m0 + s->m_chunk; /* the last slab takes the rest */
   if (n1 > s->p->w.N) n1 = s->p->w.N;
-  if (m1 > s->ctx.M) m1 = s->ctx.M;
   s->p->kernel->gemm(&s->ctx, m0, m1, n0, n1);
 }
 
@@ -219,13 +217,16 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
   s.ctx.ldc = p->w.N;
   s.ctx.M = M;
   const int64_t n_tile = k->n_tile > 0 ? k->n_tile : 1, m_tile = k->m_tile > 0 ? k->m_tile : 1;
-  /* Tasks of up to ~144 rows x 256 columns: a task reads (and the fp32 panel path dequantizes) its
-   * columns' weights once for all its rows, and its rows' activations once for all its columns, so
-   * big tasks save memory traffic and per-task work. They shrink, columns first, then rows, towards
-   * 64 tasks for the pool to balance (it hands tasks out dynamically, so a thread that falls behind
-   * takes fewer), but rows only while a task keeps ~4 MFLOP (at M = 1, where the weights' memory
-   * traffic is the cost, narrow column tasks are cheap). */
-  int64_t m_chunk = round_up(M < 144 ? M : 144, m_tile), n_chunk = round_up(256, n_tile);
+  /* A task reads its rows' activations once per column panel it has and its columns' weights once
+   * for all its rows (the fp32 panel path also dequantizes them once), so with A bytes per element
+   * (4 for fp32, 1 for int8) and ~0.6 bytes per weight, traffic is lowest with tasks about
+   * (A bytes / 0.6) times wider than tall: start from 72 x 512 (fp32) or 144 x 256 (int8). Tasks
+   * shrink, columns first, then rows, towards 64 tasks for the pool to balance (it hands tasks out
+   * dynamically, so a thread that falls behind takes fewer), but rows only while a task keeps
+   * ~4 MFLOP (at M = 1, where the weights' memory traffic is the cost, narrow tasks are cheap). */
+  const int fp32 = k->compute == I4O_COMPUTE_FP32;
+  int64_t m_chunk = round_up(M < (fp32 ? 72 : 144) ? M : (fp32 ? 72 : 144), m_tile);
+  int64_t n_chunk = round_up(fp32 ? 512 : 256, n_tile);
   const int64_t K = p->w.K;
 #define TASKS(mc, nc) (((M + (mc) - 1) / (mc)) * ((p->w.N + (nc) - 1) / (nc)))
   while (n_chunk > n_tile && TASKS(m_chunk, n_chunk) < 64) n_chunk = round_up(n_chunk / 2, n_tile);
@@ -236,7 +237,8 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
   }
 #undef TASKS
   s.m_chunk = m_chunk;
-  s.m_tasks = (M + m_chunk - 1) / m_chunk;
+  /* a remainder under half a slab joins the last slab instead of making a thin task of its own */
+  s.m_tasks = M % m_chunk && M % m_chunk < m_chunk / 2 && M > m_chunk ? M / m_chunk : (M + m_chunk - 1) / m_chunk;
   s.n_chunk = n_chunk;
   s.n_tasks = (p->w.N + n_chunk - 1) / n_chunk;
   if (k->prepare_a) {
