@@ -170,12 +170,13 @@ AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m
   }
 }
 
-/* One row of activations (decode): C[m, 16*g0 .. 16*(g0+G)) with G groups of one supergroup, walking
- * the records in address order. CH = chunks per block when known at compile time (0: any). Low
- * nibbles are masked in place; high nibbles are used as 16 x code (masked, not shifted), their
- * accumulator is divided by 16 at the end of the block (exact: a multiple of 16). */
+/* Few rows of activations (decode, small batches): C[m .. m+R, 16*g0 .. 16*(g0+G)) with G groups of one
+ * supergroup, walking the records in address order (one sequential stream). CH = chunks per block
+ * when known at compile time (0: any). Low nibbles are masked in place; high nibbles are used as
+ * 16 x code (masked, not shifted) and their accumulator is divided by 16 at the end of the block
+ * (exact: a multiple of 16). */
 AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0, int64_t ncols,
-                 const int G, const int kind, const int asym, const int CH) {
+                 const int R, const int G, const int kind, const int asym, const int CH) {
   const __m512i nib = _mm512_set1_epi8(0x0F), nib_hi = _mm512_set1_epi8((char)0xF0);
   __m512i lut = _mm512_setzero_si512();
   if (kind == KIND_NF4) {
@@ -184,34 +185,39 @@ AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64
     for (int i = 0; i < 16; i++) u[i] = (uint8_t)(l8[i] + 128);
     lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)u));
   }
-  const int64_t chunks = CH ? CH : L->chunks, nb = L->nb, gs = x86_gs(L, g0), j0 = g0 % X86_SG;
+  const int64_t chunks = CH ? CH : L->chunks, nb = L->nb, gs = x86_gs(L, g0), j0 = g0 % X86_SG, ldq = qa->ldq;
   const int64_t rec_bytes = gs == X86_SG ? L->rec : L->rec_last;
   const uint8_t *rec = x86_record(c->packed, L, g0, 0);
-  const int8_t *pq = qa->q + m * qa->ldq;
-  const float *sa_row = qa->sa + m * nb;
-  const int32_t *zs_row = qa->zs + m * nb;
-  __m512 facc[4];
+  const int8_t *pq = qa->q + m * ldq;
+  __m512 facc[4][4];
 #pragma GCC unroll 4
-  for (int g = 0; g < G; g++) facc[g] = _mm512_setzero_ps();
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) facc[r][g] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; b++, rec += rec_bytes, pq += L->bs) {
-    const __m512 sa = _mm512_set1_ps(sa_row[b]);
-    const __m512i zs = _mm512_set1_epi32(zs_row[b]);
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) {
       const uint8_t *pc = rec + (j0 + g) * L->block_bytes;
-      __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+      __m512i a0[4], a1[4];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_si512();
       if (kind == KIND_INT8) {
 #pragma GCC unroll 16
         for (int64_t t = 0; t < chunks; t += 2) {
-          _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
-          a0 = _mm512_dpbusd_epi32(a0, _mm512_load_si512((const void *)(pc + t * 64)), bcast4(pq + 4 * t));
-          a1 = _mm512_dpbusd_epi32(a1, _mm512_load_si512((const void *)(pc + t * 64 + 64)), bcast4(pq + 4 * t + 4));
+          if (R == 1) _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
+          const __m512i c0 = _mm512_load_si512((const void *)(pc + t * 64));
+          const __m512i c1 = _mm512_load_si512((const void *)(pc + t * 64 + 64));
+#pragma GCC unroll 4
+          for (int r = 0; r < R; r++) {
+            a0[r] = _mm512_dpbusd_epi32(a0[r], c0, bcast4(pq + r * ldq + 4 * t));
+            a1[r] = _mm512_dpbusd_epi32(a1[r], c1, bcast4(pq + r * ldq + 4 * t + 4));
+          }
         }
       } else {
 #pragma GCC unroll 16
         for (int64_t t = 0; t < chunks; t++) {
           const __m512i raw = _mm512_load_si512((const void *)(pc + t * 64));
-          _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
+          if (R == 1) _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
           __m512i lo = _mm512_and_si512(raw, nib), hi;
           if (kind == KIND_NF4) {
             lo = _mm512_shuffle_epi8(lut, lo);
@@ -219,18 +225,25 @@ AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64
           } else {
             hi = _mm512_and_si512(raw, nib_hi); /* 16 x code */
           }
-          a0 = _mm512_dpbusd_epi32(a0, lo, bcast4(pq + 8 * t));
-          a1 = _mm512_dpbusd_epi32(a1, hi, bcast4(pq + 8 * t + 4));
+#pragma GCC unroll 4
+          for (int r = 0; r < R; r++) {
+            a0[r] = _mm512_dpbusd_epi32(a0[r], lo, bcast4(pq + r * ldq + 8 * t));
+            a1[r] = _mm512_dpbusd_epi32(a1[r], hi, bcast4(pq + r * ldq + 8 * t + 4));
+          }
         }
       }
-      const __m512i dot = _mm512_add_epi32(a0, kind == KIND_INT4 ? _mm512_srai_epi32(a1, 4) : a1);
       __m512 sw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(rec + gs * L->block_bytes + (j0 + g) * 32)));
       if (kind == KIND_NF4) sw = _mm512_mul_ps(sw, _mm512_set1_ps(1.0f / 127.0f));
-      __m512i corr = zs;
-      if (asym)
-        corr = _mm512_mullo_epi32(
-            _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 32) + (j0 + g) * 16))), zs);
-      facc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, corr)), _mm512_mul_ps(sw, sa), facc[g]);
+      __m512i zpv = _mm512_setzero_si512();
+      if (asym) zpv = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 32) + (j0 + g) * 16)));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++) {
+        const __m512i dot = _mm512_add_epi32(a0[r], kind == KIND_INT4 ? _mm512_srai_epi32(a1[r], 4) : a1[r]);
+        const __m512i zs = _mm512_set1_epi32(qa->zs[(m + r) * nb + b]);
+        const __m512i corr = asym ? _mm512_mullo_epi32(zpv, zs) : zs;
+        const __m512 sa = _mm512_set1_ps(qa->sa[(m + r) * nb + b]);
+        facc[r][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, corr)), _mm512_mul_ps(sw, sa), facc[r][g]);
+      }
     }
   }
 #pragma GCC unroll 4
@@ -241,32 +254,37 @@ AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64
     const int64_t n = 16 * (g0 + g);
     const __m512 cs = _mm512_load_ps(x86_colscale(c->packed, L, g0 + g));
     const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n) : _mm512_setzero_ps();
-    _mm512_mask_storeu_ps(c->C + m * c->ldc + n, mk, _mm512_fmadd_ps(facc[g], cs, bias));
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n, mk, _mm512_fmadd_ps(facc[r][g], cs, bias));
   }
 }
 
 /* row kernels: INT4 with the chunk count fixed for block sizes 16 .. 128, the rest generic */
-#define ROW_FN(G, CH)                                                                                             \
-  T512 static void row_##G##_##CH(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0, \
-                                  int64_t ncols, int kind, int asym) {                                           \
-    if (kind == KIND_INT4) {                                                                                     \
-      if (asym) row_tile(c, L, qa, m, g0, ncols, G, KIND_INT4, 1, CH);                                           \
-      else row_tile(c, L, qa, m, g0, ncols, G, KIND_INT4, 0, CH);                                                \
-    } else if (CH == 0) {                                                                                        \
-      if (kind == KIND_NF4) row_tile(c, L, qa, m, g0, ncols, G, KIND_NF4, 0, 0);                                 \
-      else if (asym) row_tile(c, L, qa, m, g0, ncols, G, KIND_INT8, 1, 0);                                       \
-      else row_tile(c, L, qa, m, g0, ncols, G, KIND_INT8, 0, 0);                                                 \
-    }                                                                                                            \
+#define ROW_FN(R, G, CH)                                                                                            \
+  T512 static void row_##R##_##G##_##CH(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m,        \
+                                        int64_t g0, int64_t ncols, int kind, int asym) {                            \
+    if (kind == KIND_INT4) {                                                                                        \
+      if (asym) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 1, CH);                                           \
+      else row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 0, CH);                                                \
+    } else if (CH == 0) {                                                                                           \
+      if (kind == KIND_NF4) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_NF4, 0, 0);                                 \
+      else if (asym) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 1, 0);                                       \
+      else row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 0, 0);                                                 \
+    }                                                                                                               \
   }
-#define ROW_FNS(G) ROW_FN(G, 0) ROW_FN(G, 2) ROW_FN(G, 4) ROW_FN(G, 8) ROW_FN(G, 16)
-ROW_FNS(1)
-ROW_FNS(2)
-ROW_FNS(3)
-ROW_FNS(4)
+#define ROW_FNS(R, G) ROW_FN(R, G, 0) ROW_FN(R, G, 2) ROW_FN(R, G, 4) ROW_FN(R, G, 8) ROW_FN(R, G, 16)
+ROW_FNS(1, 1)
+ROW_FNS(1, 2)
+ROW_FNS(1, 3)
+ROW_FNS(1, 4)
+ROW_FNS(2, 4)
+ROW_FNS(3, 4)
+ROW_FNS(4, 4)
 
 typedef void (*row_fn)(const i4o_gemm_ctx *, const x86_pk *, const x86_qa *, int64_t, int64_t, int64_t, int, int);
-#define ROW_SET(G) {row_##G##_0, row_##G##_2, row_##G##_4, row_##G##_8, row_##G##_16}
-static const row_fn kRow[4][5] = {ROW_SET(1), ROW_SET(2), ROW_SET(3), ROW_SET(4)};
+#define ROW_SET(R, G) {row_##R##_##G##_0, row_##R##_##G##_2, row_##R##_##G##_4, row_##R##_##G##_8, row_##R##_##G##_16}
+static const row_fn kRow1[4][5] = {ROW_SET(1, 1), ROW_SET(1, 2), ROW_SET(1, 3), ROW_SET(1, 4)}; /* one row, G groups */
+static const row_fn kRowsFull[4][5] = {ROW_SET(1, 4), ROW_SET(2, 4), ROW_SET(3, 4), ROW_SET(4, 4)}; /* R rows, 4 groups */
 
 #define TILE_FN(R, G)                                                                                                 \
   T512 static void tile_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0,   \
@@ -302,11 +320,19 @@ static void vnni_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0,
   const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
   const int asym = w->zp != NULL;
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (32) */
-  if (m1 - m0 == 1) { /* one row: tiles as wide as the supergroups (one sequential stream) */
-    const int ch = kind != KIND_INT4 ? 0 : L.chunks == 2 ? 1 : L.chunks == 4 ? 2 : L.chunks == 8 ? 3 : L.chunks == 16 ? 4 : 0;
+  const int ch = kind != KIND_INT4 ? 0 : L.chunks == 2 ? 1 : L.chunks == 4 ? 2 : L.chunks == 8 ? 3 : L.chunks == 16 ? 4 : 0;
+  if (m1 - m0 <= 4) { /* few rows: tiles as wide as the supergroups (one sequential stream) */
+    const int rows = (int)(m1 - m0);
     for (int64_t g = g_begin; g < g_end;) {
       const int64_t left = X86_SG - g % X86_SG, cnt = g_end - g < left ? g_end - g : left;
-      kRow[cnt - 1][ch](c, &L, &qa, m0, g, n1 - 16 * g, kind, asym);
+      if (rows == 1) {
+        kRow1[cnt - 1][ch](c, &L, &qa, m0, g, n1 - 16 * g, kind, asym);
+      } else if (cnt == X86_SG) {
+        kRowsFull[rows - 1][ch](c, &L, &qa, m0, g, n1 - 16 * g, kind, asym);
+      } else { /* a partial supergroup at the end of N */
+        static const tile_fn by_rows[5] = {NULL, tile_1x1, tile_2x1, tile_3x1, tile_4x1};
+        for (int64_t i = 0; i < cnt; i++) by_rows[rows](c, &L, &qa, m0, g + i, n1 - 16 * (g + i), kind, asym);
+      }
       g += cnt;
     }
     return;
