@@ -1,6 +1,7 @@
 /* Prepared weights, the threaded gemm driver, the int8 activation quantizer, and the test API. */
 #define _POSIX_C_SOURCE 200112L
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,6 +175,76 @@ nomem:
   return I4O_E_NOMEM;
 }
 
+/* ---- activation workspaces ----
+ * A few buffers are kept between calls: a fresh multi-megabyte allocation per call (M = 512 x
+ * K = 4096 fp32 activations are 8 MB) is mmap-ed and page-faulted every time, which measured
+ * ~2-3 % of a large MatMul. Up to WS_KEEP buffers of at most WS_KEEP_MAX bytes each stay in the
+ * pool (process-wide); concurrent runs take different buffers. */
+#define WS_KEEP 4
+#define WS_KEEP_MAX ((size_t)256 << 20)
+static atomic_flag g_ws_lock = ATOMIC_FLAG_INIT;
+static struct {
+  void *p;
+  size_t bytes;
+} g_ws[WS_KEEP];
+
+static void ws_lock(void) {
+  while (atomic_flag_test_and_set_explicit(&g_ws_lock, memory_order_acquire)) {
+  }
+}
+static void ws_unlock(void) { atomic_flag_clear_explicit(&g_ws_lock, memory_order_release); }
+
+/* a buffer of at least `bytes`; *cap receives its size */
+static void *ws_take(size_t bytes, size_t *cap) {
+  int best = -1;
+  ws_lock();
+  for (int i = 0; i < WS_KEEP; i++)
+    if (g_ws[i].p && g_ws[i].bytes >= bytes && (best < 0 || g_ws[i].bytes < g_ws[best].bytes)) best = i;
+  void *p = NULL;
+  if (best >= 0) {
+    p = g_ws[best].p;
+    *cap = g_ws[best].bytes;
+    g_ws[best].p = NULL;
+    g_ws[best].bytes = 0;
+  }
+  ws_unlock();
+  if (!p) {
+    p = i4o_aligned_alloc(bytes);
+    *cap = bytes;
+  }
+  return p;
+}
+
+static void ws_give(void *p, size_t bytes) {
+  if (!p) return;
+  if (bytes > WS_KEEP_MAX) {
+    i4o_aligned_free(p);
+    return;
+  }
+  ws_lock();
+  int slot = -1; /* an empty slot, else the one with the smallest buffer */
+  for (int i = 0; i < WS_KEEP && slot < 0; i++)
+    if (!g_ws[i].p) slot = i;
+  if (slot < 0) {
+    slot = 0;
+    for (int i = 1; i < WS_KEEP; i++)
+      if (g_ws[i].bytes < g_ws[slot].bytes) slot = i;
+  }
+  void *evict = NULL;
+  if (!g_ws[slot].p) {
+    g_ws[slot].p = p;
+    g_ws[slot].bytes = bytes;
+  } else if (g_ws[slot].bytes < bytes) {
+    evict = g_ws[slot].p;
+    g_ws[slot].p = p;
+    g_ws[slot].bytes = bytes;
+  } else {
+    evict = p;
+  }
+  ws_unlock();
+  i4o_aligned_free(evict);
+}
+
 /* ---- threaded driver ---- */
 
 typedef struct run_state {
@@ -241,14 +312,15 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
   s.m_tasks = M % m_chunk && M % m_chunk < m_chunk / 2 && M > m_chunk ? M / m_chunk : (M + m_chunk - 1) / m_chunk;
   s.n_chunk = n_chunk;
   s.n_tasks = (p->w.N + n_chunk - 1) / n_chunk;
+  size_t ws_cap = 0;
   if (k->prepare_a) {
-    s.a_ws = i4o_aligned_alloc(k->a_bytes(&p->w, M));
+    s.a_ws = ws_take(k->a_bytes(&p->w, M), &ws_cap);
     if (!s.a_ws) return I4O_E_NOMEM;
     s.ctx.a_ws = s.a_ws;
     pfor(pctx, prepare_task, (size_t)s.m_tasks, &s);
   }
   pfor(pctx, gemm_task, (size_t)(s.n_tasks * s.m_tasks), &s);
-  i4o_aligned_free(s.a_ws);
+  ws_give(s.a_ws, ws_cap);
   return I4O_OK;
 }
 

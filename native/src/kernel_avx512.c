@@ -184,19 +184,24 @@ AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k
                    const int G, const int kind, const int asym) {
   const int per_chunk = kind == KIND_INT8 ? 4 : 8;
   const __m512 lut = make_lut(kind, asym);
-  const int64_t bs = L->bs;
+  const int64_t bs = L->bs, gs = x86_gs(L, g0), j0 = g0 % X86_SG, k1 = k0 + kc;
+  /* block by block (k0 and the block starts are multiples of 16; kc may end inside a block) */
+  for (int64_t b = k0 / bs, kb = b * bs; kb < k1; b++, kb += bs) {
+    const uint8_t *rec = x86_record(c->packed, L, g0, b);
+    const int64_t ks = kb > k0 ? kb : k0, ke = kb + bs < k1 ? kb + bs : k1;
 #pragma GCC unroll 2
-  for (int g = 0; g < G; g++) {
-    for (int64_t k = k0; k < k0 + kc; k += per_chunk) { /* k0 and kc are multiples of 16 or kc reaches K */
-      const int64_t b = k / bs, t = (k - b * bs) / per_chunk;
-      const __m512i raw = _mm512_load_si512((const void *)(x86_codes(c->packed, L, g0 + g, b) + t * 64));
-      const __m512 s = _mm512_load_ps((const float *)x86_scales(c->packed, L, g0 + g, b));
+    for (int g = 0; g < G; g++) {
+      const uint8_t *pc = rec + (j0 + g) * L->block_bytes;
+      const __m512 s = _mm512_load_ps((const float *)(rec + gs * L->block_bytes + (j0 + g) * 64));
       __m512 zf = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
-      if (asym) zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_zp(c->packed, L, g0 + g, b))));
-      float *dst = panel + (k - k0) * 16 * G + 16 * g;
+      if (asym) zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 64) + (j0 + g) * 16))));
+      for (int64_t k = ks; k < ke; k += per_chunk) {
+        const __m512i raw = _mm512_load_si512((const void *)(pc + (k - kb) / per_chunk * 64));
+        float *dst = panel + (k - k0) * 16 * G + 16 * g;
 #pragma GCC unroll 8
-      for (int i = 0; i < per_chunk; i++)
-        _mm512_store_ps(dst + i * 16 * G, _mm512_mul_ps(dequant(raw, i, kind, asym, lut, zf), s));
+        for (int i = 0; i < per_chunk; i++)
+          _mm512_store_ps(dst + i * 16 * G, _mm512_mul_ps(dequant(raw, i, kind, asym, lut, zf), s));
+      }
     }
   }
 }
