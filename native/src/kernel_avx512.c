@@ -24,7 +24,7 @@
 
 #define PANEL_MIN_ROWS 8
 #define PF_DIST 4096 /* bytes ahead of the one-row stream */
-#define KC 256 /* panel depth: 256 x 32 floats = 32 KiB (512 and 1024 measured no faster) */
+#define KC 256 /* panel depth: 256 x 32 floats = 32 KiB (measured: 64 and 128 slower, 512 and 1024 no faster) */
 #define MR 12  /* micro-kernel rows */
 
 enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
@@ -344,6 +344,19 @@ static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int6
       const int G = g + 2 <= g_end ? 2 : 1;
       const int64_t n = 16 * g, ncols = n1 - n;
       (G == 2 ? panel_2 : panel_1)(c, &L, g, k0, kc, panel, kind, asym);
+      /* while the micro-kernel runs, bring the next panel's weights towards L2 (their first read,
+       * from L3 or memory, otherwise stalls the dequantization) */
+      const int64_t gn = g + 2 < g_end ? g + 2 : (k0 + KC < w->K ? g_begin : -1);
+      const int64_t kn = g + 2 < g_end ? k0 : k0 + KC;
+      if (gn >= 0) {
+        const int64_t kne = kn + KC < w->K ? kn + KC : w->K;
+        for (int64_t b = kn / L.bs; b * L.bs < kne; b++) {
+          const char *r = (const char *)x86_codes(c->packed, &L, gn, b);
+          const int64_t bytes = (gn + 2 <= g_end ? 2 : 1) * L.block_bytes;
+          for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(r + o, _MM_HINT_T1);
+          _mm_prefetch((const char *)x86_scales(c->packed, &L, gn, b), _MM_HINT_T1);
+        }
+      }
       for (int64_t m = m0; m < m1; m += MR) {
         const int rows = (int)(m1 - m < MR ? m1 - m : MR);
         kMicro[G - 1][rows](c, ap_all + (m / MR) * w->K * MR + k0 * MR, panel, m, n, ncols, kc, k0 == 0);
