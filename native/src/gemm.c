@@ -296,9 +296,12 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
    * dynamically, so a thread that falls behind takes fewer), but rows only while a task keeps
    * ~4 MFLOP (at M = 1, where the weights' memory traffic is the cost, narrow tasks are cheap). */
   const int fp32 = k->compute == I4O_COMPUTE_FP32;
-  int64_t m_chunk = round_up(M < (fp32 ? 72 : 144) ? M : (fp32 ? 72 : 144), m_tile);
-  int64_t n_chunk = round_up(fp32 ? 512 : 256, n_tile);
   const int64_t K = p->w.K;
+  /* fp32 activations that fit in cache (<= 4 MB) are cheap to re-read: then tall slabs (up to 516
+   * rows) dequantize each weight fewer times (measured at M = 512, K = N = 1024: +5-10 %) */
+  const int64_t m_start = fp32 ? (M * K * 4 <= ((int64_t)4 << 20) ? 516 : 72) : 144;
+  int64_t m_chunk = round_up(M < m_start ? M : m_start, m_tile);
+  int64_t n_chunk = round_up(fp32 ? 512 : 256, n_tile);
 #define TASKS(mc, nc) (((M + (mc) - 1) / (mc)) * ((p->w.N + (nc) - 1) / (nc)))
   while (n_chunk > n_tile && TASKS(m_chunk, n_chunk) < 64) n_chunk = round_up(n_chunk / 2, n_tile);
   while (m_chunk > 16 && TASKS(m_chunk, n_chunk) < 64) {
