@@ -312,7 +312,7 @@ static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int6
   const x86_pk L = x86_pk_layout(w, 0);
   const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
   const int asym = w->zp != NULL;
-  const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (32) */
+  const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (64) */
   if (m1 - m0 == 1) { /* one row: tiles as wide as the supergroups (one sequential stream) */
     static const small_fn by_groups[5] = {NULL, small_1x1, small_1x2, small_1x3, small_1x4};
     for (int64_t g = g_begin; g < g_end;) {
@@ -369,6 +369,6 @@ const i4o_kernel i4o_kernel_avx512_fp32 = {
     .name = "avx512_fp32", .isa = "avx512", .compute = I4O_COMPUTE_FP32,
     .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32,
     .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
-    .gemm = avx512_fp32_gemm, .n_tile = 32, .m_tile = MR,
+    .gemm = avx512_fp32_gemm, .n_tile = 64, .m_tile = MR, /* tasks cover whole supergroups */
 };
 #endif

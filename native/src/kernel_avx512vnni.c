@@ -319,7 +319,7 @@ static void vnni_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0,
   const x86_qa qa = x86_qa_map(w, c->M, c->a_ws);
   const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
   const int asym = w->zp != NULL;
-  const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (32) */
+  const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (64) */
   const int ch = kind != KIND_INT4 ? 0 : L.chunks == 2 ? 1 : L.chunks == 4 ? 2 : L.chunks == 8 ? 3 : L.chunks == 16 ? 4 : 0;
   if (m1 - m0 <= 4) { /* few rows: tiles as wide as the supergroups (one sequential stream) */
     const int rows = (int)(m1 - m0);
@@ -357,6 +357,6 @@ const i4o_kernel i4o_kernel_avx512vnni_int8 = {
     .name = "avx512vnni_int8", .isa = "avx512vnni", .compute = I4O_COMPUTE_INT8,
     .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
     .a_bytes = vnni_a_bytes, .prepare_a = qa_prepare,
-    .gemm = vnni_gemm, .n_tile = 32, .m_tile = 1,
+    .gemm = vnni_gemm, .n_tile = 64, .m_tile = 1, /* tasks cover whole supergroups */
 };
 #endif
