@@ -297,9 +297,10 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
    * ~4 MFLOP (at M = 1, where the weights' memory traffic is the cost, narrow tasks are cheap). */
   const int fp32 = k->compute == I4O_COMPUTE_FP32;
   const int64_t K = p->w.K;
-  /* fp32 activations that fit in cache (<= 4 MB) are cheap to re-read: then tall slabs (up to 516
-   * rows) dequantize each weight fewer times (measured at M = 512, K = N = 1024: +5-10 %) */
-  const int64_t m_start = fp32 ? (M * K * 4 <= ((int64_t)4 << 20) ? 516 : 72) : 144;
+  /* fp32 activations that fit in the last-level cache (<= 16 MB) are cheap to re-read: then tall
+   * slabs (up to 516 rows) dequantize each weight fewer times (measured at M = 512, K = N = 1024 and
+   * K = N = 4096 on a quiet machine: +5-15 %; when other processes thrash the cache, wide tasks win) */
+  const int64_t m_start = fp32 ? (M * K * 4 <= ((int64_t)16 << 20) ? 516 : 72) : 144;
   int64_t m_chunk = round_up(M < m_start ? M : m_start, m_tile);
   int64_t n_chunk = round_up(fp32 ? 512 : 256, n_tile);
 #define TASKS(mc, nc) (((M + (mc) - 1) / (mc)) * ((p->w.N + (nc) - 1) / (nc)))
