@@ -47,95 +47,75 @@ AI __m512 dequant(__m512i raw, int i, int kind, int asym, __m512 lut, __m512 zf)
   return asym ? _mm512_sub_ps(v, zf) : v;
 }
 
-/* ---- few rows: dequantize in registers ---- */
-
+/* ---- few rows: dequantize in registers ----
+ * C[m .. m+R, 16*g0 .. 16*(g0+G)) for G groups of one supergroup, walking each block's record in
+ * address order (group by group: one sequential stream). Per block, products of the unscaled codes
+ * accumulate per column (in CH independent chains per row, so the FMA latency does not serialise)
+ * and are scaled once at the block's end. */
 AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0, int64_t ncols, const int R,
                    const int G, const int kind, const int asym) {
   const i4o_wdesc *w = c->w;
-  const int64_t K = w->K, bs = L->bs, nb = L->nb;
+  const int64_t K = w->K, bs = L->bs, nb = L->nb, lda = c->lda;
   const int per_chunk = kind == KIND_INT8 ? 4 : 8;
+  enum { CH = 4 }; /* accumulator chains per row: R * CH accumulators per group */
+  const int chains = R == 1 ? 4 : 2;
   const __m512 lut = make_lut(kind, asym);
+  const int64_t gs = x86_gs(L, g0), j0 = g0 % X86_SG;
+  const int64_t rec_bytes = gs == X86_SG ? L->rec : L->rec_last;
+  const uint8_t *rec = x86_record(c->packed, L, g0, 0);
   __m512 facc[4][4];
 #pragma GCC unroll 4
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) facc[r][g] = _mm512_setzero_ps();
-  const float *a0 = c->A + m * c->lda;
-  for (int64_t b = 0; b < nb; b++) {
-    /* the tile lies inside one supergroup: one record per block */
-    const uint8_t *rec = x86_record(c->packed, L, g0, b);
-    const int64_t gs = x86_gs(L, g0), j0 = g0 % X86_SG;
-    __m512 bacc[4][4], zf[4];
-#pragma GCC unroll 4
-    for (int g = 0; g < G; g++) {
-      zf[g] = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
-      if (asym)
-        zf[g] = _mm512_cvtepi32_ps(
-            _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 64) + (j0 + g) * 16))));
-#pragma GCC unroll 4
-      for (int r = 0; r < R; r++) bacc[r][g] = _mm512_setzero_ps();
-    }
-    const uint8_t *pc[4];
-#pragma GCC unroll 4
-    for (int g = 0; g < G; g++) pc[g] = rec + (j0 + g) * L->block_bytes;
+  const float *a0 = c->A + m * lda;
+  for (int64_t b = 0; b < nb; b++, rec += rec_bytes) {
     const int64_t kb = b * bs;
     const int64_t full = kb + bs <= K ? L->chunks : (K - kb) / per_chunk; /* chunks with every k < K */
-    if (R == 1) { /* one row: walk the record in address order, four accumulator chains per group */
 #pragma GCC unroll 4
-      for (int g = 0; g < G; g++) {
-        __m512 p[4] = {bacc[0][g], _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (int64_t t = 0; t < full; t++) {
-          const __m512i raw = _mm512_load_si512((const void *)(pc[g] + t * 64));
-          _mm_prefetch((const char *)(pc[g] + t * 64 + PF_DIST), _MM_HINT_T0);
-          const float *ak = a0 + kb + t * per_chunk;
+    for (int g = 0; g < G; g++) {
+      const uint8_t *pc = rec + (j0 + g) * L->block_bytes;
+      __m512 zf = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
+      if (asym)
+        zf = _mm512_cvtepi32_ps(
+            _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 64) + (j0 + g) * 16))));
+      __m512 p[4][CH];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int h = 0; h < CH; h++) p[r][h] = _mm512_setzero_ps();
+      for (int64_t t = 0; t < full; t++) {
+        const __m512i raw = _mm512_load_si512((const void *)(pc + t * 64));
+        if (R == 1) _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
+        const float *ak = a0 + kb + t * per_chunk;
 #pragma GCC unroll 8
-          for (int i = 0; i < per_chunk; i++)
-            p[i & 3] = _mm512_fmadd_ps(_mm512_set1_ps(ak[i]), dequant(raw, i, kind, asym, lut, zf[g]), p[i & 3]);
-        }
-        bacc[0][g] = _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3]));
-      }
-    } else {
-    for (int64_t t = 0; t < full; t++) {
-      __m512i raw[4];
-#pragma GCC unroll 4
-      for (int g = 0; g < G; g++) raw[g] = _mm512_load_si512((const void *)(pc[g] + t * 64));
-#pragma GCC unroll 8
-      for (int i = 0; i < per_chunk; i++) {
-        __m512 wv[4];
-#pragma GCC unroll 4
-        for (int g = 0; g < G; g++) wv[g] = dequant(raw[g], i, kind, asym, lut, zf[g]);
-        const int64_t k = kb + t * per_chunk + i;
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-          const __m512 av = _mm512_set1_ps(a0[r * c->lda + k]);
-#pragma GCC unroll 4
-          for (int g = 0; g < G; g++) bacc[r][g] = _mm512_fmadd_ps(av, wv[g], bacc[r][g]);
-        }
-      }
-    }
-    }
-    if (full < L->chunks) { /* the chunk that crosses K: never read activations at or past K */
-      for (int64_t t = full; t * per_chunk < K - kb; t++) {
-        __m512i raw[4];
-#pragma GCC unroll 4
-        for (int g = 0; g < G; g++) raw[g] = _mm512_load_si512((const void *)(pc[g] + t * 64));
         for (int i = 0; i < per_chunk; i++) {
-          const int64_t k = kb + t * per_chunk + i;
-          if (k >= K) break;
-          __m512 wv[4];
-          for (int g = 0; g < G; g++) wv[g] = dequant(raw[g], i, kind, asym, lut, zf[g]);
-          for (int r = 0; r < R; r++) {
-            const __m512 av = _mm512_set1_ps(a0[r * c->lda + k]);
-            for (int g = 0; g < G; g++) bacc[r][g] = _mm512_fmadd_ps(av, wv[g], bacc[r][g]);
+          const __m512 wv = dequant(raw, i, kind, asym, lut, zf);
+#pragma GCC unroll 4
+          for (int r = 0; r < R; r++)
+            p[r][i % chains] = _mm512_fmadd_ps(_mm512_set1_ps(ak[r * lda + i]), wv, p[r][i % chains]);
+        }
+      }
+      if (full < L->chunks) { /* the chunk that crosses K: never read activations at or past K */
+        for (int64_t t = full; t * per_chunk < K - kb; t++) {
+          const __m512i raw = _mm512_load_si512((const void *)(pc + t * 64));
+#pragma GCC unroll 8
+          for (int i = 0; i < per_chunk; i++) {
+            const int64_t k = kb + t * per_chunk + i;
+            if (k >= K) break;
+            const __m512 wv = dequant(raw, i, kind, asym, lut, zf);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) p[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(a0[r * lda + k]), wv, p[r][0]);
           }
         }
       }
-    }
-#pragma GCC unroll 4
-    for (int g = 0; g < G; g++) {
       const __m512 s = _mm512_load_ps((const float *)(rec + gs * L->block_bytes + (j0 + g) * 64));
 #pragma GCC unroll 4
-      for (int r = 0; r < R; r++) facc[r][g] = _mm512_fmadd_ps(bacc[r][g], s, facc[r][g]);
+      for (int r = 0; r < R; r++) {
+        const __m512 sum = chains == 4 ? _mm512_add_ps(_mm512_add_ps(p[r][0], p[r][1]), _mm512_add_ps(p[r][2], p[r][3]))
+                                       : _mm512_add_ps(p[r][0], p[r][1]);
+        facc[r][g] = _mm512_fmadd_ps(sum, s, facc[r][g]);
+      }
     }
   }
 #pragma GCC unroll 4
@@ -164,16 +144,16 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
     }                                                                                                             \
   }
 
-SMALL_FN(1, 4)
-SMALL_FN(1, 3)
-SMALL_FN(1, 2)
 SMALL_FN(1, 1)
-SMALL_FN(2, 2)
-SMALL_FN(3, 2)
-SMALL_FN(4, 2)
+SMALL_FN(1, 2)
+SMALL_FN(1, 3)
+SMALL_FN(1, 4)
 SMALL_FN(2, 1)
+SMALL_FN(2, 4)
 SMALL_FN(3, 1)
+SMALL_FN(3, 4)
 SMALL_FN(4, 1)
+SMALL_FN(4, 4)
 
 typedef void (*small_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t, int64_t, int, int);
 
@@ -313,24 +293,22 @@ static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int6
   const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
   const int asym = w->zp != NULL;
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (64) */
-  if (m1 - m0 == 1) { /* one row: tiles as wide as the supergroups (one sequential stream) */
-    static const small_fn by_groups[5] = {NULL, small_1x1, small_1x2, small_1x3, small_1x4};
+  if (m1 - m0 < PANEL_MIN_ROWS) { /* few rows: row tiles of up to 4 (balanced) x whole supergroups */
+    static const small_fn one_row[4] = {small_1x1, small_1x2, small_1x3, small_1x4};
+    static const small_fn full_sg[4] = {small_1x4, small_2x4, small_3x4, small_4x4};
+    static const small_fn one_group[4] = {small_1x1, small_2x1, small_3x1, small_4x1};
+    const int64_t tiles = (m1 - m0 + 3) / 4, base = (m1 - m0) / tiles, extra = (m1 - m0) % tiles;
     for (int64_t g = g_begin; g < g_end;) {
       const int64_t left = X86_SG - g % X86_SG, cnt = g_end - g < left ? g_end - g : left;
-      by_groups[cnt](c, &L, m0, g, n1 - 16 * g, kind, asym);
-      g += cnt;
-    }
-    return;
-  }
-  if (m1 - m0 < PANEL_MIN_ROWS) {
-    static const small_fn by_rows2[5] = {NULL, small_1x2, small_2x2, small_3x2, small_4x2};
-    static const small_fn by_rows1[5] = {NULL, small_1x1, small_2x1, small_3x1, small_4x1};
-    for (int64_t g = g_begin; g < g_end; g += 2) {
-      const int two = g + 2 <= g_end;
-      for (int64_t m = m0; m < m1; m += 4) {
-        const int rows = (int)(m1 - m < 4 ? m1 - m : 4);
-        (two ? by_rows2 : by_rows1)[rows](c, &L, m, g, n1 - 16 * g, kind, asym);
+      for (int64_t i = 0, m = m0; i < tiles; i++) {
+        const int rows = (int)(base + (i < extra));
+        if (rows == 1) one_row[cnt - 1](c, &L, m, g, n1 - 16 * g, kind, asym);
+        else if (cnt == X86_SG) full_sg[rows - 1](c, &L, m, g, n1 - 16 * g, kind, asym);
+        else
+          for (int64_t j = 0; j < cnt; j++) one_group[rows - 1](c, &L, m, g + j, n1 - 16 * (g + j), kind, asym);
+        m += rows;
       }
+      g += cnt;
     }
     return;
   }
