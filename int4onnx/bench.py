@@ -4,6 +4,12 @@ Machines are noisy (other processes, frequency changes), so variants are never t
 other in blocks: every round runs each variant once, in turn, and the statistics are taken per
 variant over the rounds. Ratios of medians from the same rounds are what to compare.
 
+Every session has its own intra-op thread pool, and by default ONNX Runtime's pool threads spin for
+a while after each run: with several sessions alive, the idle sessions' threads then compete with the
+one being timed (measured on 2 cores: fp32 MatMul 2.6x slower with five sessions than alone). The
+benchmarks therefore turn spinning off (``session.intra_op.allow_spinning = 0``) for every variant
+alike, unless asked to keep it.
+
 Used by ``int4onnx bench`` (whole models) and ``tools/bench_matmul.py`` (MatMul chains).
 """
 
@@ -132,8 +138,11 @@ def _compare(a: np.ndarray, b: np.ndarray) -> str:
     return f"cosine {cos:.5f}, rel. L2 diff {rel:.2e}"
 
 
+NO_SPIN = {"session.intra_op.allow_spinning": "0"}
+
+
 def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Sequence[tuple[int, int]] = ((1, 1),),
-                 repeats: int = 20, warmup: int = 2, vocab: int = 32) -> ModelBench:
+                 repeats: int = 20, warmup: int = 2, vocab: int = 32, spin: bool = False) -> ModelBench:
     """Time the models at `paths` alternating in one process, for each (batch, seq) in `shapes`.
 
     The first model is the one under test: every other row gets the first model's speed-up over it
@@ -145,7 +154,7 @@ def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Seque
     if repeats < 1:
         raise ConfigError(f"repeats must be at least 1, got {repeats}")
     threads = threads or os.cpu_count() or 1
-    sessions = {str(p): make_session(str(p), threads=threads) for p in paths}
+    sessions = {str(p): make_session(str(p), threads=threads, config=None if spin else NO_SPIN) for p in paths}
     rows = []
     for batch, seq in shapes:
         first = next(iter(sessions.values()))

@@ -9,8 +9,11 @@ import numpy as np
 from int4onnx.errors import ModelLoadError
 
 
-def make_session(path, threads: int | None = None, optimization: str = "all", qdq_accuracy_level: int | None = None):
-    """An InferenceSession with int4onnx's custom op registered (harmless for models without it)."""
+def make_session(path, threads: int | None = None, optimization: str = "all", qdq_accuracy_level: int | None = None,
+                 config: dict[str, str] | None = None):
+    """An InferenceSession with int4onnx's custom op registered (harmless for models without it).
+
+    config: extra session configuration entries (``SessionOptions.add_session_config_entry``)."""
     import onnxruntime as ort
 
     from int4onnx import library_path
@@ -30,6 +33,8 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     if qdq_accuracy_level is not None:
         # ORT fuses DequantizeLinear+MatMul into MatMulNBits with accuracy level 4 (int8 activations) by default
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(qdq_accuracy_level))
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, str(value))
     if not os.path.isfile(path):
         raise ModelLoadError(f"{path}: no such file")
     try:

@@ -12,6 +12,7 @@ packed bytes (the layouts are byte-identical). Variants:
   i4o_fp32    com.int4onnx.MatMulInt4, compute "fp32"
   i4o_int8    com.int4onnx.MatMulInt4, compute "int8"
 Every round runs each variant once, in turn (int4onnx.bench.time_alternating); medians per variant.
+ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/bench.py).
 Reported per variant: median ms per chain, effective weight GB/s (bytes of the weights as stored --
 codes + scales, or fp32 -- divided by the time), GFLOP/s (2*M*K*N*L / time); per M the speed-ups
 i4o_int8/nbits_acc4, i4o_fp32/nbits_acc0 and i4o_*/fp32 (peer median / our median).
@@ -90,7 +91,7 @@ def chain_model(variant: str, weights, K: int, N: int) -> onnx.ModelProto:
     return _model(nodes, inits, K, N, opsets)
 
 
-def session(model: onnx.ModelProto, threads: int):
+def session(model: onnx.ModelProto, threads: int, spin: bool = False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -98,6 +99,8 @@ def session(model: onnx.ModelProto, threads: int):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if not spin:  # idle sessions' spinning pool threads would compete with the one timed (int4onnx.bench)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -108,12 +111,12 @@ def weight_bytes(variant: str, K: int, N: int, layers: int) -> int:
     return (N * nb * _native.blob_bytes(4, BLOCK) + N * nb * 4) * layers
 
 
-def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log=print) -> list[dict]:
+def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log=print, spin: bool = False) -> list[dict]:
     K, N, L = CASES[case]
     weights = make_weights(K, N, L, seed=1)
     sessions = {}
     for v in variants:
-        sessions[v] = session(chain_model(v, weights, K, N), threads)
+        sessions[v] = session(chain_model(v, weights, K, N), threads, spin)
     del weights
     rows = []
     rng = np.random.default_rng(2)
@@ -216,6 +219,9 @@ def main(argv=None) -> int:
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     ap.add_argument("--repeats", type=int, default=15, help="rounds (at least; short runs get more)")
+    ap.add_argument("--spin", action="store_true",
+                    help="keep ONNX Runtime's thread spinning on (off by default: idle sessions' spinning threads "
+                         "would compete with the session being timed)")
     ap.add_argument("--json", help="also write the rows as JSON to this file")
     ap.add_argument("--markdown", help="also write markdown tables to this file")
     args = ap.parse_args(argv)
@@ -232,7 +238,7 @@ def main(argv=None) -> int:
     rows = []
     for threads in args.threads:
         for case in cases:
-            rows += run_case(case, threads, args.m, args.repeats, variants)
+            rows += run_case(case, threads, args.m, args.repeats, variants, spin=args.spin)
             print()
     md = markdown(rows)
     print(md)

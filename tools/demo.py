@@ -21,7 +21,7 @@ from paths import SHARED  # noqa: E402
 
 import int4onnx  # noqa: E402
 from int4onnx import _native  # noqa: E402
-from int4onnx.bench import time_alternating  # noqa: E402
+from int4onnx.bench import NO_SPIN, time_alternating  # noqa: E402
 from int4onnx.runtime import Tokenizer, make_session, perplexity  # noqa: E402
 
 OUT = ROOT / "models" / "out"
@@ -75,8 +75,9 @@ def main(argv=None) -> int:
     int4onnx.quantize(syn, sq8, group_size=args.group_size, symmetric=False, compute="int8")
     print(f"\nsynthetic Llama d1024 x 4 layers: {srep.nodes_rewritten} MatMuls, file {size(syn) / 1e6:.1f} MB -> "
           f"{size(sq) / 1e6:.1f} MB (int4onnx: --compute fp32; int8: --compute int8)")
-    sessions = {"fp32": make_session(syn, threads=args.threads), "int4onnx": make_session(sq, threads=args.threads),
-                "int8": make_session(sq8, threads=args.threads)}
+    # thread spinning off: three sessions' idle pools would otherwise compete with the one timed
+    sessions = {k: make_session(p, threads=args.threads, config=NO_SPIN)
+                for k, p in (("fp32", syn), ("int4onnx", sq), ("int8", sq8))}
     rng = np.random.default_rng(0)
     for seq in (1, 16, 128):
         feeds = {"input_ids": rng.integers(0, 4096, size=(1, seq), dtype=np.int64)}
