@@ -63,7 +63,7 @@ AI __m512i bcast4(const int8_t *p) {
   return _mm512_castps_si512(_mm512_broadcastss_ps(_mm_load_ss((const float *)(const void *)p)));
 }
 
-#define PF_DIST 4096 /* bytes ahead of the one-row stream (measured: 1-4 KiB: no gain, 4-8 KiB: ~5%) */
+#define PF_DIST 4096 /* bytes ahead of the few-row stream (measured 2-16 KiB: within noise; none: ~5% slower) */
 
 #define MR8 5 /* rows of a tile (measured at M = 128: 4 rows ~7% slower, 6 no faster) */
 enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
