@@ -152,3 +152,25 @@ def test_int8_path_scale_rounding():
         y = _native.matmul(A, packed, scales, None, K, N, 4, block, kernel=kernel, compute="int8")
         assert np.isfinite(y).all()
         assert (np.abs(y - ref8) / bound).max() < 1e-6, kernel
+
+
+@pytest.mark.parametrize("bits,sym", [(4, True), (4, False), (8, True), (8, False)])
+def test_int8_kernels_are_exact_when_the_float_epilogue_is(bits, sym):
+    """With activations that quantize exactly (integers, each block's largest is 127) and power-of-two
+    weight scales, every float operation of the int8 path is exact: the SIMD kernels must then agree
+    with the scalar reference and the numpy statement bit for bit, which checks their integer parts."""
+    K, N, block = 256, 100, 32
+    rng = np.random.default_rng(11)
+    nb = K // block
+    codes = rng.integers(0, 1 << bits, size=(N, K)).astype(np.uint8)
+    scales = np.ldexp(1.0, rng.integers(-8, -2, size=(N, nb))).astype(np.float32)
+    zp = None if sym else rng.integers(0, 1 << bits, size=(N, nb)).astype(np.uint8)
+    packed = _native.pack_weights(codes, bits, block, zero_points=zp)
+    zpp = None if zp is None else _native.pack_zero_points(zp, bits)
+    for M in (1, 3, 5, 13):
+        A = rng.integers(-127, 128, size=(M, K)).astype(np.float32)
+        A[:, ::block] = 127  # every block's largest magnitude is 127: scale_a = 1, q = a
+        ref = int8_path_reference(A, codes, scales, zp, K, block, bits)
+        for kernel in INT8_KERNELS:
+            y = _native.matmul(A, packed, scales, zpp, K, N, bits, block, kernel=kernel, compute="int8")
+            np.testing.assert_array_equal(y, ref, err_msg=f"{kernel} M={M}")
