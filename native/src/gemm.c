@@ -24,6 +24,50 @@ void i4o_serial_for(void *ctx, void (*fn)(void *, size_t), size_t n, void *data)
   for (size_t i = 0; i < n; i++) fn(data, i);
 }
 
+/* ---- float16 <-> float32 arrays (float16 models' activations and outputs) ---- */
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+__attribute__((target("avx,f16c"))) static void h2f_f16c(const uint16_t *src, float *dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+  for (; i < n; i++) dst[i] = i4o_half_to_float(src[i]);
+}
+
+__attribute__((target("avx,f16c"))) static void f2h_f16c(const float *src, uint16_t *dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; i++) dst[i] = i4o_float_to_half(src[i]);
+}
+
+static int has_f16c(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+}
+#endif
+
+void i4o_half_to_float_n(const uint16_t *src, float *dst, int64_t n) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (has_f16c()) {
+    h2f_f16c(src, dst, n);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) dst[i] = i4o_half_to_float(src[i]);
+}
+
+void i4o_float_to_half_n(const float *src, uint16_t *dst, int64_t n) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (has_f16c()) { /* round to nearest even, as i4o_float_to_half */
+    f2h_f16c(src, dst, n);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) dst[i] = i4o_float_to_half(src[i]);
+}
+
 /* ---- int8 activations ---- */
 
 static int64_t qa_ldq(const i4o_wdesc *w) { return (w->n_blocks * w->block_size + 63) & ~(int64_t)63; }

@@ -137,5 +137,8 @@ I4O_HIDDEN int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const f
 I4O_HIDDEN void *i4o_aligned_alloc(size_t bytes);
 I4O_HIDDEN void i4o_aligned_free(void *p);
 I4O_HIDDEN void i4o_serial_for(void *ctx, void (*fn)(void *, size_t), size_t n, void *data);
+/* float16 <-> float32 arrays, round to nearest even (F16C where the CPU has it) */
+I4O_HIDDEN void i4o_half_to_float_n(const uint16_t *src, float *dst, int64_t n);
+I4O_HIDDEN void i4o_float_to_half_n(const float *src, uint16_t *dst, int64_t n);
 
 #endif /* I4O_KERNELS_H_ */
