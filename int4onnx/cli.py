@@ -1,4 +1,4 @@
-"""Command line: `int4onnx convert | inspect | build-native`. Parsing and printing only; the work is in the library.
+"""Command line: `int4onnx convert | inspect | eval | bench | build-native`. Parsing and printing only; the work is in the library.
 
 User errors print one line (`int4onnx: error: ...`) and exit with a non-zero code (2, or 3 when
 the model has nothing to quantize); `--debug` shows the traceback instead.
@@ -387,6 +387,53 @@ def eval_(reference, candidate, data, text, samples, sequence_length, ppl_text, 
         click.echo(f"perplexity on {p['tokens']} tokens of {p['text']} (window {p['window']}, stride {p['stride']}): "
                    f"reference {p['reference']:.4f}, candidate {p['candidate']:.4f} "
                    f"({100 * (p['candidate'] / p['reference'] - 1):+.2f}%)")
+
+
+def _int_list(ctx, param, value):
+    try:
+        vals = [int(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not vals or min(vals) < 1:
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return vals
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=pathlib.Path))
+@click.option("--vs", "others", multiple=True, type=click.Path(path_type=pathlib.Path),
+              help="Another model with the same inputs to time against MODEL (repeatable).")
+@click.option("--threads", type=int, default=None, help="intra_op_num_threads (default: all cores).")
+@click.option("--seq", default="1", callback=_int_list, show_default=True,
+              help="Comma-separated lengths for the dynamic dimensions after the first (tokens).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Size of the first dynamic dimension.")
+@click.option("--repeats", type=int, default=20, show_default=True, help="Timed rounds (each runs every model once).")
+@click.option("--vocab", type=int, default=32, show_default=True, help="Integer inputs (token ids) are drawn from [0, vocab).")
+@click.option("--spin", is_flag=True,
+              help="Keep ONNX Runtime's thread spinning on (off by default: idle sessions' spinning threads compete "
+                   "with the one being timed).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench(model, others, threads, seq, batch, repeats, vocab, spin, as_json):
+    """Time MODEL (and --vs models) in one process, alternating, with random inputs.
+
+    Prints the median and 90th-percentile latency per model and shape; on each --vs model's row,
+    MODEL's speed-up over it (its median / MODEL's median: above 1 means MODEL is faster) and how
+    close its first output is to MODEL's.
+    """
+    from int4onnx.bench import bench_models
+    from int4onnx.errors import ConfigError
+
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    if batch < 1:
+        raise ConfigError(f"--batch must be at least 1, got {batch}")
+    result = bench_models([model, *others], threads=threads, shapes=[(batch, s) for s in seq], repeats=repeats,
+                          vocab=vocab, spin=spin)
+    if as_json:
+        click.echo(json.dumps({"threads": result.threads, "repeats": result.repeats, "rows": result.rows}, indent=2))
+        return
+    click.echo(f"{result.threads} thread(s), median of {result.repeats} alternating rounds")
+    click.echo(result.table())
 
 
 if __name__ == "__main__":  # pragma: no cover

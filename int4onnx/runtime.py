@@ -9,9 +9,12 @@ import numpy as np
 from int4onnx.errors import ModelLoadError
 
 
-def make_session(path, threads: int | None = None, optimization: str = "all", qdq_accuracy_level: int | None = None):
+def make_session(path, threads: int | None = None, optimization: str = "all", qdq_accuracy_level: int | None = None,
+                 config: dict[str, str] | None = None):
     """An InferenceSession with int4onnx's custom op registered (harmless for models without it).
-    `path` is a model file, or the serialised model as bytes."""
+    `path` is a model file, or the serialised model as bytes.
+
+    config: extra session configuration entries (``SessionOptions.add_session_config_entry``)."""
     import onnxruntime as ort
 
     from int4onnx import library_path
@@ -33,6 +36,8 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     if qdq_accuracy_level is not None:
         # ORT fuses DequantizeLinear+MatMul into MatMulNBits with accuracy level 4 (int8 activations) by default
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(qdq_accuracy_level))
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, str(value))
     is_bytes = isinstance(path, (bytes, bytearray))
     if not is_bytes and not os.path.isfile(path):
         raise ModelLoadError(f"{path}: no such file")

@@ -63,33 +63,48 @@ def dequant_reference(codes, scales, zp, K, block, bits, quant_type="int"):
     return (vals * scales.astype(np.float64)[:, b]).T
 
 
+def int8_scales(scales: np.ndarray) -> np.ndarray:
+    """Weight scales as the int8 path uses them: per column a power of two 2^E puts the largest |scale|
+    in [2^14, 2^15), then each scale is rounded to float16: half(s * 2^-E) * 2^E (docs/format.md)."""
+    s = np.asarray(scales, dtype=np.float32).copy()
+    for n in range(s.shape[0]):
+        for _ in range(2):  # a maximum that rounds up to 2^15 moves E by one: round again
+            mx = float(np.abs(s[n]).max())
+            e = int(np.frexp(np.float32(mx))[1]) - 1 - 14 if mx > 0 and np.isfinite(mx) else 0
+            s[n] = (np.ldexp(s[n], -e).astype(np.float16).astype(np.float32) * np.float32(2.0**e)).astype(np.float32)
+    return s
+
+
 def int8_path_reference(A, codes, scales, zp, K, block, bits, quant_type="int", bias=None):
-    """numpy statement of the int8 compute path: per-block activation quantization, exact integer dots."""
+    """numpy statement of the int8 compute path: per-block activation quantization, exact integer dots,
+    then per block, in block order, y += dot * (scale_a * scale_w) in float32."""
     M = A.shape[0]
     N = codes.shape[0]
     nb = -(-K // block)
-    out = np.zeros((M, N), dtype=np.float32)
-    nf4_i8 = np.rint(_native.nf4_codebook() * 127).astype(np.int64)
-    for m in range(M):
-        acc = np.zeros(N, dtype=np.float32)
-        for b in range(nb):
-            k0, k1 = b * block, min(K, (b + 1) * block)
-            a = A[m, k0:k1].astype(np.float32)
-            amax = np.float32(np.abs(a).max()) if k1 > k0 else np.float32(0)
-            sa = np.float32(amax / np.float32(127))
-            inv = np.float32(np.float32(127) / amax) if amax > 0 else np.float32(0)
-            q = np.clip(np.rint((a * inv).astype(np.float32)), -127, 127).astype(np.int64)
-            c = codes[:, k0:k1].astype(np.int64)
-            if quant_type == "nf4":
-                dot = nf4_i8[c] @ q
-                sw = (scales[:, b] * np.float32(1 / 127)).astype(np.float32)
-            else:
-                z = np.full(N, 1 << (bits - 1)) if zp is None else zp[:, b].astype(np.int64)
-                dot = c @ q - z * q.sum()
-                sw = scales[:, b].astype(np.float32)
-            acc = (acc + dot.astype(np.float32) * (sa * sw).astype(np.float32)).astype(np.float32)
-        out[m] = acc + (0 if bias is None else bias)
-    return out
+    scales = int8_scales(scales)
+    Ap = np.zeros((M, nb * block), dtype=np.float32)
+    Ap[:, :K] = A
+    Ap = Ap.reshape(M, nb, block)
+    amax = np.abs(Ap).max(axis=2)
+    sa = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint((Ap * inv[:, :, None]).astype(np.float32)), -127, 127).astype(np.int64)
+    c = np.zeros((N, nb * block), dtype=np.int64)
+    c[:, :K] = codes
+    c = c.reshape(N, nb, block)
+    if quant_type == "nf4":
+        c = np.rint(_native.nf4_codebook() * 127).astype(np.int64)[c]  # (q is 0 past K)
+        sw = (scales * np.float32(1 / 127)).astype(np.float32)
+        dot = np.einsum("mbi,nbi->mnb", q, c)
+    else:
+        z = np.full((N, nb), 1 << (bits - 1), dtype=np.int64) if zp is None else zp.astype(np.int64)
+        dot = np.einsum("mbi,nbi->mnb", q, c) - z[None, :, :] * q.sum(axis=2)[:, None, :]
+        sw = scales.astype(np.float32)
+    acc = np.zeros((M, N), dtype=np.float32)
+    for b in range(nb):
+        acc = (acc + dot[:, :, b].astype(np.float32) * (sa[:, b][:, None] * sw[:, b][None, :]).astype(np.float32)).astype(np.float32)
+    return acc + (np.float32(0) if bias is None else bias)
 
 
 def tiny_lm(V=40, D=32, H=48, F=64, seed=0, outlier_scale=12.0):

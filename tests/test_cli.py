@@ -92,3 +92,27 @@ def test_unknown_choice_is_a_usage_error(tmp_path, model):
 def test_debug_shows_traceback(tmp_path):
     r = CliRunner().invoke(main, ["--debug", "convert", str(tmp_path / "missing.onnx")])
     assert r.exit_code != 0 and r.exception is not None
+
+
+def test_bench_compares_models(tmp_path, model):
+    out = tmp_path / "m.int4.onnx"
+    assert invoke("convert", model, "-o", out, "-q").exit_code == 0
+    r = invoke("bench", out, "--vs", model, "--seq", "1,3", "--repeats", 3, "--threads", 1, "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)["rows"]
+    assert [(row["seq"], row["model"]) for row in rows] == [(1, str(out)), (1, str(model)), (3, str(out)), (3, str(model))]
+    assert all(row["median_ms"] > 0 for row in rows)
+    assert rows[0]["speedup"] is None and rows[1]["speedup"] > 0
+    assert "cosine 0.9" in rows[1]["check"]  # int4 weights stay close to the float model
+    r = invoke("bench", out, "--repeats", 2, "--threads", 1)
+    assert r.exit_code == 0 and "median" in r.output
+
+
+def test_bench_user_errors(tmp_path, model):
+    r = invoke("bench", tmp_path / "missing.onnx")
+    assert r.exit_code == 2 and "no such file" in r.output
+    other = save(matmul_model({"w0": RNG.standard_normal((48, 8)).astype(np.float32)}), tmp_path / "other.onnx")
+    r = invoke("bench", model, "--vs", other, "--repeats", 1)
+    assert r.exit_code == 2 and "int4onnx: error:" in r.output and "Traceback" not in r.output
+    r = invoke("bench", model, "--seq", "0")
+    assert r.exit_code == 2

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from modelgen import dequant_reference, int8_path_reference
+from modelgen import int8_scales as modelgen_int8_scales
 
 from int4onnx import _native
 from int4onnx.quant.rtn import quantize_rtn
@@ -96,3 +97,80 @@ def test_unknown_kernel_is_an_error():
     q = _weights(32, 4, 32, "int4-sym", 0)
     with pytest.raises(Exception, match="unknown kernel"):
         _native.matmul(np.zeros((1, 32), np.float32), q.packed(), q.scales, None, 32, 4, 4, 32, kernel="nope")
+
+
+@pytest.mark.parametrize("variant,block", [("int4-sym", 32), ("int4-asym", 64), ("nf4", 32), ("int8-asym", 32),
+                                           ("int4-asym", None)])
+def test_tile_edges(variant, block):
+    """Shapes at the edges of the SIMD kernels' tiles: N not a multiple of 16 or of a 64-column
+    supergroup, M one past a row tile, K not a multiple of the block (panel and register paths)."""
+    K = 520
+    block = block or -(-K // 16) * 16
+    rng = np.random.default_rng(3)
+    for N in (33, 100):
+        q = _weights(K, N, block, variant, seed=N)
+        args = (q.packed(), q.scales, q.packed_zero_points(), K, N, q.bits, block, q.quant_type)
+        w_ref = dequant_reference(q.codes, q.scales, q.zero_points, K, block, q.bits, q.quant_type)
+        bias = rng.standard_normal(N).astype(np.float32)
+        for M in (5, 7, 13, 25, 73):
+            A = rng.standard_normal((M, K)).astype(np.float32)
+            ref = A.astype(np.float64) @ w_ref + bias
+            bound = np.abs(A).astype(np.float64) @ np.abs(w_ref) + 1.0
+            for kernel in FP32_KERNELS:
+                y = _native.matmul(A, *args, bias=bias, kernel=kernel, compute="fp32")
+                assert (np.abs(y - ref) / bound).max() < 2e-6, (kernel, N, M)
+            ref8 = int8_path_reference(A, q.codes, q.scales, q.zero_points, K, block, q.bits, q.quant_type, bias)
+            for kernel in INT8_KERNELS:
+                y = _native.matmul(A, *args, bias=bias, kernel=kernel, compute="int8")
+                assert (np.abs(y - ref8) / bound).max() < 1e-6, (kernel, N, M)
+
+
+def test_int8_path_scale_rounding():
+    """The int8 path rounds weight scales to float16 precision under a per-column power of two
+    (docs/format.md); columns with tiny, huge, negative and widely spread scales, and a maximum that
+    rounds up to the next power of two, give the same numbers on every int8 kernel."""
+    K, N, block = 128, 6, 32
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 16, size=(N, K)).astype(np.uint8)
+    scales = np.array([[1e-30, 3e-31, -2e-30, 1e-31],
+                       [1e20, -5e19, 1e19, 7e19],
+                       [0.01, -0.02, 1e-7, 0.03],
+                       [65535.0, 1.0, 2.0, -3.0],  # the maximum rounds up to 2^16 under E = 1
+                       [0.0, 0.0, 0.0, 0.0],
+                       [np.nextafter(np.float32(2.0), np.float32(3.0)), 1e-12, 0.5, 0.25]], dtype=np.float32)
+    packed = _native.pack_weights(codes, 4, block)
+    rounded = modelgen_int8_scales(scales)
+    # rounding error of normal columns stays within half an ulp of float16
+    normal = [0, 1, 2, 3, 5]
+    rel = np.abs(rounded[normal] - scales[normal]) / np.maximum(np.abs(scales[normal]), 1e-38)
+    assert (rel[np.abs(scales[normal]) >= np.abs(scales[normal]).max(axis=1, keepdims=True) * 2.0**-20] <= 2.0**-11).all()
+    A = rng.standard_normal((3, K)).astype(np.float32)
+    ref8 = int8_path_reference(A, codes, scales, None, K, block, 4)
+    w_ref = dequant_reference(codes, scales, None, K, block, 4)
+    bound = np.abs(A).astype(np.float64) @ np.abs(w_ref) + 1e-30
+    for kernel in INT8_KERNELS:
+        y = _native.matmul(A, packed, scales, None, K, N, 4, block, kernel=kernel, compute="int8")
+        assert np.isfinite(y).all()
+        assert (np.abs(y - ref8) / bound).max() < 1e-6, kernel
+
+
+@pytest.mark.parametrize("bits,sym", [(4, True), (4, False), (8, True), (8, False)])
+def test_int8_kernels_are_exact_when_the_float_epilogue_is(bits, sym):
+    """With activations that quantize exactly (integers, each block's largest is 127) and power-of-two
+    weight scales, every float operation of the int8 path is exact: the SIMD kernels must then agree
+    with the scalar reference and the numpy statement bit for bit, which checks their integer parts."""
+    K, N, block = 256, 100, 32
+    rng = np.random.default_rng(11)
+    nb = K // block
+    codes = rng.integers(0, 1 << bits, size=(N, K)).astype(np.uint8)
+    scales = np.ldexp(1.0, rng.integers(-8, -2, size=(N, nb))).astype(np.float32)
+    zp = None if sym else rng.integers(0, 1 << bits, size=(N, nb)).astype(np.uint8)
+    packed = _native.pack_weights(codes, bits, block, zero_points=zp)
+    zpp = None if zp is None else _native.pack_zero_points(zp, bits)
+    for M in (1, 3, 5, 13):
+        A = rng.integers(-127, 128, size=(M, K)).astype(np.float32)
+        A[:, ::block] = 127  # every block's largest magnitude is 127: scale_a = 1, q = a
+        ref = int8_path_reference(A, codes, scales, zp, K, block, bits)
+        for kernel in INT8_KERNELS:
+            y = _native.matmul(A, packed, scales, zpp, K, N, bits, block, kernel=kernel, compute="int8")
+            np.testing.assert_array_equal(y, ref, err_msg=f"{kernel} M={M}")

@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -23,6 +21,7 @@ from paths import SHARED  # noqa: E402
 
 import int4onnx  # noqa: E402
 from int4onnx import _native  # noqa: E402
+from int4onnx.bench import NO_SPIN, time_alternating  # noqa: E402
 from int4onnx.runtime import Tokenizer, make_session, perplexity  # noqa: E402
 
 OUT = ROOT / "models" / "out"
@@ -32,16 +31,6 @@ def size(path) -> int:
     p = pathlib.Path(path)
     data = p.with_name(p.name + ".data")
     return p.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
-def latency_ms(session, feeds, repeats) -> float:
-    session.run(None, feeds)  # warm-up (prepacking happens at session start, caches here)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -93,21 +82,25 @@ def main(argv=None) -> int:
         print("\nbuilding models/synth_llama_d1024_l4.onnx (synthetic, seed 0) ...")
         llama.export_synthetic(syn, dim=1024, layers=4, heads=16, kv_heads=8, vocab=4096)
     sq = OUT / "synth_llama_d1024_l4.int4.onnx"
+    sq8 = OUT / "synth_llama_d1024_l4.int4.int8c.onnx"
     srep = int4onnx.quantize(syn, sq, group_size=args.group_size, symmetric=False)
+    int4onnx.quantize(syn, sq8, group_size=args.group_size, symmetric=False, compute="int8")
     print(f"\nsynthetic Llama d1024 x 4 layers: {srep.nodes_rewritten} MatMuls, file {size(syn) / 1e6:.1f} MB -> "
-          f"{size(sq) / 1e6:.1f} MB")
-    fp32 = make_session(syn, threads=args.threads)
-    i4 = make_session(sq, threads=args.threads)
+          f"{size(sq) / 1e6:.1f} MB (int4onnx: --compute fp32; int8: --compute int8)")
+    # thread spinning off: three sessions' idle pools would otherwise compete with the one timed
+    sessions = {k: make_session(p, threads=args.threads, config=NO_SPIN)
+                for k, p in (("fp32", syn), ("int4onnx", sq), ("int8", sq8))}
     rng = np.random.default_rng(0)
     for seq in (1, 16, 128):
         feeds = {"input_ids": rng.integers(0, 4096, size=(1, seq), dtype=np.int64)}
-        a = fp32.run(None, feeds)[0]
-        b = i4.run(None, feeds)[0]
-        cos = float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-        t32, t4 = latency_ms(fp32, feeds, args.repeats), latency_ms(i4, feeds, args.repeats)
-        print(f"  batch 1, seq {seq:>3}: fp32 {t32:8.2f} ms | int4onnx {t4:8.2f} ms | speed-up {t32 / t4:5.2f}x "
-              f"| logits cosine {cos:.5f}")
-    print(f"\n({args.threads} threads, median of {args.repeats} runs; full benchmarks: tools/bench_matmul.py)")
+        outs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
+        cos = {k: float(np.sum(outs["fp32"] * o) / (np.linalg.norm(outs["fp32"]) * np.linalg.norm(o))) for k, o in outs.items()}
+        t = {k: v.median * 1e3 for k, v in time_alternating({k: (lambda s=s, f=feeds: s.run(None, f))
+                                                             for k, s in sessions.items()}, repeats=args.repeats).items()}
+        print(f"  batch 1, seq {seq:>3}: fp32 {t['fp32']:7.2f} ms | int4onnx {t['int4onnx']:7.2f} ms "
+              f"({t['fp32'] / t['int4onnx']:4.2f}x) | int8 {t['int8']:7.2f} ms ({t['fp32'] / t['int8']:4.2f}x) "
+              f"| logits cosine {cos['int4onnx']:.5f} / {cos['int8']:.5f}")
+    print(f"\n({args.threads} threads, median of {args.repeats} alternating runs; full benchmarks: tools/bench_matmul.py)")
     return 0
 
 

@@ -30,7 +30,7 @@
 
 /* ISA ladder, weakest first. A kernel's isa must be one of these names. */
 #if defined(__x86_64__) || defined(_M_X64)
-static const char *const kLadder[] = {"scalar", "avx2", "avxvnni", "avx512vnni"};
+static const char *const kLadder[] = {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni"};
 #elif defined(__aarch64__)
 static const char *const kLadder[] = {"scalar", "neon", "neondot", "i8mm"};
 #elif defined(__arm__)
@@ -45,6 +45,9 @@ static const i4o_kernel *const kKernels[] = {
     &i4o_kernel_scalar_int8,
 #if defined(__x86_64__) || defined(_M_X64)
     &i4o_kernel_avx2_fp32,
+    &i4o_kernel_avx2_int8,
+    &i4o_kernel_avxvnni_int8,
+    &i4o_kernel_avx512_fp32,
     &i4o_kernel_avx512vnni_int8,
 #endif
 #if defined(I4O_ARM_NEON_KERNELS)
@@ -75,9 +78,10 @@ static int probe_isa(const char *isa) {
   const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (strcmp(isa, "avx2") == 0) return avx2;
   if (strcmp(isa, "avxvnni") == 0) return avx2 && __builtin_cpu_supports("avxvnni");
-  if (strcmp(isa, "avx512vnni") == 0)
-    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  const int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl");
+  if (strcmp(isa, "avx512") == 0) return avx512;
+  if (strcmp(isa, "avx512vnni") == 0) return avx512 && __builtin_cpu_supports("avx512vnni");
 #elif defined(__aarch64__)
   /* each rung needs the ones below it: the kernels of a rung may use the instructions of lower rungs */
   const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);

@@ -1,10 +1,12 @@
 /* Prepared weights, the threaded gemm driver, the int8 activation quantizer, and the test API. */
 #define _POSIX_C_SOURCE 200112L
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fp16.h"
 #include "kernels.h"
 
 void *i4o_aligned_alloc(size_t bytes) {
@@ -20,6 +22,50 @@ void i4o_aligned_free(void *p) { free(p); }
 void i4o_serial_for(void *ctx, void (*fn)(void *, size_t), size_t n, void *data) {
   (void)ctx;
   for (size_t i = 0; i < n; i++) fn(data, i);
+}
+
+/* ---- float16 <-> float32 arrays (float16 models' activations and outputs) ---- */
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+__attribute__((target("avx,f16c"))) static void h2f_f16c(const uint16_t *src, float *dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+  for (; i < n; i++) dst[i] = i4o_half_to_float(src[i]);
+}
+
+__attribute__((target("avx,f16c"))) static void f2h_f16c(const float *src, uint16_t *dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; i++) dst[i] = i4o_float_to_half(src[i]);
+}
+
+static int has_f16c(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+}
+#endif
+
+void i4o_half_to_float_n(const uint16_t *src, float *dst, int64_t n) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (has_f16c()) {
+    h2f_f16c(src, dst, n);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) dst[i] = i4o_half_to_float(src[i]);
+}
+
+void i4o_float_to_half_n(const float *src, uint16_t *dst, int64_t n) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (has_f16c()) { /* round to nearest even, as i4o_float_to_half */
+    f2h_f16c(src, dst, n);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) dst[i] = i4o_float_to_half(src[i]);
 }
 
 /* ---- int8 activations ---- */
@@ -85,6 +131,37 @@ const int8_t *i4o_nf4_i8(void) {
   return g_nf4_i8;
 }
 
+/* ---- weight scales of the int8 path ----
+ * The int8 path uses each weight scale rounded to 11 significant bits (float16 precision) with a
+ * power-of-two per column: E[n] puts the column's largest |scale| in [2^14, 2^15), and
+ * scale' = half(scale * 2^-E[n]) * 2^E[n]. Kernels can then store scales in 16 bits and stay exact.
+ * (Scales below 2^-38 of their column's largest lose bits as float16 subnormals, by definition.) */
+int i4o_int8_scale_exp(const i4o_wdesc *w, int64_t n) {
+  float mx = 0.0f;
+  for (int64_t b = 0; b < w->n_blocks; b++) {
+    const float a = fabsf(w->scales[n * w->n_blocks + b]);
+    mx = a > mx ? a : mx;
+  }
+  if (!(mx > 0.0f) || !isfinite(mx)) return 0;
+  return ilogbf(mx) - 14;
+}
+
+static void round_scales_int8(i4o_wdesc *w, float *scales) { /* w->scales == scales */
+  for (int64_t n = 0; n < w->N; n++) {
+    /* a maximum that rounds up to 2^15 moves E by one: round again, then E is stable (the value a
+     * kernel recomputes from the rounded scales) */
+    for (int pass = 0, e = i4o_int8_scale_exp(w, n); pass < 2; pass++) {
+      for (int64_t b = 0; b < w->n_blocks; b++) {
+        float *s = &scales[n * w->n_blocks + b];
+        if (isfinite(*s)) *s = ldexpf(i4o_half_to_float(i4o_float_to_half(ldexpf(*s, -e))), e);
+      }
+      const int e2 = i4o_int8_scale_exp(w, n);
+      if (e2 == e) break;
+      e = e2;
+    }
+  }
+}
+
 /* ---- prepared weights ---- */
 
 void i4o_prepared_free(i4o_prepared *p) {
@@ -124,6 +201,7 @@ int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared *
     w->zp = p->zp;
   }
   p->kernel = kernel;
+  if (kernel->compute == I4O_COMPUTE_INT8) round_scales_int8(w, p->scales);
   if (kernel->supports && !kernel->supports(w)) {
     i4o_prepared_free(p);
     return I4O_E_KERNEL;
@@ -143,6 +221,76 @@ nomem:
   return I4O_E_NOMEM;
 }
 
+/* ---- activation workspaces ----
+ * A few buffers are kept between calls: a fresh multi-megabyte allocation per call (M = 512 x
+ * K = 4096 fp32 activations are 8 MB) is mmap-ed and page-faulted every time, which measured
+ * ~2-3 % of a large MatMul. Up to WS_KEEP buffers of at most WS_KEEP_MAX bytes each stay in the
+ * pool (process-wide); concurrent runs take different buffers. */
+#define WS_KEEP 4
+#define WS_KEEP_MAX ((size_t)256 << 20)
+static atomic_flag g_ws_lock = ATOMIC_FLAG_INIT;
+static struct {
+  void *p;
+  size_t bytes;
+} g_ws[WS_KEEP];
+
+static void ws_lock(void) {
+  while (atomic_flag_test_and_set_explicit(&g_ws_lock, memory_order_acquire)) {
+  }
+}
+static void ws_unlock(void) { atomic_flag_clear_explicit(&g_ws_lock, memory_order_release); }
+
+/* a buffer of at least `bytes`; *cap receives its size */
+static void *ws_take(size_t bytes, size_t *cap) {
+  int best = -1;
+  ws_lock();
+  for (int i = 0; i < WS_KEEP; i++)
+    if (g_ws[i].p && g_ws[i].bytes >= bytes && (best < 0 || g_ws[i].bytes < g_ws[best].bytes)) best = i;
+  void *p = NULL;
+  if (best >= 0) {
+    p = g_ws[best].p;
+    *cap = g_ws[best].bytes;
+    g_ws[best].p = NULL;
+    g_ws[best].bytes = 0;
+  }
+  ws_unlock();
+  if (!p) {
+    p = i4o_aligned_alloc(bytes);
+    *cap = bytes;
+  }
+  return p;
+}
+
+static void ws_give(void *p, size_t bytes) {
+  if (!p) return;
+  if (bytes > WS_KEEP_MAX) {
+    i4o_aligned_free(p);
+    return;
+  }
+  ws_lock();
+  int slot = -1; /* an empty slot, else the one with the smallest buffer */
+  for (int i = 0; i < WS_KEEP && slot < 0; i++)
+    if (!g_ws[i].p) slot = i;
+  if (slot < 0) {
+    slot = 0;
+    for (int i = 1; i < WS_KEEP; i++)
+      if (g_ws[i].bytes < g_ws[slot].bytes) slot = i;
+  }
+  void *evict = NULL;
+  if (!g_ws[slot].p) {
+    g_ws[slot].p = p;
+    g_ws[slot].bytes = bytes;
+  } else if (g_ws[slot].bytes < bytes) {
+    evict = g_ws[slot].p;
+    g_ws[slot].p = p;
+    g_ws[slot].bytes = bytes;
+  } else {
+    evict = p;
+  }
+  ws_unlock();
+  i4o_aligned_free(evict);
+}
+
 /* ---- threaded driver ---- */
 
 typedef struct run_state {
@@ -154,8 +302,7 @@ typedef struct run_state {
 
 static void prepare_task(void *data, size_t i) {
   run_state *s = (run_state *)data;
-  int64_t m0 = (int64_t)i * s->m_chunk, m1 = m0 + s->m_chunk;
-  if (m1 > s->ctx.M) m1 = s->ctx.M;
+  int64_t m0 = (int64_t)i * s->m_chunk, m1 = (int64_t)i == s->m_tasks - 1 ? s->ctx.M : m0 + s->m_chunk;
   s->p->kernel->prepare_a(&s->p->w, s->ctx.A, s->ctx.lda, s->ctx.M, m0, m1, s->a_ws);
 }
 
@@ -164,9 +311,8 @@ static void gemm_task(void *data, size_t i) {
   /* tasks run N-major so a contiguous batch of tasks shares weight columns */
   int64_t nt = (int64_t)i / s->m_tasks, mt = (int64_t)i % s->m_tasks;
   int64_t n0 = nt * s->n_chunk, n1 = n0 + s->n_chunk;
-  int64_t m0 = mt * s->m_chunk, m1 = m0 + s->m_chunk;
+  int64_t m0 = mt * s->m_chunk, m1 = mt == s->m_tasks - 1 ? s->ctx.M : m0 + s->m_chunk; /* the last slab takes the rest */
   if (n1 > s->p->w.N) n1 = s->p->w.N;
-  if (m1 > s->ctx.M) m1 = s->ctx.M;
   s->p->kernel->gemm(&s->ctx, m0, m1, n0, n1);
 }
 
@@ -188,22 +334,43 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
   s.ctx.ldc = p->w.N;
   s.ctx.M = M;
   const int64_t n_tile = k->n_tile > 0 ? k->n_tile : 1, m_tile = k->m_tile > 0 ? k->m_tile : 1;
-  /* rows: whole M for small batches, else chunks of ~64 rows; columns: ~64 per task, at least
-   * 64 tasks in all when N allows, so the pool can balance */
-  s.m_chunk = M <= 64 ? round_up(M, m_tile) : round_up(64, m_tile);
-  s.m_tasks = (M + s.m_chunk - 1) / s.m_chunk;
-  int64_t n_chunk = round_up(64, n_tile);
-  while (n_chunk > n_tile && ((p->w.N + n_chunk - 1) / n_chunk) * s.m_tasks < 64) n_chunk = round_up(n_chunk / 2, n_tile);
+  /* A task reads its rows' activations once per column panel it has and its columns' weights once
+   * for all its rows (the fp32 panel path also dequantizes them once), so with A bytes per element
+   * (4 for fp32, 1 for int8) and ~0.6 bytes per weight, traffic is lowest with tasks about
+   * (A bytes / 0.6) times wider than tall: start from 72 x 512 (fp32) or 144 x 256 (int8). Tasks
+   * shrink, columns first, then rows, towards 64 tasks for the pool to balance (it hands tasks out
+   * dynamically, so a thread that falls behind takes fewer), but rows only while a task keeps
+   * ~4 MFLOP (at M = 1, where the weights' memory traffic is the cost, narrow tasks are cheap). */
+  const int fp32 = k->compute == I4O_COMPUTE_FP32;
+  const int64_t K = p->w.K;
+  /* fp32 activations that fit in the last-level cache (<= 16 MB) are cheap to re-read: then tall
+   * slabs (up to 516 rows) dequantize each weight fewer times (measured at M = 512, K = N = 1024 and
+   * K = N = 4096 on a quiet machine: +5-15 %; when other processes thrash the cache, wide tasks win) */
+  const int64_t m_start = fp32 ? (M * K * 4 <= ((int64_t)16 << 20) ? 516 : 72) : 144;
+  int64_t m_chunk = round_up(M < m_start ? M : m_start, m_tile);
+  int64_t n_chunk = round_up(fp32 ? 512 : 256, n_tile);
+#define TASKS(mc, nc) (((M + (mc) - 1) / (mc)) * ((p->w.N + (nc) - 1) / (nc)))
+  while (n_chunk > n_tile && TASKS(m_chunk, n_chunk) < 64) n_chunk = round_up(n_chunk / 2, n_tile);
+  while (m_chunk > 16 && TASKS(m_chunk, n_chunk) < 64) {
+    const int64_t half = round_up(m_chunk / 2, m_tile);
+    if (half >= m_chunk || 2 * half * K * n_chunk < ((int64_t)1 << 22)) break;
+    m_chunk = half;
+  }
+#undef TASKS
+  s.m_chunk = m_chunk;
+  /* a remainder under half a slab joins the last slab instead of making a thin task of its own */
+  s.m_tasks = M % m_chunk && M % m_chunk < m_chunk / 2 && M > m_chunk ? M / m_chunk : (M + m_chunk - 1) / m_chunk;
   s.n_chunk = n_chunk;
   s.n_tasks = (p->w.N + n_chunk - 1) / n_chunk;
+  size_t ws_cap = 0;
   if (k->prepare_a) {
-    s.a_ws = i4o_aligned_alloc(k->a_bytes(&p->w, M));
+    s.a_ws = ws_take(k->a_bytes(&p->w, M), &ws_cap);
     if (!s.a_ws) return I4O_E_NOMEM;
     s.ctx.a_ws = s.a_ws;
     pfor(pctx, prepare_task, (size_t)s.m_tasks, &s);
   }
   pfor(pctx, gemm_task, (size_t)(s.n_tasks * s.m_tasks), &s);
-  i4o_aligned_free(s.a_ws);
+  ws_give(s.a_ws, ws_cap);
   return I4O_OK;
 }
 

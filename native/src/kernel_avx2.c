@@ -1,94 +1,306 @@
-/* AVX2 + FMA fp32 kernel: dequantize 16 codes at a time in registers, FMA with fp32 activations. */
+/* AVX2 + FMA kernels on the prepacked "cg16" layout (x86_packed.h), for x86-64 CPUs without AVX-512.
+ *
+ * avx2_fp32: float activations, weights dequantized in registers, FMA (the scheme of kernel_avx512.c
+ * with 8-column vectors: a 64-byte chunk is two halves). Few rows: per-block partial sums scaled at
+ * the block's end; many rows: a KC x 16 panel dequantized once per task and a 6 x 16 micro-kernel.
+ * avx2_int8: activations quantized to int8 per block, vpmaddubsw + vpmaddwd (x86_int8_256.inc).
+ */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
-#include "kernels.h"
+#include "x86_packed.h"
 
-#define AVX2_TARGET __attribute__((target("avx2,fma")))
-#define ROWS 4 /* activation rows that share one dequantized chunk */
+#define TGT "avx2,fma,f16c"
+#define T256 __attribute__((target(TGT)))
+#define AI static inline __attribute__((always_inline, target(TGT)))
 
-/* 16 codes of column data p (16 elements from element offset 0 of p) as unsigned bytes, in order. */
-AVX2_TARGET static inline __m128i load16_codes(const uint8_t *p, int bits) {
-  if (bits == 8) return _mm_loadu_si128((const __m128i *)p);
-  const __m128i b = _mm_loadl_epi64((const __m128i *)p);
-  const __m128i m = _mm_set1_epi8(0x0F);
-  const __m128i lo = _mm_and_si128(b, m);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
-  return _mm_unpacklo_epi8(lo, hi);
-}
+#define PANEL_MIN_ROWS 6
+#define KC 256 /* panel depth: 256 x 16 floats = 16 KiB */
+#define MR 6   /* micro-kernel rows */
 
-AVX2_TARGET static inline __m256 nf4_lookup(__m256i idx, __m256 cb_lo, __m256 cb_hi) {
-  const __m256 lo = _mm256_permutevar8x32_ps(cb_lo, idx);
+enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
+
+AI __m256 nf4_lookup(__m256i idx, __m256 cb_lo, __m256 cb_hi) {
+  const __m256 lo = _mm256_permutevar8x32_ps(cb_lo, idx); /* uses the low 3 bits */
   const __m256 hi = _mm256_permutevar8x32_ps(cb_hi, idx);
-  const __m256i use_hi = _mm256_slli_epi32(idx, 28); /* bit 3 -> sign bit */
-  return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(use_hi));
+  return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))); /* bit 3 -> sign */
 }
 
-AVX2_TARGET static inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+/* element i of a chunk half (4-bit: i = 0..7, 8-bit: 0..3) for 8 columns, as floats minus the zero point */
+AI __m256 dequant(__m256i raw, int i, int kind, __m256 zf, __m256 cb_lo, __m256 cb_hi) {
+  if (kind == KIND_INT8)
+    return _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(raw, 8 * i), _mm256_set1_epi32(0xFF))), zf);
+  const int sh = i < 4 ? 8 * i : 8 * (i - 4) + 4;
+  const __m256i v = sh ? _mm256_srli_epi32(raw, sh) : raw;
+  if (kind == KIND_NF4) return nf4_lookup(v, cb_lo, cb_hi);
+  return _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xF))), zf);
 }
 
-AVX2_TARGET static inline __m256i tail_mask(int64_t count) {
-  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), idx);
+AI __m256 zero_point(const uint8_t *rec, const x86_pk *L, int64_t gs, int64_t j, int h, int kind, int asym) {
+  if (asym)
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(rec + gs * (L->block_bytes + 64) + j * 16 + 8 * h))));
+  return _mm256_set1_ps(kind == KIND_INT8 ? 128.0f : 8.0f);
 }
 
-AVX2_TARGET static void avx2_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+AI __m256i lane_mask(int64_t left) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* ---- few rows: R rows x H halves of group g (from half h0), dequantized in registers ---- */
+
+AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g, int h0, int64_t ncols, const int R,
+                   const int H, const int kind, const int asym) {
   const i4o_wdesc *w = c->w;
-  const int64_t K = w->K, bs = w->block_size;
+  const int64_t K = w->K, bs = L->bs, nb = L->nb, gs = x86_gs(L, g), j = g % X86_SG;
+  const int per_chunk = kind == KIND_INT8 ? 4 : 8;
   const float *cbp = i4o_nf4_codebook();
   const __m256 cb_lo = _mm256_loadu_ps(cbp), cb_hi = _mm256_loadu_ps(cbp + 8);
-  const int is_nf4 = w->quant_type == I4O_QUANT_NF4;
-  const int64_t chunk_bytes = w->bits == 8 ? 16 : 8;
-  for (int64_t n = n0; n < n1; n++) {
-    const uint8_t *col = w->data + n * w->n_blocks * w->blob_bytes;
-    for (int64_t mb = m0; mb < m1; mb += ROWS) {
-      const int rows = (int)(m1 - mb < ROWS ? m1 - mb : ROWS);
-      __m256 acc[ROWS];
-      for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_ps();
-      for (int64_t b = 0; b < w->n_blocks; b++) {
-        const __m256 s = _mm256_set1_ps(w->scales[n * w->n_blocks + b]);
-        const __m256 z = _mm256_set1_ps((float)i4o_zero_point(w, n, b));
-        const uint8_t *p = col + b * w->blob_bytes;
-        for (int64_t k = b * bs; k < (b + 1) * bs && k < K; k += 16, p += chunk_bytes) {
-          const __m128i codes = load16_codes(p, w->bits);
-          const __m256i i0 = _mm256_cvtepu8_epi32(codes);
-          const __m256i i1 = _mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8));
-          __m256 w0, w1;
-          if (is_nf4) {
-            w0 = _mm256_mul_ps(nf4_lookup(i0, cb_lo, cb_hi), s);
-            w1 = _mm256_mul_ps(nf4_lookup(i1, cb_lo, cb_hi), s);
-          } else {
-            w0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(i0), z), s);
-            w1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(i1), z), s);
-          }
-          if (k + 16 <= K) {
-            for (int r = 0; r < rows; r++) {
-              const float *a = c->A + (mb + r) * c->lda + k;
-              acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(a), w0, acc[r]);
-              acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(a + 8), w1, acc[r]);
+  __m256 facc[4][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+    for (int h = 0; h < H; h++) facc[r][h] = _mm256_setzero_ps();
+  const float *a0 = c->A + m * c->lda;
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t *rec = x86_record(c->packed, L, g, b);
+    const uint8_t *pc = rec + j * L->block_bytes + 32 * h0;
+    __m256 bacc[4][2], bacc2[2], zf[2];
+#pragma GCC unroll 8
+    for (int h = 0; h < H; h++) {
+      zf[h] = zero_point(rec, L, gs, j, h0 + h, kind, asym);
+      bacc2[h] = _mm256_setzero_ps();
+#pragma GCC unroll 8
+      for (int r = 0; r < R; r++) bacc[r][h] = _mm256_setzero_ps();
+    }
+    const int64_t kb = b * bs;
+    for (int64_t t = 0; t * per_chunk < bs && kb + t * per_chunk < K; t++) {
+      __m256i raw[2];
+#pragma GCC unroll 8
+      for (int h = 0; h < H; h++) raw[h] = _mm256_load_si256((const __m256i *)(pc + t * 64 + 32 * h));
+      const float *ak = a0 + kb + t * per_chunk;
+      if (kb + (t + 1) * per_chunk <= K) {
+#pragma GCC unroll 8
+        for (int i = 0; i < per_chunk; i++)
+#pragma GCC unroll 8
+          for (int h = 0; h < H; h++) {
+            const __m256 wv = dequant(raw[h], i, kind, zf[h], cb_lo, cb_hi);
+            if (R == 1) { /* one row: two chains per half */
+              if (i & 1) bacc2[h] = _mm256_fmadd_ps(_mm256_set1_ps(ak[i]), wv, bacc2[h]);
+              else bacc[0][h] = _mm256_fmadd_ps(_mm256_set1_ps(ak[i]), wv, bacc[0][h]);
+            } else {
+#pragma GCC unroll 8
+              for (int r = 0; r < R; r++)
+                bacc[r][h] = _mm256_fmadd_ps(_mm256_set1_ps(ak[r * c->lda + i]), wv, bacc[r][h]);
             }
-          } else { /* K tail: never read activations past K */
-            const __m256i mk0 = tail_mask(K - k), mk1 = tail_mask(K - k - 8);
-            for (int r = 0; r < rows; r++) {
-              const float *a = c->A + (mb + r) * c->lda + k;
-              acc[r] = _mm256_fmadd_ps(_mm256_maskload_ps(a, mk0), w0, acc[r]);
-              acc[r] = _mm256_fmadd_ps(_mm256_maskload_ps(a + 8, mk1), w1, acc[r]);
-            }
           }
-        }
+      } else { /* the chunk that crosses K: never read activations at or past K */
+        for (int i = 0; i < per_chunk && kb + t * per_chunk + i < K; i++)
+#pragma GCC unroll 8
+          for (int h = 0; h < H; h++) {
+            const __m256 wv = dequant(raw[h], i, kind, zf[h], cb_lo, cb_hi);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+              bacc[r][h] = _mm256_fmadd_ps(_mm256_set1_ps(ak[r * c->lda + i]), wv, bacc[r][h]);
+          }
       }
-      for (int r = 0; r < rows; r++)
-        c->C[(mb + r) * c->ldc + n] = hsum(acc[r]) + (c->bias ? c->bias[n] : 0.0f);
+    }
+#pragma GCC unroll 8
+    for (int h = 0; h < H; h++) {
+      const __m256 s = _mm256_load_ps((const float *)(rec + gs * L->block_bytes + j * 64 + 32 * (h0 + h)));
+      if (R == 1) bacc[0][h] = _mm256_add_ps(bacc[0][h], bacc2[h]);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; r++) facc[r][h] = _mm256_fmadd_ps(bacc[r][h], s, facc[r][h]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int h = 0; h < H; h++) {
+    const int64_t left = ncols - 8 * h;
+    if (left <= 0) break;
+    const int64_t n = 16 * g + 8 * (h0 + h);
+    const __m256i mk = lane_mask(left);
+    const __m256 bias = c->bias ? _mm256_maskload_ps(c->bias + n, mk) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) _mm256_maskstore_ps(c->C + (m + r) * c->ldc + n, mk, _mm256_add_ps(facc[r][h], bias));
+  }
+}
+
+#define SMALL_FN(R, H)                                                                                            \
+  T256 static void small_##R##x##H(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g, int h0,          \
+                                   int64_t ncols, int kind, int asym) {                                           \
+    if (kind == KIND_INT4) {                                                                                      \
+      if (asym) small_tile(c, L, m, g, h0, ncols, R, H, KIND_INT4, 1);                                            \
+      else small_tile(c, L, m, g, h0, ncols, R, H, KIND_INT4, 0);                                                 \
+    } else if (kind == KIND_NF4) {                                                                                \
+      small_tile(c, L, m, g, h0, ncols, R, H, KIND_NF4, 0);                                                       \
+    } else {                                                                                                      \
+      if (asym) small_tile(c, L, m, g, h0, ncols, R, H, KIND_INT8, 1);                                            \
+      else small_tile(c, L, m, g, h0, ncols, R, H, KIND_INT8, 0);                                                 \
+    }                                                                                                             \
+  }
+SMALL_FN(1, 2)
+SMALL_FN(1, 1)
+SMALL_FN(2, 1)
+SMALL_FN(3, 1)
+SMALL_FN(4, 1)
+
+typedef void (*small_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t, int, int64_t, int, int);
+
+/* ---- many rows: dequantized panel + 6 x 16 micro-kernel ---- */
+
+/* panel[k][16] = dequantized weights of group g for k in [k0, k0 + kc) */
+AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g, int64_t k0, int64_t kc, float *panel,
+                   const int kind, const int asym) {
+  const int per_chunk = kind == KIND_INT8 ? 4 : 8;
+  const float *cbp = i4o_nf4_codebook();
+  const __m256 cb_lo = _mm256_loadu_ps(cbp), cb_hi = _mm256_loadu_ps(cbp + 8);
+  const int64_t bs = L->bs, gs = x86_gs(L, g), j = g % X86_SG;
+  for (int64_t k = k0; k < k0 + kc; k += per_chunk) {
+    const int64_t b = k / bs, t = (k - b * bs) / per_chunk;
+    const uint8_t *rec = x86_record(c->packed, L, g, b);
+#pragma GCC unroll 8
+    for (int h = 0; h < 2; h++) {
+      const __m256i raw = _mm256_load_si256((const __m256i *)(rec + j * L->block_bytes + t * 64 + 32 * h));
+      const __m256 s = _mm256_load_ps((const float *)(rec + gs * L->block_bytes + j * 64 + 32 * h));
+      const __m256 zf = zero_point(rec, L, gs, j, h, kind, asym);
+#pragma GCC unroll 8
+      for (int i = 0; i < per_chunk; i++)
+        _mm256_store_ps(panel + (k - k0 + i) * 16 + 8 * h, _mm256_mul_ps(dequant(raw, i, kind, zf, cb_lo, cb_hi), s));
+    }
+  }
+}
+
+#define PANEL_FN(KIND, ASYM, NAME) \
+  T256 static void NAME(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g, int64_t k0, int64_t kc, float *panel) { \
+    fill_panel(c, L, g, k0, kc, panel, KIND, ASYM);                                                                 \
+  }
+PANEL_FN(KIND_INT4, 0, panel_int4)
+PANEL_FN(KIND_INT4, 1, panel_int4_asym)
+PANEL_FN(KIND_NF4, 0, panel_nf4)
+PANEL_FN(KIND_INT8, 0, panel_int8)
+PANEL_FN(KIND_INT8, 1, panel_int8_asym)
+
+/* activations packed once per call for the panel path: ap[(m / MR) * K * MR + k * MR + r] */
+static size_t panel_a_bytes(const i4o_wdesc *w, int64_t M) {
+  if (M < PANEL_MIN_ROWS) return 64;
+  return (size_t)((M + MR - 1) / MR * MR) * (size_t)w->K * sizeof(float);
+}
+
+static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
+                            void *ws) {
+  if (M < PANEL_MIN_ROWS) return;
+  const int64_t K = w->K;
+  for (int64_t m = m0; m < m1; m += MR) { /* m0 is a multiple of MR (m_tile) */
+    float *ap = (float *)ws + (m / MR) * K * MR;
+    const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+    const float *a = A + m * lda;
+    for (int64_t k = 0; k < K; k++)
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; r++) ap[k * MR + r] = r < rows ? a[r * lda + k] : 0.0f;
+  }
+}
+
+/* C[m .. m+R, n .. n+16) (+)= packed A @ panel; first = overwrite (plus bias), else accumulate */
+AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n, int64_t ncols,
+              int64_t kc, int first, const int R) {
+  __m256 acc[MR][2];
+  __m256i mk[2] = {lane_mask(ncols), lane_mask(ncols - 8)};
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+    for (int h = 0; h < 2; h++) {
+      if (first) acc[r][h] = c->bias ? _mm256_maskload_ps(c->bias + n + 8 * h, mk[h]) : _mm256_setzero_ps();
+      else acc[r][h] = _mm256_maskload_ps(c->C + (m + r) * c->ldc + n + 8 * h, mk[h]);
+    }
+  for (int64_t k = 0; k < kc; k++) {
+    const __m256 w0 = _mm256_load_ps(panel + k * 16), w1 = _mm256_load_ps(panel + k * 16 + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+      const __m256 av = _mm256_broadcast_ss(ap + k * MR + r);
+      acc[r][0] = _mm256_fmadd_ps(av, w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(av, w1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+    for (int h = 0; h < 2; h++) _mm256_maskstore_ps(c->C + (m + r) * c->ldc + n + 8 * h, mk[h], acc[r][h]);
+}
+
+#define MICRO_FN(R)                                                                                             \
+  T256 static void micro_##R(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n,  \
+                             int64_t ncols, int64_t kc, int first) {                                            \
+    micro(c, ap, panel, m, n, ncols, kc, first, R);                                                             \
+  }
+MICRO_FN(1)
+MICRO_FN(2)
+MICRO_FN(3)
+MICRO_FN(4)
+MICRO_FN(5)
+MICRO_FN(6)
+
+typedef void (*micro_fn)(const i4o_gemm_ctx *, const float *, const float *, int64_t, int64_t, int64_t, int64_t, int);
+static const micro_fn kMicro[MR + 1] = {NULL, micro_1, micro_2, micro_3, micro_4, micro_5, micro_6};
+
+static void avx2_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const i4o_wdesc *w = c->w;
+  const x86_pk L = x86_pk_layout(w, 0);
+  const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
+  const int asym = w->zp != NULL;
+  const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (16) */
+  if (c->M < PANEL_MIN_ROWS) { /* prepare_a packed the activations only for the panel path */
+    static const small_fn by_rows[5] = {NULL, small_1x1, small_2x1, small_3x1, small_4x1};
+    for (int64_t g = g_begin; g < g_end; g++) {
+      const int64_t ncols = n1 - 16 * g;
+      if (m1 - m0 == 1) {
+        small_1x2(c, &L, m0, g, 0, ncols, kind, asym);
+        continue;
+      }
+      for (int h = 0; h < 2 && ncols - 8 * h > 0; h++)
+        for (int64_t m = m0; m < m1; m += 4) {
+          const int rows = (int)(m1 - m < 4 ? m1 - m : 4);
+          by_rows[rows](c, &L, m, g, h, ncols - 8 * h, kind, asym);
+        }
+    }
+    return;
+  }
+  typedef void (*panel_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t, int64_t, float *);
+  const panel_fn fill = kind == KIND_NF4 ? panel_nf4
+                        : kind == KIND_INT4 ? (asym ? panel_int4_asym : panel_int4)
+                                            : (asym ? panel_int8_asym : panel_int8);
+  float panel[KC * 16] __attribute__((aligned(64)));
+  const float *ap_all = (const float *)c->a_ws;
+  for (int64_t k0 = 0; k0 < w->K; k0 += KC) {
+    const int64_t kc = w->K - k0 < KC ? w->K - k0 : KC;
+    for (int64_t g = g_begin; g < g_end; g++) {
+      fill(c, &L, g, k0, kc, panel);
+      for (int64_t m = m0; m < m1; m += MR) {
+        const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+        kMicro[rows](c, ap_all + (m / MR) * w->K * MR + k0 * MR, panel, m, 16 * g, n1 - 16 * g, kc, k0 == 0);
+      }
     }
   }
 }
 
 const i4o_kernel i4o_kernel_avx2_fp32 = {
     .name = "avx2_fp32", .isa = "avx2", .compute = I4O_COMPUTE_FP32,
-    .gemm = avx2_fp32_gemm, .n_tile = 1, .m_tile = 1,
+    .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32,
+    .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
+    .gemm = avx2_fp32_gemm, .n_tile = 16, .m_tile = MR,
+};
+
+/* ---- avx2_int8 ---- */
+#define I8_TARGET "avx2,fma,f16c"
+#define I8_PREFIX avx2i8_
+#define I8_SIGNED 1
+#define I8_DOT(acc, u, s) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1)))
+#include "x86_int8_256.inc"
+
+const i4o_kernel i4o_kernel_avx2_int8 = {
+    .name = "avx2_int8", .isa = "avx2", .compute = I4O_COMPUTE_INT8,
+    .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
+    .a_bytes = avx2i8_a_bytes, .prepare_a = avx2i8_qa_prepare,
+    .gemm = avx2i8_gemm, .n_tile = 16, .m_tile = 4,
 };
 #endif

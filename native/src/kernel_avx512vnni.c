@@ -1,100 +1,366 @@
-/* AVX-512 VNNI int8 kernel: codes as unsigned bytes times int8 activations with vpdpbusd.
- * Block dot products are exact int32; the float epilogue repeats the scalar reference's
- * operations in the same order, so results match scalar_int8 bit for bit. */
+/* AVX-512 VNNI int8 kernel on the prepacked "cg16" layout (x86_packed.h).
+ *
+ * Activations are quantized per row and block (x86_avx512_qa_prepare, the rounding of
+ * i4o_qa_prepare), weights stay 4-bit in memory and are split into nibbles in registers. Each
+ * 32-bit lane of a vector is one weight column, so vpdpbusd (unsigned codes x signed activations,
+ * 4 products per lane) accumulates 16 columns at once with the activation bytes broadcast: no
+ * horizontal sums. Per block: exact int32 dot, minus zero point x sum(q) (the zero-point
+ * correction), then one float multiply-add with scale_a * scale_w (scales stored as float16 with a
+ * column exponent, exact after i4o_prepare's rounding). A tile is R rows x G groups of 16 columns;
+ * M = 1 uses 1 x 4 (a supergroup: one sequential stream), larger M 4 x 2, smaller tiles at edges.
+ */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
-#include "kernels.h"
+#include "x86_packed.h"
 
-#define VNNI_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
-#define ROWS 4
+#define T512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define AI static inline __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
-/* 32 codes starting at p as unsigned bytes in element order (bits 4: 16 bytes, bits 8: 32 bytes). */
-VNNI_TARGET static inline __m256i load32_codes(const uint8_t *p, int bits) {
-  if (bits == 8) return _mm256_loadu_si256((const __m256i *)p);
-  const __m128i b = _mm_loadu_si128((const __m128i *)p);
-  const __m128i m = _mm_set1_epi8(0x0F);
-  const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
-  return _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-}
+/* ---- activations: per-block int8 quantization, vectorised; bit-identical to i4o_qa_prepare ---- */
 
-/* 16 codes starting at p, zero-extended to 256 bits. */
-VNNI_TARGET static inline __m256i load16_codes(const uint8_t *p, int bits) {
-  __m128i v;
-  if (bits == 8) {
-    v = _mm_loadu_si128((const __m128i *)p);
-  } else {
-    const __m128i b = _mm_loadl_epi64((const __m128i *)p);
-    const __m128i m = _mm_set1_epi8(0x0F);
-    v = _mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
+T512 static void qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
+                            void *ws) {
+  const x86_qa v = x86_qa_map(w, M, ws);
+  const int64_t K = w->K, bs = w->block_size;
+  const int32_t zmul = w->zp ? 1 : x86_sym_zp(w);
+  const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+  for (int64_t m = m0; m < m1; m++) {
+    const float *a = A + m * lda;
+    int8_t *q = v.q + m * v.ldq;
+    for (int64_t b = 0; b < w->n_blocks; b++) {
+      const int64_t k0 = b * bs, kn = k0 + bs <= K ? bs : K - k0;
+      __m512 mx = _mm512_setzero_ps();
+      __mmask16 nan = 0; /* vmaxps drops NaNs: track them, a NaN makes the block's scale NaN */
+      for (int64_t i = 0; i < kn; i += 16) {
+        const __mmask16 mk = kn - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (kn - i)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(mk, a + k0 + i);
+        nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(x));
+      }
+      const float amax = nan ? NAN : _mm512_reduce_max_ps(mx);
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      const __m512 vinv = _mm512_set1_ps(inv);
+      __m512i sum = _mm512_setzero_si512();
+      int64_t i = 0;
+      for (; i < kn; i += 16) {
+        const __mmask16 mk = kn - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (kn - i)) - 1);
+        __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, a + k0 + i), vinv)); /* RNE */
+        r = _mm512_min_epi32(_mm512_max_epi32(r, nlim), lim);
+        sum = _mm512_add_epi32(sum, r);
+        _mm_storeu_si128((__m128i *)(q + k0 + i), _mm512_cvtsepi32_epi8(r));
+      }
+      for (; i < bs; i += 16) _mm_storeu_si128((__m128i *)(q + k0 + i), _mm_setzero_si128());
+      v.sa[m * v.nb + b] = amax / 127.0f;
+      v.zs[m * v.nb + b] = zmul * _mm512_reduce_add_epi32(sum);
+    }
+    memset(q + w->n_blocks * bs, 0, (size_t)(v.ldq - w->n_blocks * bs));
   }
-  return _mm256_zextsi128_si256(v);
 }
 
-VNNI_TARGET static inline int32_t hsum_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-  return _mm_cvtsi128_si32(s);
+/* ---- micro-kernel ---- */
+
+/* 4 activation bytes broadcast to every 32-bit lane (a load with broadcast, no trip through a GPR) */
+AI __m512i bcast4(const int8_t *p) {
+  return _mm512_castps_si512(_mm512_broadcastss_ps(_mm_load_ss((const float *)(const void *)p)));
 }
 
-/* acc += codes . q, codes unsigned (int) or NF4 indices mapped through the int8 codebook. */
-VNNI_TARGET static inline __m256i dot_step(__m256i acc, __m256i codes, __m256i q, int is_nf4, __m256i lut) {
-  if (!is_nf4) return _mm256_dpbusd_epi32(acc, codes, q);
-  const __m256i wv = _mm256_shuffle_epi8(lut, codes);
-  return _mm256_dpbusd_epi32(acc, _mm256_abs_epi8(wv), _mm256_sign_epi8(q, wv));
-}
+#define PF_DIST 4096 /* bytes ahead of the few-row stream (measured 2-16 KiB: within noise; none: ~5% slower) */
 
-VNNI_TARGET static void vnni_int8_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const i4o_wdesc *w = c->w;
-  const i4o_qa_view qa = i4o_qa_map(w, c->M, (void *)c->a_ws);
-  const int is_nf4 = w->quant_type == I4O_QUANT_NF4;
-  const __m128i lut128 = _mm_loadu_si128((const __m128i *)i4o_nf4_i8());
-  const __m256i lut = _mm256_set_m128i(lut128, lut128);
-  const int64_t bs = w->block_size, nb = w->n_blocks;
-  const int64_t bytes32 = w->bits == 8 ? 32 : 16;
-  for (int64_t n = n0; n < n1; n++) {
-    const uint8_t *col = w->data + n * nb * w->blob_bytes;
-    for (int64_t mb = m0; mb < m1; mb += ROWS) {
-      const int rows = (int)(m1 - mb < ROWS ? m1 - mb : ROWS);
-      float facc[ROWS] = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int64_t b = 0; b < nb; b++) {
-        __m256i acc[ROWS];
-        for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_si256();
-        const uint8_t *p = col + b * w->blob_bytes;
-        int64_t i = 0;
-        for (; i + 32 <= bs; i += 32, p += bytes32) {
-          const __m256i codes = load32_codes(p, w->bits);
-          for (int r = 0; r < rows; r++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(qa.q + (mb + r) * qa.ldq + b * bs + i));
-            acc[r] = dot_step(acc[r], codes, q, is_nf4, lut);
+#define MR8 5 /* rows of a tile (measured at M = 128: 4 rows ~7% slower, 6 no faster) */
+enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
+
+/* C[m .. m+R, 16*g0 .. 16*(g0+G)) for all K. ncols = valid columns from 16*g0 (may be < 16*G). */
+AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0, int64_t ncols,
+             const int R, const int G, const int kind, const int asym) {
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  __m512i lut = _mm512_setzero_si512();
+  if (kind == KIND_NF4) { /* NF4 levels as int8, offset by 128 to be unsigned; zero point 128 */
+    const int8_t *l8 = i4o_nf4_i8();
+    uint8_t u[16];
+    for (int i = 0; i < 16; i++) u[i] = (uint8_t)(l8[i] + 128);
+    lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)u));
+  }
+  __m512 facc[MR8][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) facc[r][g] = _mm512_setzero_ps();
+  const int64_t bs = L->bs, nb = L->nb;
+  for (int64_t b = 0; b < nb; b++) {
+    __m512i iacc[MR8][4];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+      for (int g = 0; g < G; g++) iacc[r][g] = _mm512_setzero_si512();
+    /* the tile lies inside one supergroup: one record per block */
+    const uint8_t *rec = x86_record(c->packed, L, g0, b);
+    const int64_t gs = x86_gs(L, g0), j0 = g0 % X86_SG;
+    const uint8_t *pc[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) pc[g] = rec + (j0 + g) * L->block_bytes;
+    const int8_t *pq = qa->q + m * qa->ldq + b * bs;
+    if (kind != KIND_INT8) {
+      for (int64_t t = 0; t < L->chunks; t++) {
+        __m512i lo[4], hi[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+          const __m512i raw = _mm512_load_si512((const void *)(pc[g] + t * 64));
+          lo[g] = _mm512_and_si512(raw, nib);
+          hi[g] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
+          if (kind == KIND_NF4) {
+            lo[g] = _mm512_shuffle_epi8(lut, lo[g]);
+            hi[g] = _mm512_shuffle_epi8(lut, hi[g]);
           }
         }
-        if (i < bs) { /* block sizes that are an odd multiple of 16 */
-          const __m256i codes = load16_codes(p, w->bits);
-          for (int r = 0; r < rows; r++) {
-            const __m256i q = _mm256_zextsi128_si256(
-                _mm_loadu_si128((const __m128i *)(qa.q + (mb + r) * qa.ldq + b * bs + i)));
-            acc[r] = dot_step(acc[r], codes, q, is_nf4, lut);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+          const __m512i qa0 = bcast4(pq + r * qa->ldq + 8 * t), qa1 = bcast4(pq + r * qa->ldq + 8 * t + 4);
+#pragma GCC unroll 4
+          for (int g = 0; g < G; g++) {
+            iacc[r][g] = _mm512_dpbusd_epi32(iacc[r][g], lo[g], qa0);
+            iacc[r][g] = _mm512_dpbusd_epi32(iacc[r][g], hi[g], qa1);
           }
-        }
-        float sw = w->scales[n * nb + b];
-        if (is_nf4) sw *= (1.0f / 127.0f);
-        const int zp = i4o_zero_point(w, n, b);
-        for (int r = 0; r < rows; r++) {
-          int32_t dot = hsum_epi32(acc[r]);
-          if (!is_nf4) dot -= zp * qa.sum[(mb + r) * nb + b];
-          facc[r] += (float)dot * (qa.scale[(mb + r) * nb + b] * sw);
         }
       }
-      for (int r = 0; r < rows; r++) c->C[(mb + r) * c->ldc + n] = facc[r] + (c->bias ? c->bias[n] : 0.0f);
+    } else {
+      for (int64_t t = 0; t < L->chunks; t++) {
+        __m512i cv[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) cv[g] = _mm512_load_si512((const void *)(pc[g] + t * 64));
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+          const __m512i qa0 = bcast4(pq + r * qa->ldq + 4 * t);
+#pragma GCC unroll 4
+          for (int g = 0; g < G; g++) iacc[r][g] = _mm512_dpbusd_epi32(iacc[r][g], cv[g], qa0);
+        }
+      }
+    }
+    /* block epilogue: y += (dot - zp * sum(q)) * (scale_a * scale_w) */
+    __m512 sw[4];
+    __m512i zpv[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) {
+      sw[g] = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(rec + gs * L->block_bytes + (j0 + g) * 32)));
+      if (kind == KIND_NF4) sw[g] = _mm512_mul_ps(sw[g], _mm512_set1_ps(1.0f / 127.0f));
+      if (asym)
+        zpv[g] = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 32) + (j0 + g) * 16)));
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+      const __m512 sa = _mm512_set1_ps(qa->sa[(m + r) * nb + b]);
+      const __m512i zs = _mm512_set1_epi32(qa->zs[(m + r) * nb + b]);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; g++) {
+        const __m512i corr = asym ? _mm512_mullo_epi32(zpv[g], zs) : zs;
+        const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(iacc[r][g], corr));
+        facc[r][g] = _mm512_fmadd_ps(d, _mm512_mul_ps(sw[g], sa), facc[r][g]);
+      }
+    }
+  }
+  /* store: undo the column exponents of the scales, add the bias */
+#pragma GCC unroll 4
+  for (int g = 0; g < G; g++) {
+    const int64_t left = ncols - 16 * g;
+    if (left <= 0) break;
+    const __m512 cs = _mm512_load_ps(x86_colscale(c->packed, L, g0 + g));
+    const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const int64_t n = 16 * (g0 + g);
+    const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n, mk, _mm512_fmadd_ps(facc[r][g], cs, bias));
+  }
+}
+
+/* Few rows of activations (decode, small batches): C[m .. m+R, 16*g0 .. 16*(g0+G)) with G groups of one
+ * supergroup, walking the records in address order (one sequential stream). CH = chunks per block
+ * when known at compile time (0: any). Low nibbles are masked in place; high nibbles are used as
+ * 16 x code (masked, not shifted) and their accumulator is divided by 16 at the end of the block
+ * (exact: a multiple of 16). */
+AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0, int64_t ncols,
+                 const int R, const int G, const int kind, const int asym, const int CH) {
+  const __m512i nib = _mm512_set1_epi8(0x0F), nib_hi = _mm512_set1_epi8((char)0xF0);
+  __m512i lut = _mm512_setzero_si512();
+  if (kind == KIND_NF4) {
+    const int8_t *l8 = i4o_nf4_i8();
+    uint8_t u[16];
+    for (int i = 0; i < 16; i++) u[i] = (uint8_t)(l8[i] + 128);
+    lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)u));
+  }
+  const int64_t chunks = CH ? CH : L->chunks, nb = L->nb, gs = x86_gs(L, g0), j0 = g0 % X86_SG, ldq = qa->ldq;
+  const int64_t rec_bytes = gs == X86_SG ? L->rec : L->rec_last;
+  const uint8_t *rec = x86_record(c->packed, L, g0, 0);
+  const int8_t *pq = qa->q + m * ldq;
+  __m512 facc[4][4];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) facc[r][g] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; b++, rec += rec_bytes, pq += L->bs) {
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) {
+      const uint8_t *pc = rec + (j0 + g) * L->block_bytes;
+      __m512i a0[4], a1[4];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_si512();
+      if (kind == KIND_INT8) {
+#pragma GCC unroll 16
+        for (int64_t t = 0; t < chunks; t += 2) {
+          if (R == 1) _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
+          const __m512i c0 = _mm512_load_si512((const void *)(pc + t * 64));
+          const __m512i c1 = _mm512_load_si512((const void *)(pc + t * 64 + 64));
+#pragma GCC unroll 4
+          for (int r = 0; r < R; r++) {
+            a0[r] = _mm512_dpbusd_epi32(a0[r], c0, bcast4(pq + r * ldq + 4 * t));
+            a1[r] = _mm512_dpbusd_epi32(a1[r], c1, bcast4(pq + r * ldq + 4 * t + 4));
+          }
+        }
+      } else {
+#pragma GCC unroll 16
+        for (int64_t t = 0; t < chunks; t++) {
+          const __m512i raw = _mm512_load_si512((const void *)(pc + t * 64));
+          if (R == 1) _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
+          __m512i lo = _mm512_and_si512(raw, nib), hi;
+          if (kind == KIND_NF4) {
+            lo = _mm512_shuffle_epi8(lut, lo);
+            hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib));
+          } else {
+            hi = _mm512_and_si512(raw, nib_hi); /* 16 x code */
+          }
+#pragma GCC unroll 4
+          for (int r = 0; r < R; r++) {
+            a0[r] = _mm512_dpbusd_epi32(a0[r], lo, bcast4(pq + r * ldq + 8 * t));
+            a1[r] = _mm512_dpbusd_epi32(a1[r], hi, bcast4(pq + r * ldq + 8 * t + 4));
+          }
+        }
+      }
+      __m512 sw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(rec + gs * L->block_bytes + (j0 + g) * 32)));
+      if (kind == KIND_NF4) sw = _mm512_mul_ps(sw, _mm512_set1_ps(1.0f / 127.0f));
+      __m512i zpv = _mm512_setzero_si512();
+      if (asym) zpv = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 32) + (j0 + g) * 16)));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++) {
+        const __m512i dot = _mm512_add_epi32(a0[r], kind == KIND_INT4 ? _mm512_srai_epi32(a1[r], 4) : a1[r]);
+        const __m512i zs = _mm512_set1_epi32(qa->zs[(m + r) * nb + b]);
+        const __m512i corr = asym ? _mm512_mullo_epi32(zpv, zs) : zs;
+        const __m512 sa = _mm512_set1_ps(qa->sa[(m + r) * nb + b]);
+        facc[r][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, corr)), _mm512_mul_ps(sw, sa), facc[r][g]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < G; g++) {
+    const int64_t left = ncols - 16 * g;
+    if (left <= 0) break;
+    const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const int64_t n = 16 * (g0 + g);
+    const __m512 cs = _mm512_load_ps(x86_colscale(c->packed, L, g0 + g));
+    const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n, mk, _mm512_fmadd_ps(facc[r][g], cs, bias));
+  }
+}
+
+/* row kernels: INT4 with the chunk count fixed for block sizes 16 .. 128, the rest generic */
+#define ROW_FN(R, G, CH)                                                                                            \
+  T512 static void row_##R##_##G##_##CH(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m,        \
+                                        int64_t g0, int64_t ncols, int kind, int asym) {                            \
+    if (kind == KIND_INT4) {                                                                                        \
+      if (asym) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 1, CH);                                           \
+      else row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 0, CH);                                                \
+    } else if (CH == 0) {                                                                                           \
+      if (kind == KIND_NF4) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_NF4, 0, 0);                                 \
+      else if (asym) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 1, 0);                                       \
+      else row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 0, 0);                                                 \
+    }                                                                                                               \
+  }
+#define ROW_FNS(R, G) ROW_FN(R, G, 0) ROW_FN(R, G, 2) ROW_FN(R, G, 4) ROW_FN(R, G, 8) ROW_FN(R, G, 16)
+ROW_FNS(1, 1)
+ROW_FNS(1, 2)
+ROW_FNS(1, 3)
+ROW_FNS(1, 4)
+ROW_FNS(2, 4)
+ROW_FNS(3, 4)
+ROW_FNS(4, 4)
+
+typedef void (*row_fn)(const i4o_gemm_ctx *, const x86_pk *, const x86_qa *, int64_t, int64_t, int64_t, int, int);
+#define ROW_SET(R, G) {row_##R##_##G##_0, row_##R##_##G##_2, row_##R##_##G##_4, row_##R##_##G##_8, row_##R##_##G##_16}
+static const row_fn kRow1[4][5] = {ROW_SET(1, 1), ROW_SET(1, 2), ROW_SET(1, 3), ROW_SET(1, 4)}; /* one row, G groups */
+static const row_fn kRowsFull[4][5] = {ROW_SET(1, 4), ROW_SET(2, 4), ROW_SET(3, 4), ROW_SET(4, 4)}; /* R rows, 4 groups */
+
+#define TILE_FN(R, G)                                                                                                 \
+  T512 static void tile_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0,   \
+                                  int64_t ncols, int kind, int asym) {                                                \
+    if (kind == KIND_INT4) {                                                                                          \
+      if (asym) tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 1);                                                     \
+      else tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 0);                                                          \
+    } else if (kind == KIND_NF4) {                                                                                    \
+      tile(c, L, qa, m, g0, ncols, R, G, KIND_NF4, 0);                                                                \
+    } else {                                                                                                          \
+      if (asym) tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 1);                                                     \
+      else tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 0);                                                          \
+    }                                                                                                                 \
+  }
+
+TILE_FN(1, 2)
+TILE_FN(1, 1)
+TILE_FN(2, 2)
+TILE_FN(3, 2)
+TILE_FN(4, 2)
+TILE_FN(2, 1)
+TILE_FN(3, 1)
+TILE_FN(4, 1)
+TILE_FN(5, 2)
+TILE_FN(5, 1)
+
+typedef void (*tile_fn)(const i4o_gemm_ctx *, const x86_pk *, const x86_qa *, int64_t, int64_t, int64_t, int, int);
+
+static void vnni_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const i4o_wdesc *w = c->w;
+  const x86_pk L = x86_pk_layout(w, 1);
+  const x86_qa qa = x86_qa_map(w, c->M, c->a_ws);
+  const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
+  const int asym = w->zp != NULL;
+  const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (64) */
+  const int ch = kind != KIND_INT4 ? 0 : L.chunks == 2 ? 1 : L.chunks == 4 ? 2 : L.chunks == 8 ? 3 : L.chunks == 16 ? 4 : 0;
+  if (m1 - m0 <= 4) { /* few rows: tiles as wide as the supergroups (one sequential stream) */
+    const int rows = (int)(m1 - m0);
+    for (int64_t g = g_begin; g < g_end;) {
+      const int64_t left = X86_SG - g % X86_SG, cnt = g_end - g < left ? g_end - g : left;
+      if (rows == 1) {
+        kRow1[cnt - 1][ch](c, &L, &qa, m0, g, n1 - 16 * g, kind, asym);
+      } else if (cnt == X86_SG) {
+        kRowsFull[rows - 1][ch](c, &L, &qa, m0, g, n1 - 16 * g, kind, asym);
+      } else { /* a partial supergroup at the end of N */
+        static const tile_fn by_rows[5] = {NULL, tile_1x1, tile_2x1, tile_3x1, tile_4x1};
+        for (int64_t i = 0; i < cnt; i++) by_rows[rows](c, &L, &qa, m0, g + i, n1 - 16 * (g + i), kind, asym);
+      }
+      g += cnt;
+    }
+    return;
+  }
+  static const tile_fn by_rows2[MR8 + 1] = {NULL, tile_1x2, tile_2x2, tile_3x2, tile_4x2, tile_5x2};
+  static const tile_fn by_rows1[MR8 + 1] = {NULL, tile_1x1, tile_2x1, tile_3x1, tile_4x1, tile_5x1};
+  for (int64_t g = g_begin; g < g_end; g += 2) {
+    const int two = g + 2 <= g_end;
+    /* row tiles of up to MR8 rows, balanced (16 rows: 4 x 4, not 5 + 5 + 5 + 1) */
+    const int64_t tiles = (m1 - m0 + MR8 - 1) / MR8, base = (m1 - m0) / tiles, extra = (m1 - m0) % tiles;
+    for (int64_t i = 0, m = m0; i < tiles; i++) {
+      const int rows = (int)(base + (i < extra));
+      (two ? by_rows2 : by_rows1)[rows](c, &L, &qa, m, g, n1 - 16 * g, kind, asym);
+      m += rows;
     }
   }
 }
 
+static size_t vnni_a_bytes(const i4o_wdesc *w, int64_t M) { return x86_qa_bytes(w, M); }
+
 const i4o_kernel i4o_kernel_avx512vnni_int8 = {
     .name = "avx512vnni_int8", .isa = "avx512vnni", .compute = I4O_COMPUTE_INT8,
-    .a_bytes = i4o_qa_bytes, .prepare_a = i4o_qa_prepare,
-    .gemm = vnni_int8_gemm, .n_tile = 1, .m_tile = 1,
+    .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
+    .a_bytes = vnni_a_bytes, .prepare_a = qa_prepare,
+    .gemm = vnni_gemm, .n_tile = 64, .m_tile = 1, /* tasks cover whole supergroups */
 };
 #endif

@@ -87,6 +87,10 @@ static inline int i4o_code(const i4o_wdesc *w, int64_t n, int64_t k) {
   return (row[k >> 1] >> ((k & 1) * 4)) & 0xF;
 }
 
+/* Column exponent E of the int8 path's weight scales (gemm.c): i4o_prepare rounds the scales of int8
+ * kernels to half(scale * 2^-E) * 2^E, so that kernels may keep them as float16 exactly. */
+I4O_HIDDEN int i4o_int8_scale_exp(const i4o_wdesc *w, int64_t n);
+
 /* int8 levels of the NF4 codebook for the int8 path: round(127 * level); value = level_i8 * scale / 127. */
 I4O_HIDDEN const int8_t *i4o_nf4_i8(void);
 
@@ -95,6 +99,9 @@ extern const i4o_kernel i4o_kernel_scalar_fp32;
 extern const i4o_kernel i4o_kernel_scalar_int8;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const i4o_kernel i4o_kernel_avx2_fp32;
+extern const i4o_kernel i4o_kernel_avx2_int8;
+extern const i4o_kernel i4o_kernel_avxvnni_int8;
+extern const i4o_kernel i4o_kernel_avx512_fp32;
 extern const i4o_kernel i4o_kernel_avx512vnni_int8;
 #endif
 /* ARM: the NEON files enable NEON themselves (armhf's default -mfpu has none), so the kernels exist
@@ -138,5 +145,8 @@ I4O_HIDDEN int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const f
 I4O_HIDDEN void *i4o_aligned_alloc(size_t bytes);
 I4O_HIDDEN void i4o_aligned_free(void *p);
 I4O_HIDDEN void i4o_serial_for(void *ctx, void (*fn)(void *, size_t), size_t n, void *data);
+/* float16 <-> float32 arrays, round to nearest even (F16C where the CPU has it) */
+I4O_HIDDEN void i4o_half_to_float_n(const uint16_t *src, float *dst, int64_t n);
+I4O_HIDDEN void i4o_float_to_half_n(const float *src, uint16_t *dst, int64_t n);
 
 #endif /* I4O_KERNELS_H_ */

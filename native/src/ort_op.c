@@ -467,9 +467,8 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
       st = fail(ORT_FAIL, k->name, "out of memory converting float16 activations");
       goto done;
     }
-    for (int64_t i = 0; i < M * k->K; i++) a32[i] = i4o_half_to_float(((const uint16_t *)a_raw)[i]);
-    if (b32)
-      for (int64_t i = 0; i < k->N; i++) b32[i] = i4o_half_to_float(((const uint16_t *)b_raw)[i]);
+    i4o_half_to_float_n((const uint16_t *)a_raw, a32, M * k->K);
+    if (b32) i4o_half_to_float_n((const uint16_t *)b_raw, b32, k->N);
     A = a32;
     Y = y32;
     bias = b32;
@@ -480,7 +479,7 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
     goto done;
   }
   if (y32)
-    for (int64_t i = 0; i < M * k->N; i++) ((uint16_t *)y_raw)[i] = i4o_float_to_half(y32[i]);
+    i4o_float_to_half_n(y32, (uint16_t *)y_raw, M * k->N);
 done:
   free(a32);
   free(y32);

@@ -1,0 +1,352 @@
+/* AVX-512 fp32 kernel on the prepacked "cg16" layout (x86_packed.h): float activations, weights
+ * dequantized in registers, FMA.
+ *
+ * A 32-bit lane of a chunk is one column, so one vector holds one k of 16 columns and the
+ * activation is broadcast: no horizontal sums. Codes become floats by a 16-entry table lookup
+ * (vpermps reads the low 4 bits of each lane: one shift and one permute per 16 weights; the table
+ * holds code - 8, plain codes for weights with zero points, or the NF4 levels).
+ *
+ * Few rows (M < PANEL_MIN_ROWS): per block, products of unscaled codes accumulate per column and
+ * are scaled once at the block's end (R rows x G groups of 16 columns in registers).
+ * More rows: a panel of KC x 32 weights is dequantized once into an L1-resident buffer and a
+ * 12 x 32 register-blocked micro-kernel (24 accumulators) runs over all rows of the task, which
+ * amortises the dequantization over the rows like an ordinary SGEMM.
+ */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#include <string.h>
+
+#include "x86_packed.h"
+
+#define TGT "avx2,fma,f16c,avx512f,avx512bw,avx512vl"
+#define T512 __attribute__((target(TGT)))
+#define AI static inline __attribute__((always_inline, target(TGT)))
+
+#define PANEL_MIN_ROWS 8
+#define PF_DIST 4096 /* bytes ahead of the one-row stream */
+#define KC 256 /* panel depth: 256 x 32 floats = 32 KiB (measured: 64 and 128 slower, 512 and 1024 no faster) */
+#define MR 12  /* micro-kernel rows */
+
+enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
+
+AI __m512 make_lut(int kind, int asym) {
+  if (kind == KIND_NF4) return _mm512_loadu_ps(i4o_nf4_codebook());
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return asym ? codes : _mm512_sub_ps(codes, _mm512_set1_ps(8.0f));
+}
+
+/* The 16 columns' codes of element i of a chunk (4-bit: i = 0..7, 8-bit: i = 0..3) as floats,
+ * minus zf for weights with zero points, or the symmetric zero point folded into the table. */
+AI __m512 dequant(__m512i raw, int i, int kind, int asym, __m512 lut, __m512 zf) {
+  if (kind == KIND_INT8) {
+    const __m512i v = _mm512_and_si512(_mm512_srli_epi32(raw, 8 * i), _mm512_set1_epi32(0xFF));
+    return _mm512_sub_ps(_mm512_cvtepi32_ps(v), zf);
+  }
+  const int sh = i < 4 ? 8 * i : 8 * (i - 4) + 4;
+  const __m512 v = _mm512_permutexvar_ps(sh ? _mm512_srli_epi32(raw, sh) : raw, lut);
+  return asym ? _mm512_sub_ps(v, zf) : v;
+}
+
+/* ---- few rows: dequantize in registers ----
+ * C[m .. m+R, 16*g0 .. 16*(g0+G)) for G groups of one supergroup, walking each block's record in
+ * address order (group by group: one sequential stream). Per block, products of the unscaled codes
+ * accumulate per column (in CH independent chains per row, so the FMA latency does not serialise)
+ * and are scaled once at the block's end. */
+AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0, int64_t ncols, const int R,
+                   const int G, const int kind, const int asym) {
+  const i4o_wdesc *w = c->w;
+  const int64_t K = w->K, bs = L->bs, nb = L->nb, lda = c->lda;
+  const int per_chunk = kind == KIND_INT8 ? 4 : 8;
+  enum { CH = 4 }; /* accumulator chains per row: R * CH accumulators per group */
+  const int chains = R == 1 ? 4 : 2;
+  const __m512 lut = make_lut(kind, asym);
+  const int64_t gs = x86_gs(L, g0), j0 = g0 % X86_SG;
+  const int64_t rec_bytes = gs == X86_SG ? L->rec : L->rec_last;
+  const uint8_t *rec = x86_record(c->packed, L, g0, 0);
+  __m512 facc[4][4];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) facc[r][g] = _mm512_setzero_ps();
+  const float *a0 = c->A + m * lda;
+  for (int64_t b = 0; b < nb; b++, rec += rec_bytes) {
+    const int64_t kb = b * bs;
+    const int64_t full = kb + bs <= K ? L->chunks : (K - kb) / per_chunk; /* chunks with every k < K */
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) {
+      const uint8_t *pc = rec + (j0 + g) * L->block_bytes;
+      __m512 zf = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
+      if (asym)
+        zf = _mm512_cvtepi32_ps(
+            _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 64) + (j0 + g) * 16))));
+      __m512 p[4][CH];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int h = 0; h < CH; h++) p[r][h] = _mm512_setzero_ps();
+      for (int64_t t = 0; t < full; t++) {
+        const __m512i raw = _mm512_load_si512((const void *)(pc + t * 64));
+        if (R == 1) _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
+        const float *ak = a0 + kb + t * per_chunk;
+#pragma GCC unroll 8
+        for (int i = 0; i < per_chunk; i++) {
+          const __m512 wv = dequant(raw, i, kind, asym, lut, zf);
+#pragma GCC unroll 4
+          for (int r = 0; r < R; r++)
+            p[r][i % chains] = _mm512_fmadd_ps(_mm512_set1_ps(ak[r * lda + i]), wv, p[r][i % chains]);
+        }
+      }
+      if (full < L->chunks) { /* the chunk that crosses K: never read activations at or past K */
+        for (int64_t t = full; t * per_chunk < K - kb; t++) {
+          const __m512i raw = _mm512_load_si512((const void *)(pc + t * 64));
+#pragma GCC unroll 8
+          for (int i = 0; i < per_chunk; i++) {
+            const int64_t k = kb + t * per_chunk + i;
+            if (k >= K) break;
+            const __m512 wv = dequant(raw, i, kind, asym, lut, zf);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) p[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(a0[r * lda + k]), wv, p[r][0]);
+          }
+        }
+      }
+      const __m512 s = _mm512_load_ps((const float *)(rec + gs * L->block_bytes + (j0 + g) * 64));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++) {
+        const __m512 sum = chains == 4 ? _mm512_add_ps(_mm512_add_ps(p[r][0], p[r][1]), _mm512_add_ps(p[r][2], p[r][3]))
+                                       : _mm512_add_ps(p[r][0], p[r][1]);
+        facc[r][g] = _mm512_fmadd_ps(sum, s, facc[r][g]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < G; g++) {
+    const int64_t left = ncols - 16 * g;
+    if (left <= 0) break;
+    const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const int64_t n = 16 * (g0 + g);
+    const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n, mk, _mm512_add_ps(facc[r][g], bias));
+  }
+}
+
+#define SMALL_FN(R, G)                                                                                            \
+  T512 static void small_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0, int64_t ncols,  \
+                                   int kind, int asym) {                                                          \
+    if (kind == KIND_INT4) {                                                                                      \
+      if (asym) small_tile(c, L, m, g0, ncols, R, G, KIND_INT4, 1);                                               \
+      else small_tile(c, L, m, g0, ncols, R, G, KIND_INT4, 0);                                                    \
+    } else if (kind == KIND_NF4) {                                                                                \
+      small_tile(c, L, m, g0, ncols, R, G, KIND_NF4, 0);                                                          \
+    } else {                                                                                                      \
+      if (asym) small_tile(c, L, m, g0, ncols, R, G, KIND_INT8, 1);                                               \
+      else small_tile(c, L, m, g0, ncols, R, G, KIND_INT8, 0);                                                    \
+    }                                                                                                             \
+  }
+
+SMALL_FN(1, 1)
+SMALL_FN(1, 2)
+SMALL_FN(1, 3)
+SMALL_FN(1, 4)
+SMALL_FN(2, 1)
+SMALL_FN(2, 4)
+SMALL_FN(3, 1)
+SMALL_FN(3, 4)
+SMALL_FN(4, 1)
+SMALL_FN(4, 4)
+
+typedef void (*small_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t, int64_t, int, int);
+
+/* ---- many rows: dequantized panel + register-blocked micro-kernel ---- */
+
+/* panel[k][16 * G] = dequantized weights of groups g0 .. g0+G-1 for k in [k0, k0 + kc) */
+AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k0, int64_t kc, float *panel,
+                   const int G, const int kind, const int asym) {
+  const int per_chunk = kind == KIND_INT8 ? 4 : 8;
+  const __m512 lut = make_lut(kind, asym);
+  const int64_t bs = L->bs, gs = x86_gs(L, g0), j0 = g0 % X86_SG, k1 = k0 + kc;
+  /* block by block (k0 and the block starts are multiples of 16; kc may end inside a block) */
+  for (int64_t b = k0 / bs, kb = b * bs; kb < k1; b++, kb += bs) {
+    const uint8_t *rec = x86_record(c->packed, L, g0, b);
+    const int64_t ks = kb > k0 ? kb : k0, ke = kb + bs < k1 ? kb + bs : k1;
+#pragma GCC unroll 2
+    for (int g = 0; g < G; g++) {
+      const uint8_t *pc = rec + (j0 + g) * L->block_bytes;
+      const __m512 s = _mm512_load_ps((const float *)(rec + gs * L->block_bytes + (j0 + g) * 64));
+      __m512 zf = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
+      if (asym) zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 64) + (j0 + g) * 16))));
+      for (int64_t k = ks; k < ke; k += per_chunk) {
+        const __m512i raw = _mm512_load_si512((const void *)(pc + (k - kb) / per_chunk * 64));
+        float *dst = panel + (k - k0) * 16 * G + 16 * g;
+#pragma GCC unroll 8
+        for (int i = 0; i < per_chunk; i++)
+          _mm512_store_ps(dst + i * 16 * G, _mm512_mul_ps(dequant(raw, i, kind, asym, lut, zf), s));
+      }
+    }
+  }
+}
+
+/* Activations for the panel path, packed once per call: row tiles of MR rows, interleaved,
+ * ap[(m / MR) * K * MR + k * MR + r] (rows past M are 0). One pointer walks contiguous memory, where
+ * rows of A lie a multiple of 4 KiB apart and would compete for the same L1 sets. */
+static size_t panel_a_bytes(const i4o_wdesc *w, int64_t M) {
+  if (M < PANEL_MIN_ROWS) return 64;
+  return (size_t)((M + MR - 1) / MR * MR) * (size_t)w->K * sizeof(float);
+}
+
+T512 static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
+                                 void *ws) {
+  if (M < PANEL_MIN_ROWS) return;
+  const int64_t K = w->K;
+  for (int64_t m = m0; m < m1; m += MR) { /* m0 is a multiple of MR (m_tile) */
+    float *ap = (float *)ws + (m / MR) * K * MR;
+    const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+    const float *a = A + m * lda;
+    int64_t k = 0;
+    if (rows == MR) {
+      /* 16 k at a time: 12 row loads, scatter through a small transpose in registers */
+      for (; k + 16 <= K; k += 16) {
+        float t[MR][16];
+        for (int r = 0; r < MR; r++) _mm512_storeu_ps(t[r], _mm512_loadu_ps(a + r * lda + k));
+        for (int kk = 0; kk < 16; kk++)
+          for (int r = 0; r < MR; r++) ap[(k + kk) * MR + r] = t[r][kk];
+      }
+    }
+    for (; k < K; k++)
+      for (int r = 0; r < MR; r++) ap[k * MR + r] = r < rows ? a[r * lda + k] : 0.0f;
+  }
+}
+
+/* C[m .. m+R, cols] (+)= packed A @ panel; first = overwrite (plus bias), else accumulate */
+AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n, int64_t ncols,
+              int64_t kc, int first, const int R, const int G) {
+  __m512 acc[MR][2];
+  __mmask16 mk[2];
+#pragma GCC unroll 2
+  for (int g = 0; g < G; g++) {
+    const int64_t left = ncols - 16 * g;
+    mk[g] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+    for (int g = 0; g < G; g++) {
+      if (first) acc[r][g] = c->bias ? _mm512_maskz_loadu_ps(mk[g], c->bias + n + 16 * g) : _mm512_setzero_ps();
+      else acc[r][g] = _mm512_maskz_loadu_ps(mk[g], c->C + (m + r) * c->ldc + n + 16 * g);
+    }
+  for (int64_t k = 0; k < kc; k++) {
+    __m512 wv[2];
+#pragma GCC unroll 2
+    for (int g = 0; g < G; g++) wv[g] = _mm512_load_ps(panel + k * 16 * G + 16 * g);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; r++) {
+      const __m512 av = _mm512_set1_ps(ap[k * MR + r]);
+#pragma GCC unroll 2
+      for (int g = 0; g < G; g++) acc[r][g] = _mm512_fmadd_ps(av, wv[g], acc[r][g]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+    for (int g = 0; g < G; g++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n + 16 * g, mk[g], acc[r][g]);
+}
+
+#define MICRO_FN(R, G)                                                                                    \
+  T512 static void micro_##R##x##G(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m,   \
+                                   int64_t n, int64_t ncols, int64_t kc, int first) {                     \
+    micro(c, ap, panel, m, n, ncols, kc, first, R, G);                                                    \
+  }
+#define MICRO_ROWS(G) \
+  MICRO_FN(1, G) MICRO_FN(2, G) MICRO_FN(3, G) MICRO_FN(4, G) MICRO_FN(5, G) MICRO_FN(6, G) \
+  MICRO_FN(7, G) MICRO_FN(8, G) MICRO_FN(9, G) MICRO_FN(10, G) MICRO_FN(11, G) MICRO_FN(12, G)
+MICRO_ROWS(1)
+MICRO_ROWS(2)
+
+typedef void (*micro_fn)(const i4o_gemm_ctx *, const float *, const float *, int64_t, int64_t, int64_t, int64_t,
+                         int);
+static const micro_fn kMicro[2][MR + 1] = {
+    {NULL, micro_1x1, micro_2x1, micro_3x1, micro_4x1, micro_5x1, micro_6x1, micro_7x1, micro_8x1, micro_9x1,
+     micro_10x1, micro_11x1, micro_12x1},
+    {NULL, micro_1x2, micro_2x2, micro_3x2, micro_4x2, micro_5x2, micro_6x2, micro_7x2, micro_8x2, micro_9x2,
+     micro_10x2, micro_11x2, micro_12x2},
+};
+
+#define PANEL_FN(G)                                                                                             \
+  T512 static void panel_##G(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k0, int64_t kc,        \
+                             float *panel, int kind, int asym) {                                                \
+    if (kind == KIND_INT4) {                                                                                    \
+      if (asym) fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT4, 1);                                           \
+      else fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT4, 0);                                                \
+    } else if (kind == KIND_NF4) {                                                                              \
+      fill_panel(c, L, g0, k0, kc, panel, G, KIND_NF4, 0);                                                      \
+    } else {                                                                                                    \
+      if (asym) fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT8, 1);                                           \
+      else fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT8, 0);                                                \
+    }                                                                                                           \
+  }
+PANEL_FN(1)
+PANEL_FN(2)
+
+static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const i4o_wdesc *w = c->w;
+  const x86_pk L = x86_pk_layout(w, 0);
+  const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
+  const int asym = w->zp != NULL;
+  const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (64) */
+  if (m1 - m0 < PANEL_MIN_ROWS) { /* few rows: row tiles of up to 4 (balanced) x whole supergroups */
+    static const small_fn one_row[4] = {small_1x1, small_1x2, small_1x3, small_1x4};
+    static const small_fn full_sg[4] = {small_1x4, small_2x4, small_3x4, small_4x4};
+    static const small_fn one_group[4] = {small_1x1, small_2x1, small_3x1, small_4x1};
+    const int64_t tiles = (m1 - m0 + 3) / 4, base = (m1 - m0) / tiles, extra = (m1 - m0) % tiles;
+    for (int64_t g = g_begin; g < g_end;) {
+      const int64_t left = X86_SG - g % X86_SG, cnt = g_end - g < left ? g_end - g : left;
+      for (int64_t i = 0, m = m0; i < tiles; i++) {
+        const int rows = (int)(base + (i < extra));
+        if (rows == 1) one_row[cnt - 1](c, &L, m, g, n1 - 16 * g, kind, asym);
+        else if (cnt == X86_SG) full_sg[rows - 1](c, &L, m, g, n1 - 16 * g, kind, asym);
+        else
+          for (int64_t j = 0; j < cnt; j++) one_group[rows - 1](c, &L, m, g + j, n1 - 16 * (g + j), kind, asym);
+        m += rows;
+      }
+      g += cnt;
+    }
+    return;
+  }
+  /* per K chunk, every column panel of the task is dequantized once, then swept by the micro-kernel
+   * over all rows of the task */
+  float panel[KC * 32] __attribute__((aligned(64)));
+  const float *ap_all = (const float *)c->a_ws;
+  for (int64_t k0 = 0; k0 < w->K; k0 += KC) {
+    const int64_t kc = w->K - k0 < KC ? w->K - k0 : KC;
+    for (int64_t g = g_begin; g < g_end; g += 2) {
+      const int G = g + 2 <= g_end ? 2 : 1;
+      const int64_t n = 16 * g, ncols = n1 - n;
+      (G == 2 ? panel_2 : panel_1)(c, &L, g, k0, kc, panel, kind, asym);
+      /* while the micro-kernel runs, bring the next panel's weights towards L2 (their first read,
+       * from L3 or memory, otherwise stalls the dequantization) */
+      const int64_t gn = g + 2 < g_end ? g + 2 : (k0 + KC < w->K ? g_begin : -1);
+      const int64_t kn = g + 2 < g_end ? k0 : k0 + KC;
+      if (gn >= 0) {
+        const int64_t kne = kn + KC < w->K ? kn + KC : w->K;
+        for (int64_t b = kn / L.bs; b * L.bs < kne; b++) {
+          const char *r = (const char *)x86_codes(c->packed, &L, gn, b);
+          const int64_t bytes = (gn + 2 <= g_end ? 2 : 1) * L.block_bytes;
+          for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(r + o, _MM_HINT_T1);
+          _mm_prefetch((const char *)x86_scales(c->packed, &L, gn, b), _MM_HINT_T1);
+        }
+      }
+      for (int64_t m = m0; m < m1; m += MR) {
+        const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+        kMicro[G - 1][rows](c, ap_all + (m / MR) * w->K * MR + k0 * MR, panel, m, n, ncols, kc, k0 == 0);
+      }
+    }
+  }
+}
+
+const i4o_kernel i4o_kernel_avx512_fp32 = {
+    .name = "avx512_fp32", .isa = "avx512", .compute = I4O_COMPUTE_FP32,
+    .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32,
+    .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
+    .gemm = avx512_fp32_gemm, .n_tile = 64, .m_tile = MR, /* tasks cover whole supergroups */
+};
+#endif
