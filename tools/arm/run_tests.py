@@ -10,8 +10,10 @@
 3. Under qemu-aarch64 -cpu cortex-a53 | neoverse-n1 | max and qemu-arm -cpu cortex-a7: runs the
    kernel test on the full shape grid with the kernel each CPU must select (--expect), and the app on
    every model, comparing its outputs with the x86 references (TOLERANCES):
-     "exact": every node is MatMulInt4 with int8 compute: bit for bit (every int8 kernel equals the
-       scalar definition bit for bit, whatever the CPU);
+     "int8k": every node is MatMulInt4 with int8 compute: the integer block dot products are exact on
+       every CPU, only the float epilogue's summation order differs (the AVX-512 kernels accumulate
+       column tiles in their own order; the ARM kernels follow the scalar definition):
+       max |arm - x86| <= 1e-5 * max |x86|;
      "fp32": fp32 compute: max |arm - x86| <= 1e-4 * max |x86| (SIMD kernels sum in different
        orders; the armv7 runtime is ONNX Runtime 1.21 from Debian, the others 1.31);
      "int8": int8 compute inside a model with other float ops (stories260K): the runtime's own float
@@ -43,7 +45,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORK = ROOT / "build" / "arm"
 # check -> (max |arm - x86| / max |x86|, rms |arm - x86| / rms |x86|); "exact" means bit for bit
-TOLERANCES = {"exact": (0.0, 0.0), "fp32": (1e-4, 1e-4), "int8": (5e-2, 2e-2)}
+TOLERANCES = {"exact": (0.0, 0.0), "int8k": (1e-5, 1e-5), "fp32": (1e-4, 1e-4), "int8": (5e-2, 2e-2)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +86,10 @@ MODELS = [
     Model("stories260K-g32-asym", "stories", ("--group-size", "32", "--asymmetric"), "fp32"),
     Model("stories260K-g32-int8", "stories", ("--group-size", "32", "--asymmetric", "--compute", "int8"), "int8"),
     Model("synthetic-g32-asym", "synthetic", ("--group-size", "32", "--asymmetric"), "fp32"),
-    Model("synthetic-g64-sym-int8", "synthetic", ("--group-size", "64", "--symmetric", "--compute", "int8"), "exact"),
+    Model("synthetic-g64-sym-int8", "synthetic", ("--group-size", "64", "--symmetric", "--compute", "int8"), "int8k"),
     Model("synthetic-nf4-int8", "synthetic", ("--dtype", "nf4", "--symmetric", "--group-size", "32", "--compute", "int8"),
-          "exact"),
-    Model("synthetic-8bit-asym-int8", "synthetic", ("--bits", "8", "--group-size", "32", "--compute", "int8"), "exact"),
+          "int8k"),
+    Model("synthetic-8bit-asym-int8", "synthetic", ("--bits", "8", "--group-size", "32", "--compute", "int8"), "int8k"),
 ]
 
 
