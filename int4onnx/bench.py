@@ -139,6 +139,7 @@ def _compare(a: np.ndarray, b: np.ndarray) -> str:
 
 
 NO_SPIN = {"session.intra_op.allow_spinning": "0"}
+SPIN = {"session.intra_op.allow_spinning": "1"}
 
 
 def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Sequence[tuple[int, int]] = ((1, 1),),
@@ -154,7 +155,7 @@ def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Seque
     if repeats < 1:
         raise ConfigError(f"repeats must be at least 1, got {repeats}")
     threads = threads or os.cpu_count() or 1
-    sessions = {str(p): make_session(str(p), threads=threads, config=None if spin else NO_SPIN) for p in paths}
+    sessions = {str(p): make_session(str(p), threads=threads, config=SPIN if spin else NO_SPIN) for p in paths}
     rows = []
     for batch, seq in shapes:
         first = next(iter(sessions.values()))

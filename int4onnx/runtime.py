@@ -22,8 +22,6 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     so = ort.SessionOptions()
     so.register_custom_ops_library(library_path())
     so.log_severity_level = 3
-    # no busy-waiting pool threads between runs: the caller (numpy statistics, the other model) needs the cores
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
@@ -36,7 +34,10 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     if qdq_accuracy_level is not None:
         # ORT fuses DequantizeLinear+MatMul into MatMulNBits with accuracy level 4 (int8 activations) by default
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(qdq_accuracy_level))
-    for key, value in (config or {}).items():
+    # no busy-waiting pool threads between runs by default: the caller (numpy statistics, the other model)
+    # needs the cores. One entry per key: ORT warns when an entry is set twice.
+    entries = {"session.intra_op.allow_spinning": "0", **(config or {})}
+    for key, value in entries.items():
         so.add_session_config_entry(key, str(value))
     is_bytes = isinstance(path, (bytes, bytearray))
     if not is_bytes and not os.path.isfile(path):

@@ -226,3 +226,15 @@ def test_exports_only_the_registration_symbol():
                          check=True).stdout
     symbols = sorted(line.split()[-1] for line in out.splitlines() if line.strip())
     assert symbols == ["PyInit__int4onnx_native", "RegisterCustomOps"]
+
+
+def test_session_config_defaults_and_overrides(tmp_path, capfd):
+    """Spinning is off by default; a caller's entry replaces the default, set once (ORT warns on stderr
+    when an entry is set twice, which `make demo` and `int4onnx bench` used to show)."""
+    path = save(matmul_model({"w0": w(16, 8)}), tmp_path / "m.onnx")
+    key = "session.intra_op.allow_spinning"
+    assert make_session(path).get_session_options().get_session_config_entry(key) == "0"
+    for value in ("0", "1"):
+        sess = make_session(path, config={key: value})
+        assert sess.get_session_options().get_session_config_entry(key) == value
+    assert "already exists" not in capfd.readouterr().err
