@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx.config import QuantConfig
-from int4onnx.passes.plan import MatMulTarget, QuantPlan, release
+from int4onnx.passes.plan import MatMulTarget, PlanPass, QuantPlan, release
 from int4onnx.quant.awq import search_scales
 from int4onnx.quant.rtn import quantize_grid
 
@@ -66,11 +66,9 @@ def scale_initializer(value: ir.Value, scale: np.ndarray, axis: int) -> None:
     value.const_value = ir.LazyTensor(make, dtype=dtype, shape=shape, name=name, cache=False)
 
 
-class AwqPass(ir.passes.InPlacePass):
+class AwqPass(PlanPass):
     def __init__(self, config: QuantConfig, plan: QuantPlan, spec_for: Callable[[MatMulTarget], object]):
-        super().__init__()
-        self.config = config
-        self.plan = plan
+        super().__init__(config, plan)
         self.spec_for = spec_for  # target -> LayerSpec used for the search
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -18,8 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx import _native
-from int4onnx.config import QuantConfig
-from int4onnx.passes.plan import MatMulTarget, QuantPlan, release
+from int4onnx.passes.plan import MatMulTarget, PlanPass, release
 from int4onnx.quant.clip import quantize_clip
 from int4onnx.quant.grid import Grid
 
@@ -72,12 +71,7 @@ def find_lm_heads(graph: ir.Graph, targets: list[MatMulTarget]) -> list[MatMulTa
     return [t for t in targets if _reaches_output(t.node.outputs[0])]
 
 
-class QuantizeEmbeddingsPass(ir.passes.InPlacePass):
-    def __init__(self, config: QuantConfig, plan: QuantPlan):
-        super().__init__()
-        self.config = config
-        self.plan = plan
-
+class QuantizeEmbeddingsPass(PlanPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from int4onnx.passes.rewrite import _Names
 

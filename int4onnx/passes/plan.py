@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx import _native
+from int4onnx.config import QuantConfig
 
 
 @dataclasses.dataclass
@@ -139,3 +140,12 @@ class QuantPlan:
         for t in self.targets:
             out.setdefault(t.key, []).append(t)
         return out
+
+
+class PlanPass(ir.passes.InPlacePass):
+    """An in-place pass of one conversion: reads the options and reads or fills the shared plan."""
+
+    def __init__(self, config: QuantConfig, plan: QuantPlan):
+        super().__init__()
+        self.config = config
+        self.plan = plan

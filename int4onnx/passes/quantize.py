@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from int4onnx.config import QuantConfig
 from int4onnx.errors import CalibrationError
-from int4onnx.passes.plan import LayerResult, LayerSpec, MatMulTarget, QuantPlan
+from int4onnx.passes.plan import LayerResult, LayerSpec, MatMulTarget, PlanPass, QuantPlan
 from int4onnx.quant.base import QuantizedWeight, error_metrics, error_metrics_of
 from int4onnx.quant.clip import quantize_clip
 from int4onnx.quant.gptq import quantize_gptq
@@ -107,13 +107,8 @@ def default_spec(config: QuantConfig, t: MatMulTarget, bits: int | None = None) 
                      quant_type=quant_type, scale_dtype=scale_dtype, tensor_super_scale=tensor_super)
 
 
-class PlanLayersPass(ir.passes.InPlacePass):
+class PlanLayersPass(PlanPass):
     """Fills ``plan.specs`` (one LayerSpec per distinct weight) from the config; reads no weights."""
-
-    def __init__(self, config: QuantConfig, plan: QuantPlan):
-        super().__init__()
-        self.config = config
-        self.plan = plan
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         for key, targets in self.plan.targets_by_key().items():

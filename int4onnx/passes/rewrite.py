@@ -15,8 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx import _native
-from int4onnx.config import QuantConfig
-from int4onnx.passes.plan import LayerSpec, MatMulTarget, QuantPlan
+from int4onnx.passes.plan import LayerSpec, MatMulTarget, PlanPass
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +49,7 @@ class _Names:
         return name
 
 
-class RewriteMatMulsPass(ir.passes.InPlacePass):
-    def __init__(self, config: QuantConfig, plan: QuantPlan):
-        super().__init__()
-        self.config = config
-        self.plan = plan
-
+class RewriteMatMulsPass(PlanPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         self.names = _Names(graph)

@@ -7,8 +7,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from int4onnx.config import QuantConfig
-from int4onnx.passes.plan import MatMulTarget, QuantPlan, SkippedNode, release
+from int4onnx.passes.plan import MatMulTarget, PlanPass, SkippedNode, release
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +25,8 @@ def _attr(node: ir.Node, name: str, default):
     return default if attr is None else attr.value
 
 
-class SelectMatMulsPass(ir.passes.InPlacePass):
+class SelectMatMulsPass(PlanPass):
     """Analysis only: fills ``plan.targets`` and ``plan.skipped``; the model is not changed."""
-
-    def __init__(self, config: QuantConfig, plan: QuantPlan):
-        super().__init__()
-        self.config = config
-        self.plan = plan
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph_inputs = set(model.graph.inputs)
