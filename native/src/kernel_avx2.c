@@ -20,8 +20,6 @@
 #define KC 256 /* panel depth: 256 x 16 floats = 16 KiB */
 #define MR 6   /* micro-kernel rows */
 
-enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
-
 AI __m256 nf4_lookup(__m256i idx, __m256 cb_lo, __m256 cb_hi) {
   const __m256 lo = _mm256_permutevar8x32_ps(cb_lo, idx); /* uses the low 3 bits */
   const __m256 hi = _mm256_permutevar8x32_ps(cb_hi, idx);
@@ -129,15 +127,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g,
 #define SMALL_FN(R, H)                                                                                            \
   T256 static void small_##R##x##H(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g, int h0,          \
                                    int64_t ncols, int kind, int asym) {                                           \
-    if (kind == KIND_INT4) {                                                                                      \
-      if (asym) small_tile(c, L, m, g, h0, ncols, R, H, KIND_INT4, 1);                                            \
-      else small_tile(c, L, m, g, h0, ncols, R, H, KIND_INT4, 0);                                                 \
-    } else if (kind == KIND_NF4) {                                                                                \
-      small_tile(c, L, m, g, h0, ncols, R, H, KIND_NF4, 0);                                                       \
-    } else {                                                                                                      \
-      if (asym) small_tile(c, L, m, g, h0, ncols, R, H, KIND_INT8, 1);                                            \
-      else small_tile(c, L, m, g, h0, ncols, R, H, KIND_INT8, 0);                                                 \
-    }                                                                                                             \
+    X86_SPECIALISE(kind, asym, small_tile, c, L, m, g, h0, ncols, R, H);                                          \
   }
 SMALL_FN(1, 2)
 SMALL_FN(1, 1)
@@ -181,10 +171,9 @@ PANEL_FN(KIND_NF4, 0, panel_nf4)
 PANEL_FN(KIND_INT8, 0, panel_int8)
 PANEL_FN(KIND_INT8, 1, panel_int8_asym)
 
-/* activations packed once per call for the panel path: ap[(m / MR) * K * MR + k * MR + r] */
+/* activations packed once per call for the panel path (x86_panel_a_bytes) */
 static size_t panel_a_bytes(const i4o_wdesc *w, int64_t M) {
-  if (M < PANEL_MIN_ROWS) return 64;
-  return (size_t)((M + MR - 1) / MR * MR) * (size_t)w->K * sizeof(float);
+  return M < PANEL_MIN_ROWS ? 64 : x86_panel_a_bytes(M, w->K, MR);
 }
 
 static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
@@ -194,10 +183,7 @@ static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, int
   for (int64_t m = m0; m < m1; m += MR) { /* m0 is a multiple of MR (m_tile) */
     float *ap = (float *)ws + (m / MR) * K * MR;
     const int rows = (int)(m1 - m < MR ? m1 - m : MR);
-    const float *a = A + m * lda;
-    for (int64_t k = 0; k < K; k++)
-#pragma GCC unroll 8
-      for (int r = 0; r < MR; r++) ap[k * MR + r] = r < rows ? a[r * lda + k] : 0.0f;
+    x86_panel_a_fill(ap, A + m * lda, lda, rows, MR, 0, K);
   }
 }
 
@@ -246,7 +232,7 @@ static const micro_fn kMicro[MR + 1] = {NULL, micro_1, micro_2, micro_3, micro_4
 static void avx2_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const i4o_wdesc *w = c->w;
   const x86_pk L = x86_pk_layout(w, 0);
-  const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
+  const int kind = x86_kind(w);
   const int asym = w->zp != NULL;
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (16) */
   if (c->M < PANEL_MIN_ROWS) { /* prepare_a packed the activations only for the panel path */

@@ -27,8 +27,6 @@
 #define KC 256 /* panel depth: 256 x 32 floats = 32 KiB (measured: 64 and 128 slower, 512 and 1024 no faster) */
 #define MR 12  /* micro-kernel rows */
 
-enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
-
 AI __m512 make_lut(int kind, int asym) {
   if (kind == KIND_NF4) return _mm512_loadu_ps(i4o_nf4_codebook());
   const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -133,15 +131,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
 #define SMALL_FN(R, G)                                                                                            \
   T512 static void small_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0, int64_t ncols,  \
                                    int kind, int asym) {                                                          \
-    if (kind == KIND_INT4) {                                                                                      \
-      if (asym) small_tile(c, L, m, g0, ncols, R, G, KIND_INT4, 1);                                               \
-      else small_tile(c, L, m, g0, ncols, R, G, KIND_INT4, 0);                                                    \
-    } else if (kind == KIND_NF4) {                                                                                \
-      small_tile(c, L, m, g0, ncols, R, G, KIND_NF4, 0);                                                          \
-    } else {                                                                                                      \
-      if (asym) small_tile(c, L, m, g0, ncols, R, G, KIND_INT8, 1);                                               \
-      else small_tile(c, L, m, g0, ncols, R, G, KIND_INT8, 0);                                                    \
-    }                                                                                                             \
+    X86_SPECIALISE(kind, asym, small_tile, c, L, m, g0, ncols, R, G);                                             \
   }
 
 SMALL_FN(1, 1)
@@ -186,12 +176,9 @@ AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k
   }
 }
 
-/* Activations for the panel path, packed once per call: row tiles of MR rows, interleaved,
- * ap[(m / MR) * K * MR + k * MR + r] (rows past M are 0). One pointer walks contiguous memory, where
- * rows of A lie a multiple of 4 KiB apart and would compete for the same L1 sets. */
+/* Activations for the panel path, packed once per call (x86_panel_a_bytes) */
 static size_t panel_a_bytes(const i4o_wdesc *w, int64_t M) {
-  if (M < PANEL_MIN_ROWS) return 64;
-  return (size_t)((M + MR - 1) / MR * MR) * (size_t)w->K * sizeof(float);
+  return M < PANEL_MIN_ROWS ? 64 : x86_panel_a_bytes(M, w->K, MR);
 }
 
 T512 static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
@@ -212,8 +199,7 @@ T512 static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda
           for (int r = 0; r < MR; r++) ap[(k + kk) * MR + r] = t[r][kk];
       }
     }
-    for (; k < K; k++)
-      for (int r = 0; r < MR; r++) ap[k * MR + r] = r < rows ? a[r * lda + k] : 0.0f;
+    x86_panel_a_fill(ap, a, lda, rows, MR, k, K);
   }
 }
 
@@ -274,15 +260,7 @@ static const micro_fn kMicro[2][MR + 1] = {
 #define PANEL_FN(G)                                                                                             \
   T512 static void panel_##G(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k0, int64_t kc,        \
                              float *panel, int kind, int asym) {                                                \
-    if (kind == KIND_INT4) {                                                                                    \
-      if (asym) fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT4, 1);                                           \
-      else fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT4, 0);                                                \
-    } else if (kind == KIND_NF4) {                                                                              \
-      fill_panel(c, L, g0, k0, kc, panel, G, KIND_NF4, 0);                                                      \
-    } else {                                                                                                    \
-      if (asym) fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT8, 1);                                           \
-      else fill_panel(c, L, g0, k0, kc, panel, G, KIND_INT8, 0);                                                \
-    }                                                                                                           \
+    X86_SPECIALISE(kind, asym, fill_panel, c, L, g0, k0, kc, panel, G);                                         \
   }
 PANEL_FN(1)
 PANEL_FN(2)
@@ -290,7 +268,7 @@ PANEL_FN(2)
 static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const i4o_wdesc *w = c->w;
   const x86_pk L = x86_pk_layout(w, 0);
-  const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
+  const int kind = x86_kind(w);
   const int asym = w->zp != NULL;
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (64) */
   if (m1 - m0 < PANEL_MIN_ROWS) { /* few rows: row tiles of up to 4 (balanced) x whole supergroups */

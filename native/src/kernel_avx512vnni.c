@@ -70,8 +70,6 @@ AI __m512i bcast4(const int8_t *p) {
 #define PF_DIST 4096 /* bytes ahead of the few-row stream (measured 2-16 KiB: within noise; none: ~5% slower) */
 
 #define MR8 5 /* rows of a tile (measured at M = 128: 4 rows ~7% slower, 6 no faster) */
-enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
-
 /* C[m .. m+R, 16*g0 .. 16*(g0+G)) for all K. ncols = valid columns from 16*g0 (may be < 16*G). */
 AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0, int64_t ncols,
              const int R, const int G, const int kind, const int asym) {
@@ -293,15 +291,7 @@ static const row_fn kRowsFull[4][5] = {ROW_SET(1, 4), ROW_SET(2, 4), ROW_SET(3, 
 #define TILE_FN(R, G)                                                                                                 \
   T512 static void tile_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0,   \
                                   int64_t ncols, int kind, int asym) {                                                \
-    if (kind == KIND_INT4) {                                                                                          \
-      if (asym) tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 1);                                                     \
-      else tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 0);                                                          \
-    } else if (kind == KIND_NF4) {                                                                                    \
-      tile(c, L, qa, m, g0, ncols, R, G, KIND_NF4, 0);                                                                \
-    } else {                                                                                                          \
-      if (asym) tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 1);                                                     \
-      else tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 0);                                                          \
-    }                                                                                                                 \
+    X86_SPECIALISE(kind, asym, tile, c, L, qa, m, g0, ncols, R, G);                                                   \
   }
 
 TILE_FN(1, 2)
@@ -321,7 +311,7 @@ static void vnni_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0,
   const i4o_wdesc *w = c->w;
   const x86_pk L = x86_pk_layout(w, 1);
   const x86_qa qa = x86_qa_map(w, c->M, c->a_ws);
-  const int kind = w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
+  const int kind = x86_kind(w);
   const int asym = w->zp != NULL;
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (64) */
   const int ch = kind != KIND_INT4 ? 0 : L.chunks == 2 ? 1 : L.chunks == 4 ? 2 : L.chunks == 8 ? 3 : L.chunks == 16 ? 4 : 0;

@@ -32,6 +32,30 @@
 
 #define X86_SG 4 /* groups per supergroup */
 
+/* The kinds of weights the kernels specialise on: every kernel body is inlined once per kind and
+ * zero-point setting, with both as constants. */
+enum { KIND_INT4 = 0, KIND_NF4 = 1, KIND_INT8 = 2 };
+
+static inline int x86_kind(const i4o_wdesc *w) {
+  return w->bits == 8 ? KIND_INT8 : (w->quant_type == I4O_QUANT_NF4 ? KIND_NF4 : KIND_INT4);
+}
+
+/* fn(args..., kind, asym) with kind and asym turned into constants: the five specialisations (NF4
+ * weights have no zero points) */
+#define X86_SPECIALISE(kind, asym, fn, ...)    \
+  do {                                         \
+    if ((kind) == KIND_INT4) {                 \
+      if (asym) fn(__VA_ARGS__, KIND_INT4, 1); \
+      else fn(__VA_ARGS__, KIND_INT4, 0);      \
+    } else if ((kind) == KIND_NF4) {           \
+      fn(__VA_ARGS__, KIND_NF4, 0);            \
+    } else if (asym) {                         \
+      fn(__VA_ARGS__, KIND_INT8, 1);           \
+    } else {                                   \
+      fn(__VA_ARGS__, KIND_INT8, 0);           \
+    }                                          \
+  } while (0)
+
 typedef struct x86_pk {
   int64_t G, nb, bs;
   int64_t chunks;        /* 64-byte chunks per (group, block) */
@@ -65,6 +89,18 @@ static inline x86_pk x86_pk_layout(const i4o_wdesc *w, int int8_scales) {
   L.colscale_off = (size_t)((n_sg - 1) * L.nb * L.rec + L.nb * L.rec_last);
   L.total = L.colscale_off + (int8_scales ? (size_t)(L.G * 16 * 4) : 0);
   return L;
+}
+
+/* Activations for the fp32 panel kernels, packed once per call in tiles of mr rows, interleaved:
+ * ap[(m / mr) * K * mr + k * mr + r] (rows past M are 0). One pointer then walks contiguous memory,
+ * where rows of A lie a multiple of 4 KiB apart and would compete for the same L1 sets. */
+static inline size_t x86_panel_a_bytes(int64_t M, int64_t K, int64_t mr) {
+  return (size_t)((M + mr - 1) / mr * mr) * (size_t)K * sizeof(float);
+}
+/* k = k0 .. K-1 of the tile at ap whose `rows` rows start at a (rows < mr are filled with 0) */
+static inline void x86_panel_a_fill(float *ap, const float *a, int64_t lda, int rows, int mr, int64_t k0, int64_t K) {
+  for (int64_t k = k0; k < K; k++)
+    for (int r = 0; r < mr; r++) ap[k * mr + r] = r < rows ? a[r * lda + k] : 0.0f;
 }
 
 /* groups in the supergroup of group g */
