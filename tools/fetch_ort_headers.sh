@@ -12,14 +12,7 @@ if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
   echo "fetch_ort_headers: apt-get/dpkg-deb not found; set ORT_INCLUDE_DIR to a directory holding onnxruntime_c_api.h" >&2
   exit 1
 fi
-mirror=""
-if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-fi
-if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-  mirror=$(awk '$1=="deb" && $0 !~ /security/ {for (i=2;i<=NF;i++) if ($i ~ /^(https?|file):/) {print $i; exit}}' /etc/apt/sources.list)
-fi
-mirror=${mirror:-http://deb.debian.org/debian}
+mirror=$("$(dirname "$0")/debian_mirror.sh")
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

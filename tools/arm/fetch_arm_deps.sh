@@ -42,14 +42,7 @@ if [ ! -x "$DEST/qemu/qemu-aarch64" ] || [ ! -x "$DEST/qemu/qemu-arm" ] || [ ! -
   for tool in apt-get dpkg-deb; do
     command -v $tool >/dev/null || { echo "fetch_arm_deps: $tool not found (a Debian-based host is needed)" >&2; exit 1; }
   done
-  mirror=""
-  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-  fi
-  if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-    mirror=$(awk '$1=="deb" && $0 !~ /security/ {for (i=2;i<=NF;i++) if ($i ~ /^(https?|file):/) {print $i; exit}}' /etc/apt/sources.list)
-  fi
-  mirror=${mirror:-http://deb.debian.org/debian}
+  mirror=$("$(dirname "$0")/../debian_mirror.sh")
   hostarch=$(dpkg --print-architecture)
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
