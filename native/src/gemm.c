@@ -119,17 +119,11 @@ void i4o_qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, 
   }
 }
 
-static int8_t g_nf4_i8[16];
-static int g_nf4_i8_ready;
+/* The NF4 levels as the int8 path's codes, lrintf(127 * i4o_nf4_codebook()[i]): a constant table, so
+ * kernels on pool threads never initialise shared state (native/tests/test_kernels.c checks it). */
+static const int8_t kNf4I8[16] = {-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127};
 
-const int8_t *i4o_nf4_i8(void) {
-  if (!g_nf4_i8_ready) { /* benign race: every thread writes the same bytes */
-    const float *cb = i4o_nf4_codebook();
-    for (int i = 0; i < 16; i++) g_nf4_i8[i] = (int8_t)lrintf(cb[i] * 127.0f);
-    g_nf4_i8_ready = 1;
-  }
-  return g_nf4_i8;
-}
+const int8_t *i4o_nf4_i8(void) { return kNf4I8; }
 
 /* ---- weight scales of the int8 path ----
  * The int8 path uses each weight scale rounded to 11 significant bits (float16 precision) with a
