@@ -140,3 +140,14 @@ def test_example_app_errors_are_one_line(app, converted, tmp_path):
         p = run_app(app, *args)
         assert p.returncode == 1 and needle in p.stderr, (args, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_native_kernel_test_passes_here(tmp_path):
+    """native/tests/test_kernels.c, which make test-arm runs under qemu, also passes with this CPU's kernels."""
+    build = tmp_path / "build"
+    subprocess.run(["make", "-s", f"-j{os.cpu_count() or 1}", "-C", ROOT / "native", f"BUILD={build}", "test-kernels"],
+                   check=True, capture_output=True)
+    r = subprocess.run([build / "test_kernels"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASS: 0 failure(s)" in r.stdout and "FAILED" not in r.stdout
+    assert "scalar_int8" in r.stdout and "bit-exact vs scalar_int8" in r.stdout

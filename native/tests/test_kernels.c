@@ -4,8 +4,11 @@
  *
  *   fp32 kernels: |y - y64| <= 2e-6 * (|A| @ |W| + 1), y64 the float64 product of A and the weights
  *                 dequantized by i4o_dequantize (pack.c packs them: the layout has one implementation);
- *   int8 kernels: equal to scalar_int8 bit for bit (the definition of the int8 path), and scalar_int8
- *                 within 5e-2 of y64 on the same scale (activation quantization error only).
+ *   int8 kernels: within 1e-6 of scalar_int8 (the definition of the int8 path) on the same scale, as
+ *                 in tests/test_kernels.py: the integer block dot products are exact everywhere, only
+ *                 the order in which the x86 kernels add the float per-block terms differs (the NEON
+ *                 kernels follow scalar_int8's order and report "bit-exact"); and within 5e-2 of y64
+ *                 (activation quantization error only).
  *
  * Usage: test_kernels [--expect COMPUTE=KERNEL,...] [--max-k K] [--quiet]
  *   --expect fp32=neon_fp32,int8=i8mm_int8   fail unless the automatic choice is these kernels
@@ -38,7 +41,8 @@ static const variant kVariants[] = {
 typedef struct kstat {
   const i4o_kernel *k;
   long cases;
-  double worst; /* fp32: scaled error; int8: number of differing outputs */
+  double worst; /* fp32: scaled error against y64; int8: scaled difference from scalar_int8 */
+  long differ;  /* int8: outputs not bit-identical to scalar_int8 */
   int failed;
 } kstat;
 
@@ -167,27 +171,29 @@ static int check_case(kstat *stats, size_t n_stats, int64_t K, int64_t N, int64_
         continue;
       }
       st->cases++;
-      double worst = 0.0;
+      double worst = 0.0, worst8 = 0.0;
       long differ = 0;
       for (int64_t i = 0; i < M * N; i++) {
         const double e = fabs((double)Y[i] - ref[i]) / bound[i];
         if (!(e <= worst)) worst = e; /* NaN counts as the worst */
-        if (st->k->compute == I4O_COMPUTE_INT8 && memcmp(&Y[i], &Y8[i], sizeof(float)) != 0) differ++;
+        if (st->k->compute == I4O_COMPUTE_INT8 && memcmp(&Y[i], &Y8[i], sizeof(float)) != 0) {
+          differ++;
+          const double e8 = fabs((double)Y[i] - (double)Y8[i]) / bound[i];
+          if (!(e8 <= worst8)) worst8 = e8;
+        }
       }
       const int is8 = st->k->compute == I4O_COMPUTE_INT8;
       const double tol = is8 ? 5e-2 : 2e-6;
-      if (is8) {
-        if ((double)differ > st->worst) st->worst = (double)differ;
-      } else if (!(worst <= st->worst)) {
-        st->worst = worst;
-      }
-      if (!(worst <= tol) || differ) {
+      const double d = is8 ? worst8 : worst;
+      if (!(d <= st->worst)) st->worst = d;
+      st->differ += differ;
+      if (!(worst <= tol) || !(worst8 <= 1e-6)) {
         st->failed++;
         failures++;
         if (st->failed <= 5)
-          fprintf(stderr, "  FAIL %s %s K=%lld N=%lld block=%lld M=%lld bias=%d: scaled error %.3g (tol %.0e), %ld outputs differ from scalar_int8\n",
+          fprintf(stderr, "  FAIL %s %s K=%lld N=%lld block=%lld M=%lld bias=%d: scaled error %.3g (tol %.0e), %ld outputs differ from scalar_int8 by up to %.3g (tol 1e-06)\n",
                   st->k->name, v->name, (long long)K, (long long)N, (long long)block, (long long)M, b != NULL, worst,
-                  tol, differ);
+                  tol, differ, worst8);
       }
     }
   }
@@ -241,6 +247,11 @@ int main(int argc, char **argv) {
   printf("\nkernels available: %s\n", i4o_kernels_available());
   printf("selected: fp32=%s int8=%s\n", i4o_kernel_selected(I4O_COMPUTE_FP32), i4o_kernel_selected(I4O_COMPUTE_INT8));
   int failures = expect ? check_expectations(expect) : 0;
+  for (int i = 0; i < 16; i++)
+    if (i4o_nf4_i8()[i] != (int8_t)lrintf(127.0f * i4o_nf4_codebook()[i])) {
+      printf("FAIL: NF4 int8 level %d is %d, not lrintf(127 * %g)\n", i, i4o_nf4_i8()[i], i4o_nf4_codebook()[i]);
+      failures++;
+    }
 
   size_t n_all, n_stats = 0;
   const i4o_kernel *const *all = i4o_all_kernels(&n_all);
@@ -274,9 +285,11 @@ int main(int argc, char **argv) {
   const double secs = (double)(clock() - t0) / CLOCKS_PER_SEC;
   for (size_t s = 0; s < n_stats; s++) {
     const kstat *st = &stats[s];
-    if (st->k->compute == I4O_COMPUTE_INT8)
-      printf("%-16s %5ld cases, %s%s\n", st->k->name, st->cases,
-             st->worst == 0.0 ? "bit-exact vs scalar_int8" : "DIFFERS from scalar_int8", st->failed ? "  FAILED" : "");
+    if (st->k->compute == I4O_COMPUTE_INT8 && st->differ == 0)
+      printf("%-16s %5ld cases, bit-exact vs scalar_int8%s\n", st->k->name, st->cases, st->failed ? "  FAILED" : "");
+    else if (st->k->compute == I4O_COMPUTE_INT8)
+      printf("%-16s %5ld cases, %ld outputs differ from scalar_int8, worst scaled difference %.2e (tol 1e-06)%s\n",
+             st->k->name, st->cases, st->differ, st->worst, st->failed ? "  FAILED" : "");
     else
       printf("%-16s %5ld cases, worst scaled error %.2e (tol 2e-06)%s\n", st->k->name, st->cases, st->worst,
              st->failed ? "  FAILED" : "");
