@@ -199,7 +199,8 @@ KINLINE void facc_store(const facc_t *f, int rows, int ncols, const float *bias,
 }
 #endif
 
-/* ---- the two dot-product kernels share one template (tile and driver), instantiated per target ---- */
+/* ---- the dot-product kernels share one template (tile, rows and driver), instantiated per target;
+ * i8mm (below) brings its own tile ---- */
 
 KINLINE int32x4_t acc_mull(int32x4_t acc, int8x16_t q, int8x16_t w) {
   /* two products of |q| <= 127 and |w| <= 128 fit int16 */
@@ -295,51 +296,18 @@ I8MM_TARGET KINLINE void i8mm_tile(const int8_t *const *q, const uint8_t *const 
   }
 }
 
-I8MM_TARGET KINLINE void i8mm_rows(const i4o_gemm_ctx *c, const i4o_qa_view *qa, const int64_t *col, int ncols,
-                                   int64_t m, int rows, int bits, int nf4, lut_t lut) {
-  const i4o_wdesc *w = c->w;
-  const int64_t bs = w->block_size, nb = w->n_blocks;
-  const int8_t *qrow[MAXR], *qb[MAXR];
-  const uint8_t *wb[NC];
-  for (int r = 0; r < rows; r++) qrow[r] = qa->q + (m + r) * qa->ldq;
-  facc_t f;
-  facc_zero(&f);
-  for (int64_t b = 0; b < nb; b++) {
-    int32x4_t dot[MAXR];
-    for (int r = 0; r < rows; r++) qb[r] = qrow[r] + b * bs;
-    for (int k = 0; k < NC; k++) wb[k] = w->data + (col[k] * nb + b) * w->blob_bytes;
-    if (rows == 1) neondot_tile(qb, wb, bs, 1, bits, nf4, lut, dot); /* smmla would waste half its work */
-    else i8mm_tile(qb, wb, bs, rows / 2, bits, nf4, lut, dot);
-    blk_params p;
-    block_params(w, qa, col, m, rows, b, bits, nf4, &p);
-    facc_block(&f, dot, rows, &p);
-  }
-  facc_store(&f, rows, ncols, c->bias, col, c->C + m * c->ldc, c->ldc);
+/* one row: smmla would waste half its work */
+I8MM_TARGET KINLINE void i8mm_dot(const int8_t *const *q, const uint8_t *const *w, int64_t bs, int rows, int bits,
+                                  int nf4, lut_t lut, int32x4_t *dot) {
+  if (rows == 1) neondot_tile(q, w, bs, 1, bits, nf4, lut, dot);
+  else i8mm_tile(q, w, bs, rows / 2, bits, nf4, lut, dot);
 }
 
-I8MM_TARGET KINLINE void i8mm_driver(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int bits,
-                                     int nf4) {
-  const i4o_qa_view qa = i4o_qa_map(c->w, c->M, (void *)c->a_ws);
-  const lut_t lut = lut_load();
-  for (int64_t n = n0; n < n1; n += NC) {
-    const int ncols = (int)(n1 - n < NC ? n1 - n : NC);
-    int64_t col[NC];
-    for (int k = 0; k < NC; k++) col[k] = n + (k < ncols ? k : ncols - 1); /* a short tile repeats its last column */
-    int64_t m = m0;
-    for (; m + 4 <= m1; m += 4) i8mm_rows(c, &qa, col, ncols, m, 4, bits, nf4, lut);
-    if (m + 2 <= m1) {
-      i8mm_rows(c, &qa, col, ncols, m, 2, bits, nf4, lut);
-      m += 2;
-    }
-    if (m < m1) i8mm_rows(c, &qa, col, ncols, m, 1, bits, nf4, lut);
-  }
-}
-
-I8MM_TARGET static void i8mm_int8_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  if (c->w->bits == 8) i8mm_driver(c, m0, m1, n0, n1, 8, 0);
-  else if (c->w->quant_type == I4O_QUANT_NF4) i8mm_driver(c, m0, m1, n0, n1, 4, 1);
-  else i8mm_driver(c, m0, m1, n0, n1, 4, 0);
-}
+#define TILE_PREFIX i8mm
+#define TILE_TARGET I8MM_TARGET
+#define TILE_DOT i8mm_dot
+#define TILE_ROWS 4
+#include "neon_int8_tile.h"
 
 const i4o_kernel i4o_kernel_i8mm_int8 = {
     .name = "i8mm_int8", .isa = "i8mm", .compute = I4O_COMPUTE_INT8,

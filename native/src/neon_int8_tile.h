@@ -4,11 +4,14 @@
  *   TILE_TARGET            the function attribute that enables the instructions (may be empty)
  *   TILE_ACC(acc, q, w)    int32x4 acc += the products of two int8x16 vectors, summed into 4 lanes
  *   TILE_ROWS              rows per tile (at most MAXR): what fits the registers without spilling
+ * or, in place of TILE_ACC, TILE_DOT: a block dot product of the kernel's own with the signature of
+ * <prefix>_tile below (i8mm), which is then not generated.
  * The macros are undefined at the end. */
 #define TILE_CAT2(a, b) a##b
 #define TILE_CAT(a, b) TILE_CAT2(a, b)
 #define TILE_FN(suffix) TILE_CAT(TILE_PREFIX, suffix)
 
+#ifndef TILE_DOT
 /* dot[r] = [sum over the block of q[r] * w[c] for c = 0..NC-1], for `rows` rows (a constant after inlining). */
 TILE_TARGET KINLINE void TILE_FN(_tile)(const int8_t *const *q, const uint8_t *const *w, int64_t bs, int rows,
                                         int bits, int nf4, lut_t lut, int32x4_t *dot) {
@@ -39,6 +42,8 @@ TILE_TARGET KINLINE void TILE_FN(_tile)(const int8_t *const *q, const uint8_t *c
   }
   for (int r = 0; r < rows; r++) dot[r] = reduce4(acc[r]);
 }
+#define TILE_DOT TILE_FN(_tile)
+#endif
 
 /* C[m:m+rows, col[0..ncols)] for a tile of `rows` rows (a constant after inlining). */
 TILE_TARGET KINLINE void TILE_FN(_rows)(const i4o_gemm_ctx *c, const i4o_qa_view *qa, const int64_t *col, int ncols,
@@ -53,7 +58,7 @@ TILE_TARGET KINLINE void TILE_FN(_rows)(const i4o_gemm_ctx *c, const i4o_qa_view
     int32x4_t dot[MAXR];
     for (int r = 0; r < rows; r++) qb[r] = qa->q + (m + r) * qa->ldq + b * bs;
     for (int k = 0; k < NC; k++) wb[k] = w->data + (col[k] * nb + b) * w->blob_bytes;
-    TILE_FN(_tile)(qb, wb, bs, rows, bits, nf4, lut, dot);
+    TILE_DOT(qb, wb, bs, rows, bits, nf4, lut, dot);
     blk_params p;
     block_params(w, qa, col, m, rows, b, bits, nf4, &p);
     facc_block(&f, dot, rows, &p);
@@ -94,3 +99,4 @@ TILE_TARGET static void TILE_FN(_int8_gemm)(const i4o_gemm_ctx *c, int64_t m0, i
 #undef TILE_TARGET
 #undef TILE_ACC
 #undef TILE_ROWS
+#undef TILE_DOT
