@@ -297,7 +297,8 @@ class FeedSource:
 class ModelRunner:
     """An ONNX Runtime session of an in-memory ir.Model with extra values exposed as outputs.
 
-    The model is serialised once (to a temporary directory with external data when it is large);
+    The model is serialised once (to a temporary directory with external data when it is large or
+    has external data);
     the ir.Model is left as it was. ``overridable`` names initializers that may be replaced per run
     by feeding arrays under their names (they become graph inputs too)."""
 
@@ -328,8 +329,10 @@ class ModelRunner:
             self.extra_names.append(v.name)
         self.tmp = None
         try:
+            # ONNX Runtime cannot resolve external data of a model given as bytes: a model whose weights
+            # live in external files goes through a temporary directory too, with its own data file
             large = io.initializer_bytes(model) > io.EXTERNAL_DATA_THRESHOLD
-            if large:
+            if large or next(io.external_tensors(model), None) is not None:
                 self.tmp = tempfile.TemporaryDirectory(prefix="int4onnx-calib-")
                 path = os.path.join(self.tmp.name, "model.onnx")
                 ir.save(model, path, external_data="model.onnx.data")

@@ -334,3 +334,24 @@ def test_gemm_and_float16_models(tmp_path, method, dtype):
     ref = make_session(src).run(None, {"x": X})[0].astype(np.float32)
     err = lambda p: np.linalg.norm(make_session(str(p)).run(None, {"x": X})[0].astype(np.float32) - ref)  # noqa: E731
     assert err(q) < err(r)
+
+
+def test_awq_and_embeddings_on_a_model_with_external_data(tmp_path, lm):
+    """External weights are memory-mapped and released after reading: AWQ's rescaled weights and the
+    quantized embedding table must give the same model as from a single-file source."""
+    proto = onnx.load(lm)
+    ext = tmp_path / "ext" / "lm.onnx"
+    ext.parent.mkdir()
+    onnx.save_model(proto, ext, save_as_external_data=True, all_tensors_to_one_file=True, location="lm.onnx.data",
+                    size_threshold=0)
+    cal = lm_feeds_dir(tmp_path)
+    outs = []
+    for src in (lm, ext):
+        out = tmp_path / f"q_{len(outs)}.onnx"
+        r = invoke("convert", src, "-o", out, "--method", "awq", "--calibration", cal, "--embedding", "4",
+                   "--lm-head", "4", "--group-size", 16)
+        assert r.exit_code == 0, r.output
+        outs.append(out)
+    feeds = {"input_ids": RNG.integers(0, V, (2, 24), dtype=np.int64)}
+    a, b = (make_session(str(p)).run(None, feeds)[0] for p in outs)
+    np.testing.assert_array_equal(a, b)

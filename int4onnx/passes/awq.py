@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx.config import QuantConfig
-from int4onnx.passes.plan import MatMulTarget, PlanPass, QuantPlan, release
+from int4onnx.passes.plan import MatMulTarget, PlanPass, QuantPlan, read_float32
 from int4onnx.quant.awq import search_scales
 from int4onnx.quant.rtn import quantize_grid
 
@@ -58,10 +58,9 @@ def scale_initializer(value: ir.Value, scale: np.ndarray, axis: int) -> None:
     scale = np.asarray(scale, dtype=np.float32)
 
     def make():
-        a = old.numpy()
-        b = a.astype(np.float32) * scale.reshape([-1 if i == axis % a.ndim else 1 for i in range(a.ndim)])
-        release(old)
-        return ir.Tensor(b.astype(a.dtype), name=name)
+        a = read_float32(old)
+        b = a * scale.reshape([-1 if i == axis % a.ndim else 1 for i in range(a.ndim)])
+        return ir.Tensor(b.astype(dtype.numpy()), name=name)
 
     value.const_value = ir.LazyTensor(make, dtype=dtype, shape=shape, name=name, cache=False)
 

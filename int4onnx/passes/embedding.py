@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx import _native
-from int4onnx.passes.plan import MatMulTarget, PlanPass, release
+from int4onnx.passes.plan import MatMulTarget, PlanPass, read_float32
 from int4onnx.quant.clip import quantize_clip
 from int4onnx.quant.grid import Grid
 
@@ -97,9 +97,7 @@ class QuantizeEmbeddingsPass(PlanPass):
             def quantized(e=e, block=block, grid=grid, cache=cache):
                 if "q" not in cache:
                     cache.clear()
-                    tensor = e.table.const_value
-                    table = np.asarray(tensor.numpy(), dtype=np.float32)
-                    release(tensor)
+                    table = read_float32(e.table.const_value)
                     cache["q"] = quantize_clip(np.ascontiguousarray(table.T), grid, block)  # rows = columns of [D, V]
                 return cache["q"]
 

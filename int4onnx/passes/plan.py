@@ -37,12 +37,7 @@ class MatMulTarget:
 
     def weight_kn(self) -> np.ndarray:
         """The float32 [K, N] weight this target multiplies by (a copy; the source is released)."""
-        tensor = ir.convenience.get_const_tensor(self.weight)
-        src = tensor.numpy()
-        w = np.empty((self.K, self.N), dtype=np.float32)  # one copy, whatever the layout or type
-        w[...] = src.T if self.transposed else src
-        del src
-        release(tensor)
+        w = read_float32(ir.convenience.get_const_tensor(self.weight), transpose=self.transposed)
         if self.alpha != 1.0:
             w *= np.float32(self.alpha)
         return w
@@ -52,6 +47,19 @@ def release(tensor) -> None:
     """Unmap an external tensor's data so its pages stop counting against the process."""
     if isinstance(tensor, ir.ExternalTensor):
         tensor.release()
+
+
+def read_float32(tensor, transpose: bool = False) -> np.ndarray:
+    """A float32 copy of a constant (of its transpose if asked), made in one pass whatever the source
+    type or layout; then the source is released. Every view of an external tensor's memory map must
+    be gone before that (closing a map with live views raises BufferError), so read weights this way."""
+    src = tensor.numpy()
+    shape = src.shape[::-1] if transpose else src.shape
+    out = np.empty(shape, dtype=np.float32)
+    out[...] = src.T if transpose else src
+    del src
+    release(tensor)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
