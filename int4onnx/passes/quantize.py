@@ -186,7 +186,9 @@ class WeightQuantizer:
             before = after
         else:
             grid = spec.grid
-            rtn = _run_method(lambda w_, _ctx: quantize_grid(w_, grid, spec.block_size), w, None, independent=True)
+            # column slices, unless one super-scale spans every column (as _run_method decides with a context)
+            rtn = _run_method(lambda w_, _ctx: quantize_grid(w_, grid, spec.block_size), w, None,
+                              independent=not spec.tensor_super_scale)
             before = error_metrics_of(w, rtn, gram, CHUNK_ELEMENTS)
         metrics = dict(after)
         metrics.update({f"rtn_{k}": v for k, v in before.items()})
