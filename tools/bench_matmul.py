@@ -35,7 +35,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import int4onnx
 from int4onnx import _native
-from int4onnx.bench import time_alternating
+from int4onnx.bench import NO_SPIN, SPIN, time_alternating
+from int4onnx.runtime import make_session
 
 CASES = {"dram": (4096, 4096, 16), "cache": (1024, 1024, 4)}
 VARIANTS = ("fp32", "nbits_acc0", "nbits_acc4", "i4o_fp32", "i4o_int8")
@@ -91,19 +92,6 @@ def chain_model(variant: str, weights, K: int, N: int) -> onnx.ModelProto:
     return _model(nodes, inits, K, N, opsets)
 
 
-def session(model: onnx.ModelProto, threads: int, spin: bool = False):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.register_custom_ops_library(int4onnx.library_path())
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if not spin:  # idle sessions' spinning pool threads would compete with the one timed (int4onnx.bench)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def weight_bytes(variant: str, K: int, N: int, layers: int) -> int:
     if variant == "fp32":
         return K * N * 4 * layers
@@ -116,7 +104,8 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
     weights = make_weights(K, N, L, seed=1)
     sessions = {}
     for v in variants:
-        sessions[v] = session(chain_model(v, weights, K, N), threads, spin)
+        sessions[v] = make_session(chain_model(v, weights, K, N).SerializeToString(), threads=threads,
+                                   config=SPIN if spin else NO_SPIN)
     del weights
     rows = []
     rng = np.random.default_rng(2)

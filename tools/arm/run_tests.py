@@ -160,10 +160,7 @@ def synthetic_model(path: pathlib.Path) -> None:
 
 def prepare_models(shared: pathlib.Path) -> dict[str, dict]:
     """Converted models, their .npy inputs and the x86 reference outputs."""
-    import onnxruntime as ort
-
-    import int4onnx
-    from int4onnx.runtime import Tokenizer
+    from int4onnx.runtime import Tokenizer, make_session
 
     models_dir = WORK / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -183,9 +180,7 @@ def prepare_models(shared: pathlib.Path) -> dict[str, dict]:
         run([pathlib.Path(sys.executable).parent / "int4onnx", "convert", src, "-o", dst, "-q", *m.convert_args])
         feeds = {"input_ids": models_dir / "stories.input_ids.npy"} if m.source == "stories" else {
             "x": models_dir / "synthetic.x.npy"}
-        so = ort.SessionOptions()
-        so.register_custom_ops_library(int4onnx.library_path())
-        sess = ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"])
+        sess = make_session(str(dst))
         names = [o.name for o in sess.get_outputs()]
         ys = sess.run(names, {k: np.load(v) for k, v in feeds.items()})
         out[m.name] = {"model": dst, "feeds": feeds, "ref": dict(zip(names, ys, strict=True)), "spec": m}
