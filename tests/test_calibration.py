@@ -213,10 +213,11 @@ def test_mixed_precision_target_bits_and_max_error(tmp_path, lm):
     est = r2.calibration["mixed_precision"]["estimated_output_rel_error"]
     assert est <= bound
     ref, got = [], []
+    s_ref, s_got = make_session(lm), make_session(str(tmp_path / "me.onnx"))
     for f in sorted(cal.iterdir())[:4]:
         feed = dict(np.load(f))
-        ref.append(make_session(lm).run(None, feed)[0])
-        got.append(make_session(str(tmp_path / "me.onnx")).run(None, feed)[0])
+        ref.append(s_ref.run(None, feed)[0])
+        got.append(s_got.run(None, feed)[0])
     real = np.linalg.norm(np.concatenate(got) - np.concatenate(ref)) / np.linalg.norm(np.concatenate(ref))
     assert 0.5 * est < real < 2.0 * est, (real, est)
 
