@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx.config import QuantConfig
-from int4onnx.passes.plan import MatMulTarget, PlanPass, QuantPlan, read_float32
+from int4onnx.passes.plan import MatMulTarget, Names, PlanPass, QuantPlan, read_float32
 from int4onnx.quant.awq import search_scales
 from int4onnx.quant.rtn import quantize_grid
 
@@ -71,10 +71,8 @@ class AwqPass(PlanPass):
         self.spec_for = spec_for  # target -> LayerSpec used for the search
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from int4onnx.passes.rewrite import _Names
-
         self.graph = model.graph
-        self.names = _Names(self.graph)
+        self.names = Names(self.graph)
         self.target_nodes = {id(t.node): t for t in self.plan.targets}
         groups: dict[str, list[MatMulTarget]] = {}
         for t in self.plan.targets:
@@ -192,11 +190,8 @@ class AwqPass(PlanPass):
         return None
 
     def _insert_mul(self, value: ir.Value, targets: list[MatMulTarget], inv: np.ndarray) -> str:
-        dtype = np.float16 if targets[0].dtype == ir.DataType.FLOAT16 else np.float32
-        cname = self.names.fresh(f"{value.name}_awq_inv_scale")
-        tensor = ir.Tensor(inv.astype(dtype), name=cname)
-        const = ir.Value(name=cname, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
-        self.graph.register_initializer(const)
+        const = self.names.add_initializer(self.graph, f"{value.name}_awq_inv_scale",
+                                           inv.astype(targets[0].dtype.numpy()))
         mul = ir.Node("", "Mul", [value, const], name=self.names.fresh(f"{value.name}_awq_Mul"))
         out = mul.outputs[0]
         out.name = self.names.fresh(f"{value.name}_awq")

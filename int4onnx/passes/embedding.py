@@ -18,13 +18,12 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx import _native
-from int4onnx.passes.plan import MatMulTarget, PlanPass, read_float32
+from int4onnx.passes.plan import MSFT_DOMAIN, MatMulTarget, Names, PlanPass, read_float32
 from int4onnx.quant.clip import quantize_clip
 from int4onnx.quant.grid import Grid
 
 logger = logging.getLogger(__name__)
 
-MSFT_DOMAIN = "com.microsoft"
 _PASS_THROUGH = {"Identity", "Reshape", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Add", "Transpose"}
 
 
@@ -73,13 +72,11 @@ def find_lm_heads(graph: ir.Graph, targets: list[MatMulTarget]) -> list[MatMulTa
 
 class QuantizeEmbeddingsPass(PlanPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from int4onnx.passes.rewrite import _Names
-
         if self.config.embedding == "float":
             return ir.passes.PassResult(model, modified=False)
         bits = int(self.config.embedding)
         graph = model.graph
-        names = _Names(graph)
+        names = Names(graph)
         done = 0
         for e in find_embeddings(graph):
             reason = self._why_not(e, graph)
@@ -101,20 +98,12 @@ class QuantizeEmbeddingsPass(PlanPass):
                     cache["q"] = quantize_clip(np.ascontiguousarray(table.T), grid, block)  # rows = columns of [D, V]
                 return cache["q"]
 
-            def lazy(base, shape, dt, make):
-                n = names.fresh(base)
-                tensor = ir.LazyTensor(lambda: ir.Tensor(make(), dtype=dt, name=n), dtype=dt, shape=ir.Shape(list(shape)),
-                                       name=n, cache=False)
-                v = ir.Value(name=n, shape=tensor.shape, type=ir.TensorType(dt), const_value=tensor)
-                graph.register_initializer(v)
-                return v
-
             row = e.D * bits // 8
-            data = lazy(f"{e.table.name}_q{bits}", (e.V, row), ir.DataType.UINT8,
+            data = names.add_lazy(graph, f"{e.table.name}_q{bits}", (e.V, row), ir.DataType.UINT8,
                         lambda q=quantized, r=row, V=e.V, b=block: q().packed(b).reshape(V, r))
-            sc = lazy(f"{e.table.name}_scales", (e.V, nb), dtype,
+            sc = names.add_lazy(graph, f"{e.table.name}_scales", (e.V, nb), dtype,
                       lambda q=quantized, dt=dtype: q().scales.astype(dt.numpy()))
-            zp = lazy(f"{e.table.name}_zero_points", (e.V, _native.zero_point_row_bytes(nb, bits)), ir.DataType.UINT8,
+            zp = names.add_lazy(graph, f"{e.table.name}_zero_points", (e.V, _native.zero_point_row_bytes(nb, bits)), ir.DataType.UINT8,
                       lambda q=quantized: q().packed_zero_points())
             attrs = [ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 1),
                      ir.AttrInt64("block_size", block), ir.AttrInt64("bits", bits)]

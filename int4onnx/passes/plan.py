@@ -15,6 +15,8 @@ import onnx_ir as ir
 from int4onnx import _native
 from int4onnx.config import QuantConfig
 
+MSFT_DOMAIN = "com.microsoft"
+
 
 @dataclasses.dataclass
 class MatMulTarget:
@@ -157,3 +159,45 @@ class PlanPass(ir.passes.InPlacePass):
         super().__init__()
         self.config = config
         self.plan = plan
+
+
+class Names:
+    """Fresh value names that collide with nothing in the graph."""
+
+    def __init__(self, graph: ir.Graph):
+        self.used = set()
+        graphs = {id(graph): graph}
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            self.used.update(v.name for v in node.outputs if v.name)
+            if node.name:
+                self.used.add(node.name)
+            graphs.setdefault(id(node.graph), node.graph)
+        for g in graphs.values():  # subgraph initializers and inputs share the model's namespace
+            self.used.update(g.initializers)
+            self.used.update(v.name for v in g.inputs if v.name)
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.used:
+            name, i = f"{base}_{i}", i + 1
+        self.used.add(name)
+        return name
+
+    def add_initializer(self, graph: ir.Graph, base: str, array: np.ndarray,
+                        dtype: ir.DataType | None = None) -> ir.Value:
+        """A constant initializer of `graph` under a fresh name."""
+        name = self.fresh(base)
+        tensor = ir.Tensor(array, dtype=dtype, name=name)
+        value = ir.Value(name=name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
+        graph.register_initializer(value)
+        return value
+
+    def add_lazy(self, graph: ir.Graph, base: str, shape, dtype: ir.DataType, make) -> ir.Value:
+        """An initializer of `graph` whose data `make()` returns when the saver asks for it."""
+        name = self.fresh(base)
+        tensor = ir.LazyTensor(lambda: ir.Tensor(make(), dtype=dtype, name=name), dtype=dtype,
+                               shape=ir.Shape(list(shape)), name=name, cache=False)
+        value = ir.Value(name=name, shape=tensor.shape, type=ir.TensorType(dtype), const_value=tensor)
+        graph.register_initializer(value)
+        return value
+

@@ -15,44 +15,18 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx import _native
-from int4onnx.passes.plan import LayerSpec, MatMulTarget, PlanPass
+from int4onnx.passes.plan import MSFT_DOMAIN, LayerSpec, MatMulTarget, Names, PlanPass
 
 logger = logging.getLogger(__name__)
-
-MSFT_DOMAIN = "com.microsoft"
-
 
 def _np_dtype(dtype: ir.DataType):
     return np.float16 if dtype == ir.DataType.FLOAT16 else np.float32
 
 
-class _Names:
-    """Fresh value names that collide with nothing in the graph."""
-
-    def __init__(self, graph: ir.Graph):
-        self.used = set()
-        graphs = {id(graph): graph}
-        for node in ir.traversal.RecursiveGraphIterator(graph):
-            self.used.update(v.name for v in node.outputs if v.name)
-            if node.name:
-                self.used.add(node.name)
-            graphs.setdefault(id(node.graph), node.graph)
-        for g in graphs.values():  # subgraph initializers and inputs share the model's namespace
-            self.used.update(g.initializers)
-            self.used.update(v.name for v in g.inputs if v.name)
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.used:
-            name, i = f"{base}_{i}", i + 1
-        self.used.add(name)
-        return name
-
-
 class RewriteMatMulsPass(PlanPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        self.names = _Names(graph)
+        self.names = Names(graph)
         self.cache: dict[tuple, list] = {}
         self.empties: dict[tuple, ir.Value] = {}
         # A quantized weight lives in the graph of the nodes that use it (inside an If/Loop body the
@@ -84,19 +58,10 @@ class RewriteMatMulsPass(PlanPass):
     # -- initializers (lazy: the weight is quantized when the saver asks for these bytes) -------------
 
     def _initializer(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
-        name = self.names.fresh(base)
-        tensor = ir.Tensor(array, dtype=dtype, name=name)
-        value = ir.Value(name=name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
-        self.graph.register_initializer(value)
-        return value
+        return self.names.add_initializer(self.graph, base, array, dtype)
 
     def _lazy(self, base: str, shape, dtype: ir.DataType, make) -> ir.Value:
-        name = self.names.fresh(base)
-        tensor = ir.LazyTensor(lambda: ir.Tensor(make(), dtype=dtype, name=name), dtype=dtype,
-                               shape=ir.Shape(list(shape)), name=name, cache=False)
-        value = ir.Value(name=name, shape=tensor.shape, type=ir.TensorType(dtype), const_value=tensor)
-        self.graph.register_initializer(value)
-        return value
+        return self.names.add_lazy(self.graph, base, shape, dtype, make)
 
     def _weight_inputs(self, t: MatMulTarget) -> list:
         spec: LayerSpec = self.plan.specs[t.key]
