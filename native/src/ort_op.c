@@ -43,7 +43,7 @@ typedef struct op_kernel {
   int64_t K, N, bits, block_size;
   int quant_type, compute;
   int has_zp, has_bias, has_sscale;
-  ONNXTensorElementDataType a_type, scale_type;
+  ONNXTensorElementDataType a_type;
   char name[160];
   i4o_prepared *prep; /* constant weights, prepared at session start; NULL = prepare per call */
 } op_kernel;
@@ -304,7 +304,6 @@ static OrtStatus *ORT_API_CALL kernel_create(const OrtCustomOp *op, const OrtApi
   op_kernel *k = (op_kernel *)calloc(1, sizeof(*k));
   if (!k) return g_ort->CreateStatus(ORT_FAIL, "MatMulInt4: out of memory");
   k->a_type = v->a_type;
-  k->scale_type = v->scale_type;
   size_t len = sizeof(k->name);
   OrtStatus *st = g_ort->KernelInfo_GetNodeName(info, k->name, &len);
   if (st) { /* longer than the buffer (len now holds the size needed), or no name */
