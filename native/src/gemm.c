@@ -206,6 +206,12 @@ int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared *
       p->packed = i4o_aligned_alloc(bytes);
       if (!p->packed) goto nomem;
       kernel->pack(w, p->packed);
+      /* the packed layout holds the scales and the kernel reads nothing else (w->zp stays: the
+       * kernels take it as the zero-point flag), so the float copy goes: a fifth of the weights'
+       * memory at group 32 */
+      free(p->scales);
+      p->scales = NULL;
+      w->scales = NULL;
     }
   }
   *out = p;

@@ -24,7 +24,7 @@ typedef struct i4o_wdesc {
   int64_t K, N, block_size, n_blocks, blob_bytes;
   int bits, quant_type;
   const uint8_t *data;   /* portable layout [N][n_blocks][blob_bytes] */
-  const float *scales;   /* [N][n_blocks] */
+  const float *scales;   /* [N][n_blocks]; NULL in a prepared weight that its kernel has packed */
   const uint8_t *zp;     /* [N][n_blocks], or NULL: implied 2^(bits-1) */
 } i4o_wdesc;
 
@@ -129,7 +129,7 @@ typedef struct i4o_prepared {
   i4o_wdesc w;
   const i4o_kernel *kernel;
   void *packed;          /* owned, 64-byte aligned, or NULL */
-  float *scales;         /* owned */
+  float *scales;         /* owned; freed (NULL) once packed: packed holds the scales */
   uint8_t *zp;           /* owned or NULL */
 } i4o_prepared;
 
