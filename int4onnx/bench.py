@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from int4onnx.errors import ConfigError, ModelLoadError
+from int4onnx.errors import ConfigError, ModelLoadError, first_line
 
 
 @dataclasses.dataclass
@@ -168,8 +168,8 @@ def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Seque
             try:
                 outs[name] = sess.run(None, feeds)[0]
             except Exception as exc:
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelLoadError(f"{name}: cannot run it with batch {batch}, seq {seq}: {first_line}") from exc
+                line = first_line(exc)
+                raise ModelLoadError(f"{name}: cannot run it with batch {batch}, seq {seq}: {line}") from exc
         timings = time_alternating({n: (lambda s=s, f=feeds: s.run(None, f)) for n, s in sessions.items()},
                                    repeats=repeats, warmup=warmup)
         base = next(iter(timings.values()))

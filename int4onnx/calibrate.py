@@ -26,7 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx._threads import blas_threads_for
-from int4onnx.errors import CalibrationError
+from int4onnx.errors import CalibrationError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict
             try:
                 outs = runner.run(feed, names)
             except Exception as exc:  # ONNX Runtime rejects the feed (e.g. a dimension the graph needs)
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise CalibrationError(f"calibration sample {i}: ONNX Runtime cannot run the model on it: {first}") from exc
             for name, x in zip(names, outs, strict=True):
                 if name not in stats:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message, for one-line errors; `default` (or the exception's
+    type name) when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else (default if default is not None else type(exc).__name__)
+
+
 class Int4OnnxError(Exception):
     """Base class: a problem with the user's input or options, not a bug in int4onnx."""
 

@@ -21,7 +21,7 @@ import threading
 import onnx
 import onnx_ir as ir
 
-from int4onnx.errors import ModelLoadError, OutputError
+from int4onnx.errors import ModelLoadError, OutputError, first_line
 
 # Above this many bytes of initializers the output keeps its weights in an external data file
 # (protobuf cannot serialise a message over 2 GiB).
@@ -50,17 +50,12 @@ def load_model(path) -> ir.Model:
     try:
         model = ir.load(str(path))
     except Exception as exc:  # protobuf DecodeError, onnx errors, IR deserialisation errors
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {first_line(exc, 'no details')})") from exc
     if model.ir_version < 1:
         # protobuf parses many byte strings as some message; an ONNX file always states its IR version
         raise ModelLoadError(f"{path}: not a valid ONNX model (no IR version; is this an ONNX file?)")
     check_external_data(model, path)
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else "no details"
 
 
 def external_tensors(model: ir.Model):
@@ -98,7 +93,7 @@ def check_external_data(model: ir.Model, path: pathlib.Path) -> None:
         try:
             check() if check else tensor.numpy()
         except (ValueError, OSError) as exc:
-            raise ModelLoadError(f"{path}: initializer '{value.name}': {_first_line(exc)}") from exc
+            raise ModelLoadError(f"{path}: initializer '{value.name}': {first_line(exc, 'no details')}") from exc
         finally:
             tensor.release()
 

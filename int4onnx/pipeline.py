@@ -14,7 +14,7 @@ import onnx_ir.passes.common as common_passes
 
 from int4onnx import _native, io, precision
 from int4onnx.config import AWQ_METHODS, CALIBRATED_METHODS, QuantConfig
-from int4onnx.errors import Int4OnnxError, NothingToQuantizeError, UnsupportedModelError
+from int4onnx.errors import Int4OnnxError, NothingToQuantizeError, UnsupportedModelError, first_line
 from int4onnx.passes.awq import AwqPass
 from int4onnx.passes.embedding import QuantizeEmbeddingsPass, find_lm_heads
 from int4onnx.passes.plan import QuantPlan
@@ -44,13 +44,12 @@ class UpgradeOpsetPass(ir.passes.FunctionalPass):
         except Exception as exc:
             raise UnsupportedModelError(
                 f"the model uses opset {current}; the qdq format needs opset {self.target} and ONNX's version "
-                f"converter failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                f"converter failed ({type(exc).__name__}: {first_line(exc, '')}). "
                 "Use --format int4onnx or --format matmulnbits, which work with any opset"
             ) from exc
         upgraded = ir.serde.deserialize_model(proto)
         # external data stays where it was: the serialised model only kept its relative locations
-        base_dirs = {t.base_dir for g in model.graphs() for v in g.initializers.values()
-                     if isinstance(t := v.const_value, ir.ExternalTensor)}
+        base_dirs = {t.base_dir for _, t in io.external_tensors(model)}
         if base_dirs:
             ir.external_data.set_base_dir(upgraded.graph, base_dirs.pop())
         return ir.passes.PassResult(upgraded, modified=True)

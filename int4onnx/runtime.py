@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from int4onnx.errors import ModelLoadError
+from int4onnx.errors import ModelLoadError, first_line
 
 
 def make_session(path, threads: int | None = None, optimization: str = "all", qdq_accuracy_level: int | None = None,
@@ -45,7 +45,7 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     try:
         return ort.InferenceSession(path if is_bytes else str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelLoadError(f"{'the model' if is_bytes else path}: ONNX Runtime cannot load it: {first}") from exc
 
 
