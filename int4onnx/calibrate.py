@@ -344,7 +344,6 @@ class ModelRunner:
                 graph.outputs.remove(v)
             for v in typed:
                 v.type = None
-        self.output_names = [o.name for o in proto.graph.output]
         over = set(overridable)
         if over:
             have = {i.name for i in proto.graph.input}
