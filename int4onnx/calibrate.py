@@ -272,9 +272,7 @@ class FeedSource:
         if not text.strip():
             raise CalibrationError(f"{p}: no text" + (f" after the first {self.skip_chars} characters"
                                                      if self.skip_chars else ""))
-        tok = Tokenizer(self.tokenizer)
-        ids = tok.encode(text)
-        return ([tok.bos_id] if tok.bos_id is not None else []) + ids
+        return Tokenizer(self.tokenizer).encode_document(text)
 
     def _text_feeds(self, inputs) -> Iterator[dict]:
         if self.sequence_length < 1 or self.samples < 1:

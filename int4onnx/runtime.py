@@ -81,6 +81,11 @@ class Tokenizer:
             return list(self._sp.encode(text))
         return list(self._hf.encode(text, add_special_tokens=False).ids)
 
+    def encode_document(self, text: str) -> list[int]:
+        """`text` as one document, as calibration and perplexity read it: BOS (when the tokenizer has
+        one), then its tokens."""
+        return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
+
 
 def lm_feeds(session, ids: np.ndarray) -> dict:
     """Feeds for a causal LM: input_ids plus attention_mask / position_ids if the model has them."""

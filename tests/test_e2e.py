@@ -200,7 +200,7 @@ STORIES = SHARED / "models" / "stories260K"
 def stories_eval():
     text = (SHARED / "corpora" / "tinystories_Niklas6_sample.txt").read_text()[:40000]
     tok = Tokenizer(STORIES / "tok512.model")
-    return [tok.bos_id] + tok.encode(text)
+    return tok.encode_document(text)
 
 
 def test_stories260k_every_weight_matmul_rewritten_and_perplexity_matches_matmulnbits(tmp_path, stories_eval):

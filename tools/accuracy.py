@@ -65,10 +65,6 @@ TINYGPT_CONFIGS = [
 ]
 
 
-def tokens(tok: Tokenizer, text: str) -> list[int]:
-    return ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(text)
-
-
 def run(model, configs, calibration: dict, evals: dict, window: int, out_dir: pathlib.Path) -> None:
     ref = make_session(str(model))
     base = {name: perplexity(ref, ids, window=window)[0] for name, ids in evals.items()}
@@ -101,9 +97,9 @@ def main(argv=None) -> int:
         if a.model == "stories260k":
             model = STORIES / "stories260K.onnx"
             tok = Tokenizer(STORIES / "tok512.model")
-            evals = {"TinyStories 40K": tokens(tok, TINYSTORIES.read_text(encoding="utf-8")[:40000])}
+            evals = {"TinyStories 40K": tok.encode_document(TINYSTORIES.read_text(encoding="utf-8")[:40000])}
             if a.wikitext:
-                evals["wikitext-2 test"] = tokens(tok, WIKITEXT.read_text(encoding="utf-8"))
+                evals["wikitext-2 test"] = tok.encode_document(WIKITEXT.read_text(encoding="utf-8"))
             calibration = dict(calibration_text=str(TINYSTORIES), tokenizer=str(STORIES / "tok512.model"),
                                calibration_skip_chars=40000, calibration_samples=32, sequence_length=512)
             configs, window = STORIES_CONFIGS, 512
@@ -113,7 +109,7 @@ def main(argv=None) -> int:
             model, tok_path = tinygpt.export(tmp / "tinygpt_char.onnx")
             text = SHAKESPEARE.read_text(encoding="utf-8")
             split = tinygpt.validation_split()
-            evals = {"shakespeare val": tokens(Tokenizer(tok_path), text[split:])}
+            evals = {"shakespeare val": Tokenizer(tok_path).encode_document(text[split:])}
             calibration = dict(calibration_text=str(SHAKESPEARE), tokenizer=str(tok_path), calibration_samples=64,
                                sequence_length=128)  # the first 8,192 characters: training split
             configs, window = TINYGPT_CONFIGS, 128

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     text = corpus.read_text()[:40000]
     tok_path = SHARED / "models" / "stories260K" / "tok512.model"
     tok = Tokenizer(tok_path)
-    ids = [tok.bos_id] + tok.encode(text)
+    ids = tok.encode_document(text)
     ppl_fp32, n = perplexity(make_session(src, threads=args.threads), ids)
     ppl_q, _ = perplexity(make_session(q, threads=args.threads), ids)
     ppl_n, _ = perplexity(make_session(nbits, threads=args.threads), ids)

@@ -34,7 +34,7 @@ def model_level(threads: int) -> None:
     src = SHARED / "models" / "stories260K" / "stories260K.onnx"
     text = (SHARED / "corpora" / "tinystories_Niklas6_sample.txt").read_text()[:40000]
     tok = Tokenizer(SHARED / "models" / "stories260K" / "tok512.model")
-    ids = [tok.bos_id] + tok.encode(text)
+    ids = tok.encode_document(text)
     base, n = perplexity(make_session(src, threads=threads), ids)
     print(f"stories260K perplexity on {n} TinyStories tokens (fp32 model: {base:.4f})")
     print(f"  {'weights':<26} {'compute':<22} {'perplexity':>10} {'vs fp32 model':>14}")

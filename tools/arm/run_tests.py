@@ -169,7 +169,7 @@ def prepare_models(shared: pathlib.Path) -> dict[str, dict]:
     synthetic_model(synth)
     tok = Tokenizer(stories / "tok512.model")
     text = (shared / "corpora" / "tinystories_Niklas6_sample.txt").read_text()[:400]
-    ids = np.array(([tok.bos_id] + tok.encode(text))[:64], dtype=np.int64)[None, :]
+    ids = np.array(tok.encode_document(text)[:64], dtype=np.int64)[None, :]
     np.save(models_dir / "stories.input_ids.npy", ids)
     x = np.random.default_rng(11).standard_normal((9, 200)).astype(np.float32)
     np.save(models_dir / "synthetic.x.npy", x)
