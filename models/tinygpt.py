@@ -152,19 +152,23 @@ def build_onnx(state: dict[str, np.ndarray], config: dict, n_head: int = N_HEAD)
     return model
 
 
-def write_tokenizer(path, corpus=SHAKESPEARE) -> pathlib.Path:
-    """The character vocabulary of the training script (sorted characters of the corpus) as tokenizer.json."""
+def char_tokenizer(path, chars, unk: str) -> pathlib.Path:
+    """A tokenizer.json mapping each character of `chars` to its index (characters not in it to `unk`'s)."""
     from tokenizers import Regex, Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Split
 
-    chars = sorted(set(pathlib.Path(corpus).read_text(encoding="utf-8")))
-    tok = Tokenizer(WordLevel({c: i for i, c in enumerate(chars)}, unk_token=" "))
+    tok = Tokenizer(WordLevel({c: i for i, c in enumerate(chars)}, unk_token=unk))
     tok.pre_tokenizer = Split(Regex(r"[\s\S]"), behavior="isolated")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(path))
     return path
+
+
+def write_tokenizer(path, corpus=SHAKESPEARE) -> pathlib.Path:
+    """The character vocabulary of the training script (sorted characters of the corpus) as tokenizer.json."""
+    return char_tokenizer(path, sorted(set(pathlib.Path(corpus).read_text(encoding="utf-8"))), unk=" ")
 
 
 def export(out=ROOT / "models" / "tinygpt_char.onnx", checkpoint=CHECKPOINT) -> tuple[pathlib.Path, pathlib.Path]:
