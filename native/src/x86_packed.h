@@ -23,7 +23,7 @@
  *
  * int8 kernels store scale * 2^-E[n] as float16 and keep colscale[n] = 2^E[n] (float [G][16] after
  * the records); i4o_prepare has already rounded the scales to exactly these values
- * (i4o_round_scales_int8 in gemm.c), so the int8 path stays bit-exact with its definition.
+ * (round_scales_int8 in gemm.c), so the int8 path stays bit-exact with its definition.
  */
 #ifndef I4O_X86_PACKED_H_
 #define I4O_X86_PACKED_H_
