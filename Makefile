@@ -27,7 +27,7 @@ demo: venv
 	$(PY) tools/demo.py
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" tests

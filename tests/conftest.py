@@ -8,11 +8,11 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
 
-from paths import SHARED  # noqa: E402
+from paths import MISSING, SHARED  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     if not SHARED.is_dir():
-        pytest.fail(f"shared data not found at {SHARED}; set INT4ONNX_SHARED_DATA")
+        pytest.fail(MISSING)
     return SHARED

@@ -1,5 +1,7 @@
 """Every kernel this CPU runs against the scalar reference (and numpy) on a shape grid."""
 
+import platform
+
 import numpy as np
 import pytest
 from modelgen import dequant_reference, int8_path_reference
@@ -83,6 +85,39 @@ def test_kernel_list_and_selection():
     assert KERNELS[:2] == ["scalar_fp32", "scalar_int8"] or set(KERNELS) >= {"scalar_fp32", "scalar_int8"}
     assert _native.kernel_selected("fp32") in FP32_KERNELS
     assert _native.kernel_selected("int8") in INT8_KERNELS
+
+
+# The x86 kernels and the /proc/cpuinfo flags each needs. A kernel this CPU lacks is not tested here;
+# its test is skipped with the reason, so the output says what this run did not cover.
+X86_KERNEL_FLAGS = {
+    "avx2_fp32": {"avx2", "fma"}, "avx2_int8": {"avx2", "fma"},
+    "avxvnni_int8": {"avx2", "fma", "avx_vnni"},
+    "avx512_fp32": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl"},
+    "avx512vnni_int8": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
+}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 kernels")
+@pytest.mark.parametrize("kernel", sorted(X86_KERNEL_FLAGS))
+def test_x86_kernel_runs_where_the_cpu_has_it(kernel):
+    """The CPU probe offers exactly the kernels whose instructions the CPU has; the grid above covers
+    those, and the others are reported here as skips (check them on a CPU that has them)."""
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    missing = sorted(X86_KERNEL_FLAGS[kernel] - flags)
+    if missing:
+        assert kernel not in KERNELS
+        pytest.skip(f"{kernel} not tested: this CPU lacks {', '.join(missing)} (run the suite on a CPU with them)")
+    assert kernel in KERNELS, f"the CPU has {sorted(X86_KERNEL_FLAGS[kernel])} but {kernel} is not offered"
 
 
 def test_forced_isa(monkeypatch):

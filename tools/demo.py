@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
 
 import llama  # noqa: E402
-from paths import SHARED  # noqa: E402
+from paths import SHARED, require_shared  # noqa: E402
 
 import int4onnx  # noqa: E402
 from int4onnx import _native  # noqa: E402
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--group-size", type=int, default=32)
     args = ap.parse_args(argv)
+    require_shared()
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"int4onnx {int4onnx.__version__}; kernels on this CPU: {', '.join(_native.kernels_available())}; "
           f"selected: {_native.kernel_selected('fp32')} (fp32 compute), {_native.kernel_selected('int8')} (int8 compute)")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything `make test-arm` needs besides the repository, into DEST (default .deps/arm):
 #   1. the Debian cross compilers (gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf and the target
-#      C/C++ runtime libraries), installed with apt-get from the system's own sources when missing;
+#      C/C++ libraries and headers: libc6-dev-{arm64,armhf}-cross, libstdc++6-*-cross), installed
+#      with apt-get from the system's own sources when missing;
 #   2. DEST/qemu/qemu-{aarch64,arm}: Debian trixie's qemu-user (static binaries; bookworm's qemu 7.2
 #      crashes while ONNX Runtime loads);
 #   3. DEST/armhf-sysroot: trixie's libonnxruntime1.21:armhf and its dependency closure (libc included),
@@ -27,14 +28,26 @@ command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
 command -v arm-linux-gnueabihf-gcc >/dev/null || need+=(gcc-arm-linux-gnueabihf)
 [ -e /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ] || need+=(libstdc++6-arm64-cross)
 [ -e /usr/arm-linux-gnueabihf/lib/libstdc++.so.6 ] || need+=(libstdc++6-armhf-cross)
+# the target C libraries and headers (math.h needs bits/libc-header-start.h): not pulled in by the
+# compilers with --no-install-recommends
+[ -e /usr/aarch64-linux-gnu/include/bits/libc-header-start.h ] || need+=(libc6-dev-arm64-cross)
+[ -e /usr/arm-linux-gnueabihf/include/bits/libc-header-start.h ] || need+=(libc6-dev-armhf-cross)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "fetch_arm_deps: missing ${need[*]}; install them (Debian/Ubuntu: sudo apt-get install ${need[*]})" >&2
     exit 1
   fi
   say "installing ${need[*]}"
-  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null ||
+  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
     { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null; }
+  # check that the install brought what the builds use, naming what is still missing
+  for f in /usr/aarch64-linux-gnu/include/bits/libc-header-start.h /usr/arm-linux-gnueabihf/include/bits/libc-header-start.h \
+           /usr/aarch64-linux-gnu/lib/libstdc++.so.6 /usr/arm-linux-gnueabihf/lib/libstdc++.so.6; do
+    [ -e "$f" ] || { echo "fetch_arm_deps: $f still missing after installing ${need[*]}" >&2; exit 1; }
+  done
+  for c in aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc; do
+    command -v $c >/dev/null || { echo "fetch_arm_deps: $c still missing after installing ${need[*]}" >&2; exit 1; }
+  done
 fi
 
 # ---- 2 + 3. trixie packages through a private apt state ----
