@@ -27,6 +27,10 @@ import onnx_ir as ir
 
 from int4onnx._threads import blas_threads_for
 from int4onnx.errors import CalibrationError, first_line
+from int4onnx.lm import InputSpec, LMInterface, is_past_input
+
+__all__ = ["ActivationStats", "FeedSource", "InputSpec", "ModelRunner", "check_feed", "collect_statistics",
+           "model_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,18 +130,6 @@ class ActivationStats:
 
 # -- feeds --------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dtype: np.dtype
-    shape: tuple  # int for a fixed dimension, None for a symbolic or unknown one; () if rank unknown
-    rank_known: bool = True
-
-    def describe(self) -> str:
-        dims = ", ".join("?" if d is None else str(d) for d in self.shape) if self.rank_known else "..."
-        return f"{self.dtype.name}[{dims}]"
-
-
 def model_inputs(model: ir.Model) -> list[InputSpec]:
     """The inputs a caller must feed (graph inputs that are not initializers)."""
     out = []
@@ -169,7 +161,7 @@ def check_feed(feed: dict, inputs: list[InputSpec], where: str) -> dict:
             if bad:
                 raise CalibrationError(f"{where}: input '{spec.name}' has shape {list(x.shape)}, the model expects "
                                        f"{spec.describe()}")
-        if x.size == 0:
+        if x.size == 0 and not (is_past_input(spec.name) and x.ndim == 4 and x.shape[2] == 0 and all(x.shape[i] for i in (0, 1, 3))):
             raise CalibrationError(f"{where}: input '{spec.name}' is empty (shape {list(x.shape)})")
     return feed
 
@@ -185,36 +177,6 @@ def _read_npz(path: pathlib.Path) -> dict:
     return feed
 
 
-def token_input(inputs: list[InputSpec], where: str) -> InputSpec:
-    """The model input that takes token ids."""
-    int_inputs = [i for i in inputs if i.dtype is not None and i.dtype.kind in "iu"]
-    ids_input = next((i for i in int_inputs if i.name in ("input_ids", "ids", "tokens", "idx", "input")), None)
-    if ids_input is None and len(inputs) == 1 and int_inputs:
-        ids_input = int_inputs[0]
-    if ids_input is None:
-        raise CalibrationError(f"{where}: the model has no integer token-id input (inputs: "
-                               f"{', '.join(f'{i.name} {i.describe()}' for i in inputs)}); give --calibration .npz feeds")
-    return ids_input
-
-
-def lm_feed(inputs: list[InputSpec], ids: np.ndarray, where: str) -> dict:
-    """Feed for a causal LM from token ids [batch, seq]: the integer ids input plus attention_mask /
-    position_ids when the model has them."""
-    feed = {}
-    ids_input = token_input(inputs, where)
-    for spec in inputs:
-        if spec is ids_input:
-            feed[spec.name] = ids.astype(spec.dtype)
-        elif "mask" in spec.name:
-            feed[spec.name] = np.ones(ids.shape, dtype=spec.dtype or np.int64)
-        elif "position" in spec.name:
-            feed[spec.name] = np.broadcast_to(np.arange(ids.shape[1]), ids.shape).astype(spec.dtype or np.int64)
-        else:
-            raise CalibrationError(f"{where}: cannot make model input '{spec.name}' from text (known: token ids, "
-                                   "attention_mask, position_ids); give --calibration .npz feeds")
-    return feed
-
-
 @dataclasses.dataclass
 class FeedSource:
     """Where calibration (or evaluation) feeds come from; one of `path` or `text`+`tokenizer`."""
@@ -223,23 +185,25 @@ class FeedSource:
     text: str | None = None
     tokenizer: str | None = None
     samples: int = 32
-    sequence_length: int = 512
+    sequence_length: int | None = None  # text: tokens per window (None: 512, or the model's context when shorter)
     skip_chars: int = 0  # text: start reading after this many characters
     max_chars: int | None = None  # text: read at most this many characters
 
     def describe(self) -> str:
         if self.path:
             return str(self.path)
-        return f"{self.samples} x {self.sequence_length} tokens of {self.text}"
+        return f"{self.samples} x {self.sequence_length or 'up to 512'} tokens of {self.text}"
 
-    def feeds(self, inputs: list[InputSpec]) -> list[dict]:
-        """All feeds, checked against the model's inputs (calibration sets are small)."""
-        out = list(self._iter(inputs))
+    def feeds(self, inputs: list[InputSpec], lm: LMInterface | None = None) -> list[dict]:
+        """All feeds, checked against the model's inputs (calibration sets are small). Text windows are
+        fed through `lm` (the model's LM interface; read from `inputs` when not given), with an empty
+        past for KV-cache models (`LMInterface.settle_feeds` masks it where the graph refuses that)."""
+        out = list(self._iter(inputs, lm))
         if not out:
             raise CalibrationError(f"{self.describe()}: no calibration samples")
         return out
 
-    def _iter(self, inputs) -> Iterator[dict]:
+    def _iter(self, inputs, lm) -> Iterator[dict]:
         if self.path is not None:
             p = pathlib.Path(self.path)
             if p.is_dir():
@@ -253,7 +217,7 @@ class FeedSource:
             else:
                 raise CalibrationError(f"{p}: no such file or directory")
             return
-        yield from self._text_feeds(inputs)
+        yield from self._text_feeds(inputs, lm or LMInterface.describe(inputs, where=self.text))
 
     def tokens(self) -> list[int]:
         from int4onnx.runtime import Tokenizer
@@ -274,12 +238,14 @@ class FeedSource:
                                                      if self.skip_chars else ""))
         return Tokenizer(self.tokenizer).encode_document(text)
 
-    def _text_feeds(self, inputs) -> Iterator[dict]:
-        if self.sequence_length < 1 or self.samples < 1:
+    def _text_feeds(self, inputs, lm: LMInterface) -> Iterator[dict]:
+        if (self.sequence_length is not None and self.sequence_length < 1) or self.samples < 1:
             raise CalibrationError("--calibration-samples and --sequence-length must be at least 1")
-        token_input(inputs, self.text)
+        lm.require("give --calibration .npz feeds", CalibrationError)
+        L = lm.window_length(self.sequence_length, "--sequence-length")
+        self.sequence_length = L
         ids = self.tokens()
-        L = self.sequence_length
+        lm.check_tokens(ids, self.tokenizer)
         n = min(self.samples, len(ids) // L)
         if n == 0:
             raise CalibrationError(f"{self.text}: {len(ids)} tokens, fewer than one sample of --sequence-length {L}")
@@ -287,7 +253,7 @@ class FeedSource:
             logger.warning("calibration text gives %d samples of %d tokens (asked for %d)", n, L, self.samples)
         for i in range(n):
             window = np.array(ids[i * L:(i + 1) * L], dtype=np.int64)[None, :]
-            yield check_feed(lm_feed(inputs, window, self.text), inputs, self.text)
+            yield check_feed(lm.window_feed(window), inputs, self.text)
 
 
 # -- running the model ---------------------------------------------------------------------------------
@@ -370,9 +336,12 @@ class ModelRunner:
 
 def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict], gram: bool,
                        progress: Callable[[int, int, str], None] | None = None,
-                       dtypes: dict[str, ir.DataType] | None = None) -> dict[str, ActivationStats]:
+                       dtypes: dict[str, ir.DataType] | None = None,
+                       lm: LMInterface | None = None) -> dict[str, ActivationStats]:
     """Statistics of each value (an activation [..., K]) over the feeds, keyed by value name.
-    dtypes: element type of values whose type the graph does not record (default float32)."""
+    dtypes: element type of values whose type the graph does not record (default float32).
+    lm: the model's LM interface; feeds with an empty KV past are replaced in the list by masked ones
+    when the graph refuses a 0-length past."""
     uniq: dict[str, ir.Value] = {}
     for v in values:
         uniq.setdefault(v.name, v)
@@ -380,6 +349,8 @@ def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict
     stats: dict[str, ActivationStats] = {}
     names = list(uniq)
     try:
+        if lm is not None:
+            lm.settle_feeds(runner.session, feeds)
         for i, feed in enumerate(feeds):
             if progress:
                 progress(i, len(feeds), "calibrating")

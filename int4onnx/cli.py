@@ -173,7 +173,8 @@ def _progress_printer(quiet: bool):
               help="tokenizer.json or sentencepiece .model for --calibration-text.")
 @click.option("--calibration-samples", type=int, default=32, show_default=True,
               help="Number of calibration samples (text windows, or .npz files of a directory).")
-@click.option("--sequence-length", type=int, default=512, show_default=True, help="Tokens per text sample.")
+@click.option("--sequence-length", type=int, default=None,
+              help="Tokens per text sample (default: 512, or the model's context length when shorter).")
 @click.option("--calibration-skip-chars", type=int, default=0, show_default=True,
               help="Start reading the calibration text after this many characters (keep evaluation text out).")
 @click.option("--clip-search/--no-clip-search", default=True, show_default=True,
@@ -336,12 +337,14 @@ def build_native(target, out_dir, cc, ort_include_dir):
 @click.option("--text", type=click.Path(path_type=pathlib.Path), metavar="FILE",
               help="Inputs for a causal LM: windows of tokens from this text (needs --tokenizer).")
 @click.option("--samples", type=int, default=8, show_default=True, help="Text windows (or .npz files) to compare on.")
-@click.option("--sequence-length", type=int, default=512, show_default=True, help="Tokens per text window.")
+@click.option("--sequence-length", type=int, default=None,
+              help="Tokens per text window (default: 512, or the model's context length when shorter).")
 @click.option("--perplexity", "ppl_text", type=click.Path(path_type=pathlib.Path), metavar="TEXT",
               help="Also compute both models' perplexity on this text (causal LMs; needs --tokenizer).")
 @click.option("--tokenizer", type=click.Path(path_type=pathlib.Path), metavar="FILE",
               help="tokenizer.json or sentencepiece .model (BOS is prepended when the tokenizer has one).")
-@click.option("--window", type=int, default=512, show_default=True, help="Perplexity: tokens per window.")
+@click.option("--window", type=int, default=None,
+              help="Perplexity: tokens per window (default: 512, or the model's context length when shorter).")
 @click.option("--stride", type=int, default=None,
               help="Perplexity: sliding windows advancing by this many tokens (default: non-overlapping).")
 @click.option("--skip-chars", type=int, default=0, show_default=True,
@@ -360,7 +363,7 @@ def eval_(reference, candidate, data, text, samples, sequence_length, ppl_text, 
         raise ConfigError("give either --data or --text, not both")
     if (text or ppl_text) and not tokenizer:
         raise ConfigError("--text and --perplexity need --tokenizer (a tokenizer.json or sentencepiece .model)")
-    if samples < 1 or sequence_length < 1 or window < 1 or (stride is not None and not 1 <= stride <= window):
+    if samples < 1 or min(sequence_length or 1, window or 1) < 1 or (stride is not None and not 1 <= stride <= (window or stride)):
         raise ConfigError("--samples, --sequence-length and --window must be at least 1; --stride between 1 and --window")
     source = None
     if data:

@@ -56,7 +56,8 @@ class QuantConfig:
     Calibration data (needed by awq, gptq, target_bits, max_error; optional for clip):
     calibration: an .npz file (arrays keyed by input name: one sample) or a directory of them.
     calibration_text + tokenizer: a text file cut into `calibration_samples` windows of
-        `sequence_length` tokens (tokenizer.json or sentencepiece .model), for causal LMs.
+        `sequence_length` tokens (tokenizer.json or sentencepiece .model), for causal LMs (default 512,
+        or the model's context length when shorter; a longer explicit value is an error).
 
     Mixed precision and LM policy:
     target_bits: average bits per quantized weight to aim for (scales and zero points included);
@@ -87,7 +88,7 @@ class QuantConfig:
     calibration_text: str | None = None
     tokenizer: str | None = None
     calibration_samples: int = 32
-    sequence_length: int = 512
+    sequence_length: int | None = None  # None: 512, or the model's context length when shorter
     calibration_skip_chars: int = 0
     target_bits: float | None = None
     max_error: float | None = None
@@ -137,7 +138,8 @@ class QuantConfig:
             raise ConfigError("give either --calibration (.npz data) or --calibration-text, not both")
         if self.calibration_text and not self.tokenizer:
             raise ConfigError("--calibration-text needs --tokenizer (a tokenizer.json or sentencepiece .model)")
-        if self.calibration_samples < 1 or self.sequence_length < 1 or self.calibration_skip_chars < 0:
+        if self.calibration_samples < 1 or (self.sequence_length is not None and self.sequence_length < 1) \
+                or self.calibration_skip_chars < 0:
             raise ConfigError("--calibration-samples and --sequence-length must be at least 1, "
                               "--calibration-skip-chars at least 0")
         if self.target_bits is not None and self.max_error is not None:

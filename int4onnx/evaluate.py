@@ -12,22 +12,10 @@ import dataclasses
 
 import numpy as np
 
-from int4onnx.calibrate import FeedSource, InputSpec
+from int4onnx.calibrate import FeedSource
 from int4onnx.errors import CalibrationError, Int4OnnxError
+from int4onnx.lm import LMInterface, session_inputs
 from int4onnx.runtime import make_session, perplexity
-
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-              "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-
-
-def session_inputs(session) -> list[InputSpec]:
-    out = []
-    for i in session.get_inputs():
-        dtype = _ORT_TYPES.get(i.type)
-        shape = tuple(d if isinstance(d, int) else None for d in (i.shape or []))
-        out.append(InputSpec(i.name, np.dtype(dtype) if dtype is not None else None, shape, i.shape is not None))
-    return out
 
 
 @dataclasses.dataclass
@@ -93,32 +81,35 @@ def compare_outputs(ref_session, cand_session, feeds: list[dict]) -> dict:
 
 
 def evaluate(reference, candidate, source: FeedSource | None = None, perplexity_text: str | None = None,
-             tokenizer: str | None = None, window: int = 512, stride: int | None = None, skip_chars: int = 0,
+             tokenizer: str | None = None, window: int | None = None, stride: int | None = None, skip_chars: int = 0,
              max_chars: int | None = None, threads: int | None = None) -> dict:
-    """Compare two models; returns a JSON-serialisable dict."""
+    """Compare two models; returns a JSON-serialisable dict. window=None: 512 tokens, or the
+    reference's context length when shorter."""
     if source is None and perplexity_text is None:
         raise CalibrationError("nothing to evaluate on: give --data PATH, --text FILE --tokenizer FILE, "
                                "or --perplexity TEXT --tokenizer FILE")
     ref = make_session(reference, threads=threads)
     cand = make_session(candidate, threads=threads)
+    ref_lm = LMInterface.from_session(ref, reference)
+    cand_lm = LMInterface.from_session(cand, candidate)
     out: dict = {"reference": str(reference), "candidate": str(candidate)}
     if source is not None:
-        feeds = source.feeds(session_inputs(ref))
+        feeds = source.feeds(session_inputs(ref), ref_lm)
+        ref_lm.settle_feeds(ref, feeds)
         out["samples"] = len(feeds)
         out["data"] = source.describe()
         out["outputs"] = compare_outputs(ref, cand, feeds)
     if perplexity_text is not None:
         if not tokenizer:
             raise CalibrationError("--perplexity needs --tokenizer (a tokenizer.json or sentencepiece .model)")
+        ref_lm.require("--perplexity needs a causal LM whose first output is logits [batch, seq, vocab]")
+        window = ref_lm.window_length(window, "--window")
         tokens = FeedSource(text=perplexity_text, tokenizer=tokenizer, skip_chars=skip_chars,
                             max_chars=max_chars).tokens()
         if len(tokens) < 2:
             raise CalibrationError(f"{perplexity_text}: fewer than two tokens")
-        try:
-            p_ref, n = perplexity(ref, tokens, window=window, stride=stride)
-            p_cand, _ = perplexity(cand, tokens, window=window, stride=stride)
-        except ValueError as exc:
-            raise CalibrationError(str(exc)) from None
+        p_ref, n = perplexity(ref, tokens, window=window, stride=stride, lm=ref_lm, tokenizer=tokenizer)
+        p_cand, _ = perplexity(cand, tokens, window=window, stride=stride, lm=cand_lm, tokenizer=tokenizer)
         out["perplexity"] = {"text": str(perplexity_text), "tokens": n, "window": window, "stride": stride or window,
                              "reference": p_ref, "candidate": p_cand}
     return out

@@ -131,8 +131,10 @@ def _run(pass_, model: ir.Model) -> ir.Model:
 
 
 def quantize_model(model: ir.Model, config: QuantConfig,
-                   progress: Callable[[int, int, str], None] | None = None) -> tuple[ir.Model, QuantPlan]:
-    """Rewrite an in-memory model; returns it and the plan (what was done).
+                   progress: Callable[[int, int, str], None] | None = None,
+                   path=None) -> tuple[ir.Model, QuantPlan]:
+    """Rewrite an in-memory model; returns it and the plan (what was done). `path`: the model's file,
+    whose folder may hold config.json / genai_config.json (the context length of a causal LM).
 
     The new initializers are lazy: each weight is quantized when its bytes are first read (normally
     while the model is saved), and ``plan.layers`` fills up then. ``plan.quantizer.quantize_all()``
@@ -162,7 +164,7 @@ def quantize_model(model: ir.Model, config: QuantConfig,
         raise NothingToQuantizeError("nothing left to quantize after --lm-head float")
     feeds = None
     if config.has_calibration:
-        feeds = _calibrate(model, plan, config, progress)
+        feeds = _calibrate(model, plan, config, progress, path)
     if config.method in AWQ_METHODS:
         model = _run(AwqPass(config, plan, lambda t: plan.specs.get(t.key) or default_spec(config, t)), model)
     if config.mixed_precision:
@@ -184,20 +186,22 @@ def quantize_model(model: ir.Model, config: QuantConfig,
 GRAM_REPORT_BYTES = 256 * 2**20
 
 
-def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress) -> list[dict]:
+def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress, path=None) -> list[dict]:
     """Run the model on the calibration data and put the statistics of every MatMul input in plan.stats."""
     from int4onnx import calibrate
+    from int4onnx.lm import LMInterface
 
     start = time.perf_counter()
     source = calibrate.FeedSource(path=config.calibration, text=config.calibration_text, tokenizer=config.tokenizer,
                                   samples=config.calibration_samples, sequence_length=config.sequence_length,
                                   skip_chars=config.calibration_skip_chars)
-    feeds = source.feeds(calibrate.model_inputs(model))
+    lm = LMInterface.from_model(model, path)
+    feeds = source.feeds(calibrate.model_inputs(model), lm)
     inputs = {t.node.inputs[0].name: t for t in plan.targets}
     gram_bytes = sum(8 * t.K * t.K for t in inputs.values())
     gram = config.method in CALIBRATED_METHODS or config.mixed_precision or gram_bytes <= GRAM_REPORT_BYTES
     plan.stats = calibrate.collect_statistics(model, [t.node.inputs[0] for t in plan.targets], feeds, gram, progress,
-                                              dtypes={name: t.dtype for name, t in inputs.items()})
+                                              dtypes={name: t.dtype for name, t in inputs.items()}, lm=lm)
     plan.calibration.update({"source": source.describe(), "samples": len(feeds), "gram": gram,
                              "statistics_bytes": int(sum(8 * (5 * s.K + (s.K * s.K if s.gram is not None else 0))
                                                          for s in plan.stats.values())),
@@ -212,7 +216,7 @@ def quantize_file(input_path, output_path, config: QuantConfig,
     model = io.load_model(input_path)
     out = io.check_output_path(input_path, output_path, model)  # now also against its data files
     input_bytes = io.model_file_bytes(input_path, model)
-    model, plan = quantize_model(model, config, progress)
+    model, plan = quantize_model(model, config, progress, input_path)
     written = io.save_model_atomic(model, out)
     output_bytes = sum(os.path.getsize(p) for p in written)
     return Report.build(plan, config, input_path, output_path, input_bytes, output_bytes, time.perf_counter() - start)

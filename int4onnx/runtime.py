@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from int4onnx.errors import ModelLoadError, first_line
+from int4onnx.errors import ConfigError, ModelLoadError, first_line
 
 
 def make_session(path, threads: int | None = None, optimization: str = "all", qdq_accuracy_level: int | None = None,
@@ -87,44 +87,42 @@ class Tokenizer:
         return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
 
 
-def lm_feeds(session, ids: np.ndarray) -> dict:
-    """Feeds for a causal LM: input_ids plus attention_mask / position_ids if the model has them."""
-    feeds = {}
-    for inp in session.get_inputs():
-        name = inp.name
-        if name in ("input_ids", "ids", "tokens", "input") or (len(session.get_inputs()) == 1):
-            feeds[name] = ids.astype(np.int64)
-        elif "mask" in name:
-            feeds[name] = np.ones_like(ids, dtype=np.int64)
-        elif "position" in name:
-            feeds[name] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
-        else:
-            raise ModelLoadError(f"cannot feed model input '{name}' for perplexity (expected input_ids/attention_mask/position_ids)")
-    return feeds
-
-
 def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def perplexity(session, tokens: list[int], window: int = 512, stride: int | None = None) -> tuple[float, int]:
+def perplexity(session, tokens: list[int], window: int | None = None, stride: int | None = None,
+               lm=None, tokenizer=None) -> tuple[float, int]:
     """Perplexity of a causal LM over `tokens` (BOS already prepended by the caller).
 
     stride=None: non-overlapping windows of `window` inputs, each predicting its next tokens.
     stride=s < window: sliding windows that advance by s and score only the last s predictions of
     each window (the first window scores all of them), so every token keeps up to window-s context.
+    window=None: 512 tokens, or the model's context length when shorter (said on stderr).
+    lm: the model's `int4onnx.lm.LMInterface` (read from the session when not given); KV-cache models
+    get each window with an empty (or masked) past, so they score like their no-cache export.
     """
+    from int4onnx.lm import LMInterface
+
+    lm = lm or LMInterface.from_session(session)
+    lm.require("--perplexity needs a causal LM whose first output is logits [batch, seq, vocab]")
+    window = lm.window_length(window, "--window")
     stride = stride or window
     if stride > window:
-        raise ValueError("stride must not exceed the window")
+        raise ConfigError(f"--stride {stride} must not exceed --window {window}")
+    lm.check_tokens(tokens, tokenizer)
+    lm.probe_empty_past(session)
     nll, count, start, scored_until = 0.0, 0, 0, 0
-    out_name = session.get_outputs()[0].name
     while start < len(tokens) - 1:
         chunk = tokens[start:start + window + 1]
         x = np.array([chunk[:-1]], dtype=np.int64)
-        logits = session.run([out_name], lm_feeds(session, x))[0][0]
+        try:
+            logits = session.run([lm.logits], lm.window_feed(x))[0][0]
+        except Exception as exc:
+            raise ModelLoadError(f"{lm.where}: ONNX Runtime cannot run it on a {x.shape[1]}-token window: "
+                                 f"{first_line(exc)}; try a smaller --window") from exc
         lp = log_softmax(logits)
         targets = np.array(chunk[1:])
         first = max(0, scored_until - start)  # predictions already scored by an earlier window

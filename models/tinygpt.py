@@ -8,7 +8,7 @@ size 128) is a PyTorch zip: a pickled {"model": state_dict, "config": {...}} who
 raw little-endian storages in the zip's data/ folder. It is read with zipfile + a restricted
 unpickler that rebuilds tensors as numpy arrays and refuses every other class.
 
-The graph maps idx [batch, seq] (int64, seq <= 128) to logits [batch, seq, 65]: token embedding +
+The graph maps idx [batch, seq] (int64, seq <= 128, the metadata's context_length) to logits [batch, seq, 65]: token embedding +
 position embedding, per block LayerNorm -> Q/K/V MatMuls (no bias) -> causal softmax attention ->
 output projection (+bias) -> residual, LayerNorm -> MatMul+bias -> exact GELU (erf) -> MatMul+bias ->
 residual; final LayerNorm and the head MatMul. Linear weights are stored [in, out]. The vocabulary is
@@ -148,6 +148,7 @@ def build_onnx(state: dict[str, np.ndarray], config: dict, n_head: int = N_HEAD)
                               [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", "seq"])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="int4onnx-models")
+    helper.set_model_props(model, {"context_length": str(T)})  # read by int4onnx.lm: windows never exceed it
     model.ir_version = 8
     return model
 
@@ -201,7 +202,7 @@ def main(argv=None):
         from int4onnx.runtime import Tokenizer, make_session, perplexity
 
         text = SHAKESPEARE.read_text(encoding="utf-8")[validation_split():]
-        ppl, n = perplexity(make_session(str(model)), Tokenizer(tok).encode(text), window=128)
+        ppl, n = perplexity(make_session(str(model)), Tokenizer(tok).encode(text))
         print(f"perplexity {ppl:.4f} on {n} characters of the tiny shakespeare validation split (128-char windows)")
 
 
