@@ -81,13 +81,24 @@ _INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def make_feeds(session, batch: int = 1, seq: int = 1, seed: int = 0, vocab: int = 32) -> dict[str, np.ndarray]:
-    """Inputs for a session: dynamic dimensions become `batch` (the first) and `seq` (the others).
-
-    Float inputs are standard normal; integer inputs are token ids in [0, vocab), except names with
-    "mask" (ones) and "position" (0, 1, 2, ... along the last axis). Fixed dimensions are kept.
+def make_feeds(session, batch: int = 1, seq: int = 1, seed: int = 0, vocab: int = 32, past: int = 0,
+               lm=None) -> dict[str, np.ndarray]:
+    """Inputs for a session. A causal LM (`int4onnx.lm`) gets `seq` random token ids in [0, vocab)
+    after `past` cached tokens (zeros; an empty past when 0) with its mask and positions. Other models:
+    dynamic dimensions become `batch` (the first) and `seq` (the others); float inputs are standard
+    normal, integer inputs are ids in [0, vocab), except names with "mask" (ones) and "position" (0, 1, 2,
+    ... along the last axis). Fixed dimensions are kept.
     """
+    from int4onnx.lm import LMInterface
+
     rng = np.random.default_rng(seed)
+    lm = lm or LMInterface.from_session(session)
+    if lm.is_lm:
+        lm.probe_empty_past(session)
+        ids = rng.integers(0, min(vocab, lm.vocab_size or vocab), size=(batch, seq))
+        return lm.window_feed(ids, past=past)
+    if past:
+        lm.require("--past is for causal LMs with a KV cache", ConfigError)
     feeds = {}
     for inp in session.get_inputs():
         shape = []
@@ -143,34 +154,46 @@ SPIN = {"session.intra_op.allow_spinning": "1"}
 
 
 def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Sequence[tuple[int, int]] = ((1, 1),),
-                 repeats: int = 20, warmup: int = 2, vocab: int = 32, spin: bool = False) -> ModelBench:
+                 repeats: int = 20, warmup: int = 2, vocab: int = 32, spin: bool = False, past: int = 0) -> ModelBench:
     """Time the models at `paths` alternating in one process, for each (batch, seq) in `shapes`.
 
     The first model is the one under test: every other row gets the first model's speed-up over it
     (its median / the first model's median; above 1 = the first model is faster) and a comparison of
-    its first output with the first model's.
+    its first output (causal LMs: the logits) with the first model's. When every model is a causal LM,
+    each is fed the same token ids through its own interface (KV-cache and no-cache exports compare).
     """
+    from int4onnx.lm import LMInterface
     from int4onnx.runtime import make_session
 
     if repeats < 1:
         raise ConfigError(f"repeats must be at least 1, got {repeats}")
     threads = threads or os.cpu_count() or 1
     sessions = {str(p): make_session(str(p), threads=threads, config=SPIN if spin else NO_SPIN) for p in paths}
+    lms = {name: LMInterface.from_session(sess, name) for name, sess in sessions.items()}
+    all_lm = all(lm.is_lm for lm in lms.values())
+    if past < 0:
+        raise ConfigError(f"--past must be at least 0, got {past}")
     rows = []
     for batch, seq in shapes:
-        first = next(iter(sessions.values()))
-        feeds = make_feeds(first, batch=batch, seq=seq, vocab=vocab)
+        first = next(iter(sessions))
+        if all_lm:
+            for lm in lms.values():
+                lm.window_length(seq + past, "--seq" if not past else "--seq plus --past")
+            feeds = {n: make_feeds(sessions[n], batch=batch, seq=seq, vocab=vocab, past=past, lm=lms[n]) for n in sessions}
+        else:
+            feed = make_feeds(sessions[first], batch=batch, seq=seq, vocab=vocab, past=past, lm=lms[first])
+            feeds = {n: feed for n in sessions}
         outs = {}
         for name, sess in sessions.items():
-            if sorted(i.name for i in sess.get_inputs()) != sorted(feeds):
+            if sorted(i.name for i in sess.get_inputs()) != sorted(feeds[name]):
                 raise ModelLoadError(f"{name} has inputs {[i.name for i in sess.get_inputs()]}, "
-                                     f"the first model has {sorted(feeds)}: they cannot be compared")
+                                     f"the first model has {sorted(feeds[first])}: they cannot be compared")
             try:
-                outs[name] = sess.run(None, feeds)[0]
+                outs[name] = sess.run([lms[name].logits] if all_lm else None, feeds[name])[0]
             except Exception as exc:
                 line = first_line(exc)
                 raise ModelLoadError(f"{name}: cannot run it with batch {batch}, seq {seq}: {line}") from exc
-        timings = time_alternating({n: (lambda s=s, f=feeds: s.run(None, f)) for n, s in sessions.items()},
+        timings = time_alternating({n: (lambda s=s, f=feeds[n]: s.run(None, f)) for n, s in sessions.items()},
                                    repeats=repeats, warmup=warmup)
         base = next(iter(timings.values()))
         ref_out = next(iter(outs.values()))

@@ -412,11 +412,13 @@ def _int_list(ctx, param, value):
 @click.option("--batch", type=int, default=1, show_default=True, help="Size of the first dynamic dimension.")
 @click.option("--repeats", type=int, default=20, show_default=True, help="Timed rounds (each runs every model once).")
 @click.option("--vocab", type=int, default=32, show_default=True, help="Integer inputs (token ids) are drawn from [0, vocab).")
+@click.option("--past", type=int, default=0, show_default=True,
+              help="Causal LMs with a KV cache: tokens already in the cache (--seq 1 --past N times one decoding step).")
 @click.option("--spin", is_flag=True,
               help="Keep ONNX Runtime's thread spinning on (off by default: idle sessions' spinning threads compete "
                    "with the one being timed).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench(model, others, threads, seq, batch, repeats, vocab, spin, as_json):
+def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, as_json):
     """Time MODEL (and --vs models) in one process, alternating, with random inputs.
 
     Prints the median and 90th-percentile latency per model and shape; on each --vs model's row,
@@ -431,7 +433,7 @@ def bench(model, others, threads, seq, batch, repeats, vocab, spin, as_json):
     if batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {batch}")
     result = bench_models([model, *others], threads=threads, shapes=[(batch, s) for s in seq], repeats=repeats,
-                          vocab=vocab, spin=spin)
+                          vocab=vocab, spin=spin, past=past)
     if as_json:
         click.echo(json.dumps({"threads": result.threads, "repeats": result.repeats, "rows": result.rows}, indent=2))
         return

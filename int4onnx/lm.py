@@ -232,6 +232,8 @@ class LMInterface:
         them). With past = 0 the KV inputs are empty, or (empty_past False, or the probe said the graph
         refuses that) one zero token hidden by the attention mask."""
         self.require()
+        if past and not self.past:
+            raise ConfigError(f"{self.where} has no KV-cache inputs to hold {past} past tokens")
         ids = np.asarray(ids)
         b, s = ids.shape
         use_empty = self.empty_past if empty_past is None else empty_past  # None: not probed, try empty
