@@ -1,4 +1,4 @@
-"""Command line: `int4onnx convert | inspect | eval | bench | build-native`. Parsing and printing only; the work is in the library.
+"""Command line: `int4onnx convert | inspect | eval | bench | build-native | generate`. Parsing and printing only; the work is in the library.
 
 User errors print one line (`int4onnx: error: ...`) and exit with a non-zero code (2, or 3 when
 the model has nothing to quantize); `--debug` shows the traceback instead.
@@ -439,6 +439,28 @@ def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, as_jso
         return
     click.echo(f"{result.threads} thread(s), median of {result.repeats} alternating rounds")
     click.echo(result.table())
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=pathlib.Path))
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--tokenizer", type=click.Path(path_type=pathlib.Path), metavar="FILE",
+              help="tokenizer.json or sentencepiece .model (default: the one beside MODEL).")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Stop after this many new tokens.")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy; above 0: sampling.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k most likely tokens (0: all).")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Sample among the most likely tokens up to this probability.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the chat template of the tokenizer's tokenizer_config.json.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+def generate(model, prompt, tokenizer, max_new_tokens, temperature, top_k, top_p, seed, chat, threads):
+    """Continue --prompt with the causal LM MODEL (KV cache when it has one); print the text, then the speed."""
+    from int4onnx.generate import generate as run
+
+    result = run(model, prompt, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
+                 top_k=top_k, top_p=top_p, chat=chat, threads=threads, seed=seed)
+    click.echo(result.text)
+    click.echo(result.speed_line(), err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

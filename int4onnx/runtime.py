@@ -66,6 +66,8 @@ class Tokenizer:
                 raise ModelLoadError(f"tokenizer {path}: cannot read it as tokenizer.json ({exc})") from exc
             self._sp = None
             self.bos_id = None
+            self.config = _read_json_beside(path, "tokenizer_config.json")
+            self.eos_ids = self._hf_eos_ids()
         else:
             import sentencepiece as spm
 
@@ -75,6 +77,39 @@ class Tokenizer:
                 raise ModelLoadError(f"tokenizer {path}: cannot read it as a sentencepiece model ({exc})") from exc
             self._hf = None
             self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+            self.config = {}
+            self.eos_ids = {self._sp.eos_id()} if self._sp.eos_id() >= 0 else set()
+
+    def _hf_eos_ids(self) -> set[int]:
+        """End-of-sequence ids of a tokenizer.json: tokenizer_config.json's eos_token, and the eos_token_id
+        of generation_config.json / config.json beside it."""
+        ids = set()
+        eos = self.config.get("eos_token")
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        if isinstance(eos, str) and self._hf.token_to_id(eos) is not None:
+            ids.add(self._hf.token_to_id(eos))
+        for name in ("generation_config.json", "config.json"):
+            value = _read_json_beside(self.path, name).get("eos_token_id")
+            ids.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
+        return ids
+
+    def token_to_id(self, token: str) -> int | None:
+        if self._sp is not None:
+            i = self._sp.piece_to_id(token)
+            return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
+        return self._hf.token_to_id(token)
+
+    def decode(self, ids: list[int]) -> str:
+        if self._sp is not None:
+            return self._sp.decode(list(ids))
+        return self._hf.decode(list(ids), skip_special_tokens=True)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A generation prompt: BOS and the tokens (sentencepiece), or the tokenizer.json's own special
+        tokens (its post-processor adds BOS where the model wants one)."""
+        if self._sp is not None:
+            return self.encode_document(text)
+        return list(self._hf.encode(text, add_special_tokens=True).ids)
 
     def encode(self, text: str) -> list[int]:
         if self._sp is not None:
@@ -85,6 +120,18 @@ class Tokenizer:
         """`text` as one document, as calibration and perplexity read it: BOS (when the tokenizer has
         one), then its tokens."""
         return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
+
+
+def _read_json_beside(path, name: str) -> dict:
+    import json
+
+    p = os.path.join(os.path.dirname(os.path.abspath(path)), name)
+    try:
+        with open(p, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -156,11 +156,13 @@ def build_onnx(state: dict[str, np.ndarray], config: dict, n_head: int = N_HEAD)
 def char_tokenizer(path, chars, unk: str) -> pathlib.Path:
     """A tokenizer.json mapping each character of `chars` to its index (characters not in it to `unk`'s)."""
     from tokenizers import Regex, Tokenizer
+    from tokenizers.decoders import Fuse
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Split
 
     tok = Tokenizer(WordLevel({c: i for i, c in enumerate(chars)}, unk_token=unk))
     tok.pre_tokenizer = Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = Fuse()  # decoding joins the characters (no spaces between tokens)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(path))
