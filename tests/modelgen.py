@@ -185,3 +185,50 @@ def write_external_data_model(path, layers: int, K: int, N: int, seed: int = 0) 
     with open(path, "wb") as f:
         f.write(model.SerializeToString())
     return offset
+
+
+def gqa_lm(V=48, D=64, heads=4, kv_heads=2, layers=2, context=64, seed=0):
+    """A toy decoder with ONNX Runtime GenAI's KV-cache interface: input_ids, attention_mask,
+    past_key_values.{i}.key/value [batch, kv_heads, past, 16] -> logits, present.{i}.key/value, attention
+    by com.microsoft.GroupQueryAttention with fused rotary (seqlens_k and total_sequence_length computed
+    from the mask as GenAI's builder does; no position_ids input). Weight MatMuls q, k, v, o and the head."""
+    rng = np.random.default_rng(seed)
+    hd = D // heads
+
+    def lin(i, o):
+        return (rng.standard_normal((i, o)) / np.sqrt(i)).astype(np.float32)
+
+    inv = 10000.0 ** (-np.arange(hd // 2) * 2 / hd)
+    angles = np.arange(context)[:, None] * inv[None, :]
+    inits = {"E": rng.standard_normal((V, D)).astype(np.float32), "Wout": lin(D, V), "one": np.array(1, np.int64),
+             "axis1": np.array([1], np.int64), "cos": np.cos(angles).astype(np.float32),
+             "sin": np.sin(angles).astype(np.float32)}
+    n = helper.make_node
+    nodes = [n("Gather", ["E", "input_ids"], ["x0"], name="embed"),
+             n("ReduceSum", ["attention_mask", "axis1"], ["msum"], keepdims=0, name="msum"),
+             n("Sub", ["msum", "one"], ["sk64"], name="sk"), n("Cast", ["sk64"], ["seqlens_k"], to=TensorProto.INT32, name="skc"),
+             n("Shape", ["attention_mask"], ["tsl"], start=1, end=2, name="tsl"),
+             n("Squeeze", ["tsl"], ["tsl0"], name="tsl0"), n("Cast", ["tsl0"], ["total"], to=TensorProto.INT32, name="tslc")]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V])]
+    x = "x0"
+    for i in range(layers):
+        for w, o in (("q", D), ("k", kv_heads * hd), ("v", kv_heads * hd), ("o", D)):
+            inits[f"W{w}{i}"] = lin(D, o)
+        nodes += [n("MatMul", [x, f"W{w}{i}"], [f"{w}{i}"], name=f"mm_{w}{i}") for w in "qkv"]
+        nodes.append(n("GroupQueryAttention", [f"q{i}", f"k{i}", f"v{i}", f"past_key_values.{i}.key",
+                                                f"past_key_values.{i}.value", "seqlens_k", "total", "cos", "sin"],
+                       [f"att{i}", f"present.{i}.key", f"present.{i}.value"], domain="com.microsoft", name=f"gqa{i}",
+                       num_heads=heads, kv_num_heads=kv_heads, do_rotary=1))
+        nodes += [n("MatMul", [f"att{i}", f"Wo{i}"], [f"ao{i}"], name=f"mm_o{i}"),
+                  n("Add", [x, f"ao{i}"], [f"x{i + 1}"], name=f"res{i}")]
+        x = f"x{i + 1}"
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT,
+                                                        ["batch", kv_heads, "past", hd]))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT,
+                                                         ["batch", kv_heads, "total", hd]))
+    nodes.append(n("MatMul", [x, "Wout"], ["logits"], name="lm_head"))
+    return make_model(nodes, inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()],
+                      extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
