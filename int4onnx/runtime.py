@@ -93,12 +93,6 @@ class Tokenizer:
             ids.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
         return ids
 
-    def token_to_id(self, token: str) -> int | None:
-        if self._sp is not None:
-            i = self._sp.piece_to_id(token)
-            return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
-        return self._hf.token_to_id(token)
-
     def decode(self, ids: list[int]) -> str:
         if self._sp is not None:
             return self._sp.decode(list(ids))
