@@ -131,10 +131,10 @@ class LMInterface:
         if outputs:
             self.logits = "logits" if "logits" in shapes else out_names[0]
             shape = shapes[self.logits]
-            if shape is not None and len(shape) != 3 and self.problem is None:
+            if shape and len(shape) != 3 and self.problem is None:  # () or None: rank unknown
                 self.problem = (f"its output '{self.logits}' has rank {len(shape)}; a causal LM gives logits "
                                 "[batch, seq, vocab]")
-            elif shape is not None and len(shape) == 3 and shape[2] is not None:
+            elif shape and len(shape) == 3 and shape[2] is not None:
                 self.vocab_size = int(shape[2])
         self._read_config(path, metadata or {})
         return self
