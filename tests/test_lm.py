@@ -12,6 +12,7 @@ from modelgen import char_tokenizer, matmul_model, save, tiny_lm
 
 from int4onnx import generate as gen
 from int4onnx.cli import main
+from int4onnx.errors import UnsupportedModelError
 from int4onnx.lm import LMInterface
 from int4onnx.runtime import make_session
 
@@ -234,3 +235,53 @@ def test_chat_template():
             gen.chat_prompt(_FakeTokenizer({"chat_template": other}), "hi")
     else:
         assert gen.chat_prompt(_FakeTokenizer({"chat_template": other, "bos_token": "<s>"}), "hi") == "<s>[INST] hi [/INST]"
+
+
+class _RefusesEmptyPast:
+    """A session stand-in that fails like ONNX Runtime on a 0-length past and records what it ran."""
+
+    def __init__(self):
+        self.runs = []
+
+    def run(self, names, feed):
+        self.runs.append(feed)
+        if feed["past_key_values.0.key"].shape[2] == 0:
+            raise RuntimeError("[ONNXRuntimeError] : Reshape: 0-sized dimension")
+        return [np.zeros((1, feed["input_ids"].shape[1], V), np.float32)]
+
+
+def test_masked_past_where_the_graph_refuses_an_empty_one():
+    from int4onnx.lm import InputSpec
+
+    i64 = np.dtype(np.int64)
+    inputs = [InputSpec("input_ids", i64, (None, None)), InputSpec("attention_mask", i64, (None, None)),
+              InputSpec("position_ids", i64, (None, None))]
+    inputs += [InputSpec(f"past_key_values.0.{k}", np.dtype(np.float32), (None, 2, None, 8)) for k in ("key", "value")]
+    outputs = [("logits", (None, None, V)), ("present.0.key", None), ("present.0.value", None)]
+    lm = LMInterface.describe(inputs, outputs)
+    assert lm.has_cache and lm.vocab_size == V
+    ids = np.array([[3, 4, 5]])
+    feed = lm.window_feed(ids)
+    assert feed["past_key_values.0.value"].shape == (1, 2, 0, 8) and feed["attention_mask"].tolist() == [[1, 1, 1]]
+    feeds = [feed, lm.window_feed(ids + 1)]
+    sess = _RefusesEmptyPast()
+    lm.settle_feeds(sess, feeds)
+    assert lm.empty_past is False and len(sess.runs) == 1
+    for f, x in zip(feeds, (ids, ids + 1), strict=True):
+        assert f["past_key_values.0.key"].shape == (1, 2, 1, 8) and not f["past_key_values.0.key"].any()
+        assert f["attention_mask"].tolist() == [[0, 1, 1, 1]] and f["position_ids"].tolist() == [[0, 1, 2]]
+        assert (f["input_ids"] == x).all()
+    # later windows are built masked at once; the next step extends the mask and the positions
+    f = lm.window_feed(ids)
+    assert f["attention_mask"].tolist() == [[0, 1, 1, 1]] and f["past_key_values.0.key"].shape[2] == 1
+    present = {"present.0.key": np.ones((1, 2, 4, 8), np.float32), "present.0.value": np.ones((1, 2, 4, 8), np.float32)}
+    nxt = lm.next_feed(f, present, np.array([[7]]))
+    assert nxt["attention_mask"].tolist() == [[0, 1, 1, 1, 1]] and nxt["position_ids"].tolist() == [[3]]
+    assert nxt["past_key_values.0.key"] is present["present.0.key"]
+    # bench: zeros for 5 cached tokens, positions after them
+    f = lm.window_feed(ids, past=5)
+    assert f["past_key_values.0.key"].shape == (1, 2, 5, 8) and f["attention_mask"].shape == (1, 8)
+    assert f["position_ids"].tolist() == [[5, 6, 7]]
+    no_mask = LMInterface.describe([i for i in inputs if i.name != "attention_mask"], outputs)
+    with pytest.raises(UnsupportedModelError, match="refuses an empty past and has no attention_mask"):
+        no_mask.settle_feeds(_RefusesEmptyPast(), [no_mask.window_feed(ids)])
