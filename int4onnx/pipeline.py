@@ -159,6 +159,8 @@ def quantize_model(model: ir.Model, config: QuantConfig,
             + (f"; found {found} MatMul/Gemm node(s): {detail}{more}" if found else f"; {_what_is_there(model)}")
         )
     lm_heads = find_lm_heads(model.graph, plan.targets)
+    if path is not None:
+        _keep_context_length(model, path)
     fixed = precision.apply_lm_policy(plan, config, lm_heads)
     if not plan.targets:
         raise NothingToQuantizeError("nothing left to quantize after --lm-head float")
@@ -180,6 +182,16 @@ def quantize_model(model: ir.Model, config: QuantConfig,
     )
     model = _run(steps, model)
     return model, plan
+
+
+def _keep_context_length(model: ir.Model, path) -> None:
+    """A causal LM whose context length comes from its folder (config.json, genai_config.json) or a fixed
+    dimension keeps it in the output's metadata (`context_length`), wherever the output is written."""
+    from int4onnx.lm import LMInterface
+
+    lm = LMInterface.from_model(model, path)
+    if lm.is_lm and lm.context_length is not None and "context_length" not in model.metadata_props:
+        model.metadata_props["context_length"] = str(lm.context_length)
 
 
 # Gram matrices are collected for the report's output-error metrics as well when they are this small

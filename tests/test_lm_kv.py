@@ -164,3 +164,89 @@ def test_generate_with_the_kv_cache(genai):
     assert res.text == "".join(ALPHABET[i] for i in res.tokens)
     long = gen.generate(path, "the quick", max_new_tokens=100)
     assert long.stopped == "context" and len(long.prompt_tokens) + len(long.tokens) == CONTEXT
+
+
+# -- optimum's interface (models/llama.build_model): KV-cache and no-cache exports of the same weights --
+
+@pytest.fixture()
+def optimum(tmp_path):
+    """Two optimum-style folders (model.onnx, config.json, tokenizer.json) holding the same tiny Llama,
+    with and without the KV cache."""
+    from llama import LlamaConfig, build_model, random_weights
+
+    cfg = LlamaConfig(dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=len(ALPHABET),
+                      seq_len=CONTEXT)
+    w = random_weights(cfg, seed=3)
+    paths = {}
+    for kv in (True, False):
+        folder = tmp_path / ("kv" if kv else "nocache")
+        folder.mkdir()
+        paths[kv] = save(build_model(cfg, w, kv_cache=kv), folder / "model.onnx")
+        (folder / "config.json").write_text(json.dumps({"max_position_embeddings": CONTEXT, "vocab_size": V}))
+        char_tokenizer(folder / "tokenizer.json", ALPHABET)
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT)
+    return paths[True], paths[False], str(tmp_path / "kv" / "tokenizer.json"), text
+
+
+def test_kv_and_no_cache_exports_give_the_same_perplexity(optimum):
+    from int4onnx.runtime import Tokenizer, perplexity
+
+    kv, nocache, tok, text = optimum
+    r = invoke("eval", nocache, kv, "--perplexity", text, "--tokenizer", tok, "--json", "--stride", 16)
+    assert r.exit_code == 0, r.output
+    p = json.loads(r.stdout)["perplexity"]
+    assert p["window"] == CONTEXT and p["candidate"] == pytest.approx(p["reference"], rel=1e-5)
+    sess = make_session(kv)
+    lm = LMInterface.from_session(sess, kv)
+    assert lm.probe_empty_past(sess) is True
+    lm.empty_past = False  # as for a graph that refuses a 0-length past: one masked zero token
+    masked, n = perplexity(sess, Tokenizer(tok).encode_document(TEXT), stride=16, lm=lm)
+    assert n == p["tokens"] and masked == pytest.approx(p["reference"], rel=1e-5)
+
+
+@pytest.mark.parametrize("empty_past", [True, False])
+def test_kv_and_no_cache_exports_give_the_same_calibration_statistics(optimum, empty_past):
+    kv, nocache, tok, text = optimum
+    stats = {}
+    for path in (kv, nocache):
+        model = ir.load(str(path))
+        lm = LMInterface.from_model(model, path)
+        lm.empty_past = None if path == nocache else empty_past
+        plan = QuantPlan()
+        SelectMatMulsPass(QuantConfig(), plan)(model)
+        feeds = calibrate.FeedSource(text=str(text), tokenizer=tok, samples=3).feeds(calibrate.model_inputs(model), lm)
+        if path == kv:
+            assert feeds[0]["past_key_values.0.key"].shape[2] == (0 if empty_past else 1)
+        s = calibrate.collect_statistics(model, [t.node.inputs[0] for t in plan.targets], feeds, gram=True, lm=lm)
+        stats[path] = {t.node.inputs[1].name: s[t.node.inputs[0].name] for t in plan.targets}
+    assert sorted(stats[kv]) == sorted(stats[nocache]) and len(stats[kv]) == 2 * 7 + 1
+    for weight, a in stats[kv].items():
+        b = stats[nocache][weight]
+        assert a.count == b.count == 3 * CONTEXT
+        np.testing.assert_allclose(a.gram, b.gram, rtol=1e-4, atol=1e-4 * np.abs(b.gram).max())
+        np.testing.assert_allclose(a.absmax, b.absmax, rtol=1e-4, atol=1e-5)
+
+
+def test_kv_and_no_cache_exports_convert_generate_and_bench_alike(optimum, tmp_path):
+    kv, nocache, tok, text = optimum
+    outs = {}
+    for name, path in (("kv", kv), ("nocache", nocache)):
+        outs[name] = tmp_path / f"{name}.int4.onnx"
+        r = invoke("convert", path, "-o", outs[name], "--method", "gptq", "--calibration-text", text, "--tokenizer", tok,
+                   "--calibration-samples", 3, "--lm-head", "4")
+        assert r.exit_code == 0 and "3 x 64 tokens" in r.output, r.output
+        # the context length of config.json travels with the converted model (written outside the folder)
+        q = LMInterface.from_session(make_session(outs[name]), outs[name])
+        assert (q.context_length, q.context_source) == (CONTEXT, "the model's metadata 'context_length'")
+    r = invoke("eval", outs["nocache"], outs["kv"], "--perplexity", text, "--tokenizer", tok, "--json")
+    assert r.exit_code == 0, r.output
+    p = json.loads(r.stdout)["perplexity"]
+    assert p["candidate"] == pytest.approx(p["reference"], rel=1e-4)
+    a = gen.generate(kv, "the quick", tokenizer=tok, max_new_tokens=12)
+    b = gen.generate(nocache, "the quick", tokenizer=tok, max_new_tokens=12)
+    assert a.kv_cache and not b.kv_cache and a.tokens == b.tokens and a.text == b.text
+    r = invoke("bench", kv, "--vs", nocache, "--seq", "1,16", "--repeats", 2, "--json")
+    assert r.exit_code == 0, r.output
+    for row in json.loads(r.stdout)["rows"][1::2]:
+        assert float(row["check"].split("rel. L2 diff ")[1]) < 1e-5
