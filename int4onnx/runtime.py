@@ -82,14 +82,16 @@ class Tokenizer:
 
     def _hf_eos_ids(self) -> set[int]:
         """End-of-sequence ids of a tokenizer.json: tokenizer_config.json's eos_token, and the eos_token_id
-        of generation_config.json / config.json beside it."""
+        of generation_config.json / config.json / genai_config.json (model.eos_token_id) beside it."""
         ids = set()
         eos = self.config.get("eos_token")
         eos = eos.get("content") if isinstance(eos, dict) else eos
         if isinstance(eos, str) and self._hf.token_to_id(eos) is not None:
             ids.add(self._hf.token_to_id(eos))
-        for name in ("generation_config.json", "config.json"):
-            value = _read_json_beside(self.path, name).get("eos_token_id")
+        genai = _read_json_beside(self.path, "genai_config.json").get("model")
+        for value in [_read_json_beside(self.path, name).get("eos_token_id")
+                      for name in ("generation_config.json", "config.json")] + \
+                [genai.get("eos_token_id") if isinstance(genai, dict) else None]:
             ids.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
         return ids
 

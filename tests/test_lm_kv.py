@@ -4,6 +4,7 @@ fused rotary, tests/modelgen.gqa_lm)."""
 
 import json
 import logging
+import pathlib
 import shutil
 
 import numpy as np
@@ -164,6 +165,12 @@ def test_generate_with_the_kv_cache(genai):
     assert res.text == "".join(ALPHABET[i] for i in res.tokens)
     long = gen.generate(path, "the quick", max_new_tokens=100)
     assert long.stopped == "context" and len(long.prompt_tokens) + len(long.tokens) == CONTEXT
+    # GenAI's end-of-sequence id (genai_config.json model.eos_token_id)
+    cfg = json.loads((tmp := pathlib.Path(path).parent / "genai_config.json").read_text())
+    cfg["model"]["eos_token_id"] = [res.tokens[3]]
+    tmp.write_text(json.dumps(cfg))
+    stop = gen.generate(path, "the quick", max_new_tokens=10)
+    assert stop.stopped == "eos" and stop.tokens == res.tokens[:res.tokens.index(res.tokens[3])]
 
 
 # -- optimum's interface (models/llama.build_model): KV-cache and no-cache exports of the same weights --
