@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import time
 
 import numpy as np
@@ -61,8 +62,8 @@ def chat_prompt(tokenizer, prompt: str) -> str:
     """`prompt` as the user's message in the chat template of tokenizer_config.json (beside the tokenizer).
 
     Rendered with jinja2 when it is installed; without it, ChatML templates (<|im_start|>role ...
-    <|im_end|>) are written directly with the user message only (no default system message); other
-    templates need jinja2."""
+    <|im_end|>) are written directly: a default system message that the template spells out
+    literally, then the user message; other templates need jinja2."""
     template = tokenizer.config.get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
@@ -79,7 +80,10 @@ def chat_prompt(tokenizer, prompt: str) -> str:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:
         if CHATML_START in template:
-            return f"{CHATML_START}user\n{prompt}<|im_end|>\n{CHATML_START}assistant\n"
+            # a default system message written literally in the template (SmolLM2's) is kept
+            system = re.search(r"'(<\|im_start\|>system(?:\n|\\n).*?<\|im_end\|>(?:\n|\\n))'", template, re.S)
+            system = system.group(1).replace("\\n", "\n") if system else ""
+            return f"{system}{CHATML_START}user\n{prompt}<|im_end|>\n{CHATML_START}assistant\n"
         raise ConfigError(f"tokenizer {tokenizer.path}: rendering its chat template needs jinja2 "
                           "(pip install jinja2)") from None
 

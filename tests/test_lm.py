@@ -227,6 +227,10 @@ def test_chat_template():
               "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
     text = gen.chat_prompt(_FakeTokenizer({"chat_template": chatml}), "hi there")
     assert text == "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n"
+    system = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+              "{{ '<|im_start|>system\nYou are terse.<|im_end|>\n' }}{% endif %}" + chatml[len("{% for message in messages %}"):])
+    text = gen.chat_prompt(_FakeTokenizer({"chat_template": system}), "hi there")
+    assert text == "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n"
     other = "{{ bos_token }}[INST] {{ messages[0]['content'] }} [/INST]"
     try:
         import jinja2  # noqa: F401
