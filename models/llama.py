@@ -271,9 +271,14 @@ def _build(cfg: LlamaConfig, w: LlamaWeights, optimum_io: bool, kv_cache: bool) 
     else:
         inputs = [vi("input_ids", TensorProto.INT64, ["batch", "seq"])]
         outputs = [vi("logits", TensorProto.FLOAT, ["batch", "seq", cfg.vocab_size])]
-    graph = helper.make_graph(b.nodes, "llama", inputs, outputs, b.inits)
+    graph = helper.make_graph(b.nodes, "llama", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="int4onnx-models")
     model.ir_version = 8
+    # initializers moved in one at a time (make_graph and make_model would each copy all of them)
+    inits, b.inits = b.inits, None
+    for i, tensor in enumerate(inits):
+        model.graph.initializer.append(tensor)
+        inits[i] = None
     return model
 
 
