@@ -54,8 +54,58 @@ def load_model(path) -> ir.Model:
     if model.ir_version < 1:
         # protobuf parses many byte strings as some message; an ONNX file always states its IR version
         raise ModelLoadError(f"{path}: not a valid ONNX model (no IR version; is this an ONNX file?)")
+    check_tensors(model, path)
     check_external_data(model, path)
     return model
+
+
+# elements per entry of a TensorProto's typed data field, by data type (raw_data is checked in bytes)
+_PER_ENTRY = {onnx.TensorProto.COMPLEX64: 0.5, onnx.TensorProto.COMPLEX128: 0.5, onnx.TensorProto.INT4: 2,
+              onnx.TensorProto.UINT4: 2}
+
+
+def _constant_tensors(model: ir.Model):
+    """(kind, name, tensor) of every initializer and every tensor attribute (Constant nodes), all graphs."""
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                yield "initializer", value.name, value.const_value
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR and attr.value is not None:
+                    yield f"node '{node.name}' attribute", attr.name, attr.value
+
+
+def check_tensors(model: ir.Model, where) -> None:
+    """Every constant's dimensions are non-negative and its data is as long as they say, so a damaged
+    or hand-edited file is a ModelLoadError here, not a numpy error in the middle of a conversion."""
+    for kind, name, tensor in _constant_tensors(model):
+        dims = [d if isinstance(d, int) else -1 for d in tensor.shape.dims]
+        if any(d < 0 for d in dims):
+            raise ModelLoadError(f"{where}: {kind} '{name}' has dims {list(tensor.shape.dims)}: a dimension is "
+                                 "negative or not a number; the file is damaged: export the model again")
+        proto = getattr(tensor, "raw", None)
+        if not isinstance(proto, onnx.TensorProto) or proto.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # tensors built in memory are consistent; external data is checked by check_external_data
+        count = 1
+        for d in dims:
+            count *= d
+        dtype = tensor.dtype
+        if proto.HasField("raw_data") or dtype == ir.DataType.UNDEFINED:
+            have, need, unit = len(proto.raw_data), -(-count * dtype.bitwidth // 8) if dtype.bitwidth else 0, "bytes"
+            if dtype == ir.DataType.STRING:
+                continue
+        else:
+            try:
+                field = onnx.helper.tensor_dtype_to_field(proto.data_type)
+            except (KeyError, ValueError, TypeError):
+                continue
+            per = _PER_ENTRY.get(proto.data_type, 1)
+            have, need, unit = len(getattr(proto, field)), int(-(-count // per)), f"{field} entries"
+        if have != need:
+            raise ModelLoadError(
+                f"{where}: {kind} '{name}' has dims {dims} ({count:,} {dtype.name} values: {need:,} {unit}) but holds "
+                f"{have:,} {unit}; the file is damaged or was written wrongly: export the model again")
 
 
 def external_tensors(model: ir.Model):
