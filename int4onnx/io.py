@@ -10,6 +10,7 @@ end, so a failure or an interrupt leaves any previous output as it was.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import pathlib
 import re
@@ -171,21 +172,9 @@ def data_path(output_path) -> pathlib.Path:
     return out.with_name(out.name + ".data")
 
 
-def check_output_path(input_path, output_path, input_model: ir.Model | None = None) -> pathlib.Path:
-    """Refuse outputs that would overwrite the input (model or its data files), are not regular
-    files, or sit in a missing or read-only folder."""
+def check_output_path(output_path) -> pathlib.Path:
+    """Refuse outputs that are not regular files or sit in a missing or read-only folder."""
     out = pathlib.Path(output_path)
-    if input_path is not None:
-        inp = pathlib.Path(input_path)
-        same = out.resolve() == inp.resolve() or (out.exists() and inp.exists() and os.path.samefile(out, inp))
-        if same:
-            raise OutputError(f"output {out} is the input model; choose another output path")
-    if input_model is not None:
-        inputs = external_data_files(input_model)
-        for candidate in (out, data_path(out)):
-            if pathlib.Path(os.path.realpath(candidate)) in inputs:
-                raise OutputError(f"output {out} would overwrite {candidate.name}, the input model's external data; "
-                                  "choose another output path")
     if out.is_dir():
         raise OutputError(f"output {out} is a directory; give a file name such as model.int4.onnx")
     if out.exists() and not out.is_file():
@@ -200,9 +189,69 @@ def check_output_path(input_path, output_path, input_model: ir.Model | None = No
     return out
 
 
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    """Same path after resolving symlinks, or (both existing) the same inode: hard links too."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_overwrites(outputs, reads) -> None:
+    """No file a run writes may be a file it reads, and no two outputs may be one file.
+
+    outputs, reads: (what, path) pairs, e.g. ("output", "o.onnx"), ("--report", "r.json");
+    ("the input model", "m.onnx"), ("--tokenizer", "tok.model"). This is the one check of that rule:
+    every output path (the model, its .data file, the report) against every input (the model, its
+    external data files, calibration .npz files, calibration text, tokenizer)."""
+    outputs = [(what, pathlib.Path(p)) for what, p in outputs if p is not None]
+    reads = [(what, pathlib.Path(p)) for what, p in reads if p is not None]
+    for i, (what, out) in enumerate(outputs):
+        for read_what, src in reads:
+            if _same_file(out, src):
+                raise OutputError(f"{what} {out} would overwrite {read_what} {src}, which this run reads; "
+                                  "choose another path")
+        for other_what, other in outputs[:i]:
+            if _same_file(out, other):
+                raise OutputError(f"{what} {out} would overwrite the {other_what} {other}; choose another path")
+
+
 # -- atomic save --------------------------------------------------------------------------------
 
 _TMP_MARK = "int4onnx-"
+# the output whose folder takes this run's temporary files (see temporaries_next_to)
+_OUTPUT: contextvars.ContextVar[pathlib.Path | None] = contextvars.ContextVar("int4onnx_output", default=None)
+
+
+@contextlib.contextmanager
+def temporaries_next_to(output_path):
+    """Temporary folders made inside this block (make_temp_dir: calibration's copy of the model, the
+    output being written) go next to `output_path`, where remove_stale_temporaries finds what a
+    SIGKILL left; stale ones of that output are removed first."""
+    out = pathlib.Path(output_path)
+    remove_stale_temporaries(out)
+    token = _OUTPUT.set(out)
+    try:
+        yield
+    finally:
+        _OUTPUT.reset(token)
+
+
+def make_temp_dir(kind: str = "") -> pathlib.Path:
+    """A new temporary folder `.<output>.int4onnx-<pid>-<kind>-<random>.tmp` next to the current output
+    (temporaries_next_to), or in the system's temporary folder when there is none (in-memory API use).
+    The caller removes it (shutil.rmtree)."""
+    out = _OUTPUT.get()
+    tag = f"{kind}-" if kind else ""
+    if out is None:
+        return pathlib.Path(tempfile.mkdtemp(prefix=f"{_TMP_MARK}{os.getpid()}-{tag}"))
+    try:
+        return pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_MARK}{os.getpid()}-{tag}", suffix=".tmp",
+                                             dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: creating a file in {out.parent} failed ({exc.strerror or exc})") from exc
 
 
 def _tmp_pattern(out: pathlib.Path) -> re.Pattern:
@@ -275,12 +324,8 @@ def save_model_atomic(model: ir.Model, output_path, external_data: bool | None =
     if external_data is None:
         external_data = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = data_path(out).name
-    remove_stale_temporaries(out)
-    try:
-        tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_MARK}{os.getpid()}-", suffix=".tmp",
-                                               dir=out.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write {out}: creating a file in {out.parent} failed ({exc.strerror or exc})") from exc
+    with temporaries_next_to(out):
+        tmpdir = make_temp_dir()
     try:
         tmp_model = tmpdir / out.name
         # string tensors cannot live in external data: a model with large ones is serialised in memory

@@ -45,7 +45,8 @@ def best_shrink(blocks: np.ndarray, grid: Grid, channel_weight: np.ndarray | Non
         p = group_params(blocks, grid, shrink, super_scale)
         s = p.scales[:, :, None]
         z = None if p.zero_points is None else p.zero_points[:, :, None]
-        err = dequantize_values(quantize_values(blocks, s, z, grid), s, z, grid) - blocks
+        # in float64: squared errors of weights near float32's limit must not overflow
+        err = dequantize_values(quantize_values(blocks, s, z, grid), s, z, grid).astype(np.float64) - blocks
         if gram_blocks is not None:
             err = np.einsum("nbi,bij,nbj->nb", err, gram_blocks, err, optimize=True)
         else:
