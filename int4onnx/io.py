@@ -215,7 +215,8 @@ def check_overwrites(outputs, reads) -> None:
                                   "choose another path")
         for other_what, other in outputs[:i]:
             if _same_file(out, other):
-                raise OutputError(f"{what} {out} would overwrite the {other_what} {other}; choose another path")
+                other_what = other_what if other_what.startswith(("the ", "-")) else f"the {other_what}"
+                raise OutputError(f"{what} {out} would overwrite {other_what} {other}; choose another path")
 
 
 # -- atomic save --------------------------------------------------------------------------------
