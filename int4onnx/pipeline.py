@@ -97,7 +97,7 @@ def _check_versions(model: ir.Model) -> None:
     """An IR version or default-domain opset newer than this onnx release knows: the model cannot be
     checked (or upgraded for qdq), and ONNX Runtime refuses unreleased versions, so the output would
     not run."""
-    upgrade = f"upgrade onnx (pip install -U onnx), or re-export the model with"
+    upgrade = "upgrade onnx (pip install -U onnx), or re-export the model with"
     if model.ir_version > onnx.IR_VERSION:
         raise UnsupportedModelError(
             f"the model has IR version {model.ir_version}, newer than the newest this installation's onnx "
