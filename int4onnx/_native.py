@@ -104,8 +104,9 @@ def pack_weights(codes: np.ndarray, bits: int, block_size: int, quant_type: str 
     """codes: uint8 [N, K] (row n = column n of the [K, N] weight) -> uint8 [N, n_blocks, blob]."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     N, K = codes.shape
-    nb = n_blocks(K, block_size)
-    out = np.empty((N, nb, blob_bytes(bits, block_size)), dtype=np.uint8)
+    what = f"pack_weights(K={K}, N={N}, bits={bits}, block_size={block_size})"
+    nb = _size(lib.i4o_n_blocks(K, block_size), what)
+    out = np.empty((N, nb, _size(lib.i4o_blob_bytes(bits, block_size), what)), dtype=np.uint8)
     zp_ptr = ffi.NULL
     if zero_points is not None:
         zero_points = np.ascontiguousarray(zero_points, dtype=np.uint8)
@@ -114,7 +115,7 @@ def pack_weights(codes: np.ndarray, bits: int, block_size: int, quant_type: str 
         zp_ptr = _ptr(zero_points, "uint8_t *")
     rc = lib.i4o_pack_weights(_ptr(codes, "uint8_t *"), K, N, bits, block_size, QUANT_TYPES[quant_type], zp_ptr,
                               _ptr(out, "uint8_t *"))
-    _check(rc, f"pack_weights(K={K}, N={N}, bits={bits}, block_size={block_size})")
+    _check(rc, what)
     return out
 
 

@@ -69,10 +69,20 @@ NATIVE_CALLS = {
     "matmul nf4 8-bit": "lib.i4o_matmul(ffi.NULL, 0, fbuf, 1, weights(bits=8, quant_type=1), ffi.NULL, fbuf, err, 256)"
                         " == lib.I4O_E_ARG",
     "kernel_selected compute=9": "ffi.string(lib.i4o_kernel_selected(9)) == b''",
+    "RegisterCustomOps NULL options": "ops.RegisterCustomOps(None, ort_lib.OrtGetApiBase()) is not None",  # a status
+    "RegisterCustomOps NULL api": "ops.RegisterCustomOps(None, None) is None",
 }
 
 NATIVE_PRELUDE = """
+import ctypes, glob, os
+import onnxruntime
+import int4onnx
 from int4onnx._native import ffi, lib
+ort_lib = ctypes.CDLL(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*"))[0])
+ort_lib.OrtGetApiBase.restype = ctypes.c_void_p
+ops = ctypes.CDLL(int4onnx.library_path())
+ops.RegisterCustomOps.restype = ctypes.c_void_p
+ops.RegisterCustomOps.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 buf = ffi.new("uint8_t[4096]")
 fbuf = ffi.new("float[4096]")
 err = ffi.new("char[256]")
