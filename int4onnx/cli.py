@@ -282,7 +282,7 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
     if dead:
         n = sum(layer["dead_input_channels"] for layer in dead)
         click.echo(f"  {len(dead)} weight(s) have input channels ({n} in all) that are (near) zero in every calibration "
-                   f"sample: their weights are rounded to nearest and the output error above does not measure them "
+                   f"sample: the output error above does not measure their weights (GPTQ rounds them to nearest) "
                    f"(weight error: rtn {result.mean_metric('rtn_rel_error'):.4f} -> {method} "
                    f"{result.mean_metric('rel_error'):.4f}); calibrate on more representative data")
     mp = cal.get("mixed_precision")

@@ -397,7 +397,7 @@ def test_gptq_with_dead_calibration_channels(tmp_path, method, scale):
     layer = json.loads((tmp_path / "r.json").read_text())["layers"][0]
     assert layer["dead_input_channels"] == 64
     assert layer["rel_error"] < 1.2 * layer["rtn_rel_error"], layer
-    assert "64 in all) that are (near) zero in every calibration sample" in r.output
+    assert "64 in all) that are (near) zero in every calibration sample: the output error above does not" in r.output
     # the dead channels' weights are RTN's, not zero
     import onnxruntime as ort
 
