@@ -250,7 +250,7 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
     if report is not None:
         from int4onnx.io import check_output_path
 
-        check_output_path(report)
+        check_output_path(report, "--report")
         also.append(("--report", report))
 
     result = quantize_file(model, output, config, progress=_progress_printer(quiet), also_writes=also)

@@ -172,20 +172,22 @@ def data_path(output_path) -> pathlib.Path:
     return out.with_name(out.name + ".data")
 
 
-def check_output_path(output_path) -> pathlib.Path:
-    """Refuse outputs that are not regular files or sit in a missing or read-only folder."""
+def check_output_path(output_path, what: str = "output") -> pathlib.Path:
+    """Refuse outputs that are not regular files or sit in a missing or read-only folder. `what` names
+    the path in messages (the CLI's report: "--report")."""
     out = pathlib.Path(output_path)
     if out.is_dir():
-        raise OutputError(f"output {out} is a directory; give a file name such as model.int4.onnx")
+        raise OutputError(f"{what} {out} is a directory; give a file name"
+                          + (" such as model.int4.onnx" if what == "output" else ""))
     if out.exists() and not out.is_file():
-        raise OutputError(f"output {out} exists and is not a regular file")
+        raise OutputError(f"{what} {out} exists and is not a regular file")
     parent = out.parent if str(out.parent) else pathlib.Path(".")
     if parent.exists() and not parent.is_dir():
-        raise OutputError(f"output directory {parent} is not a directory")
+        raise OutputError(f"{what} directory {parent} is not a directory")
     if not parent.is_dir():
-        raise OutputError(f"output directory {parent} does not exist")
+        raise OutputError(f"{what} directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {parent} is not writable")
+        raise OutputError(f"{what} directory {parent} is not writable")
     return out
 
 

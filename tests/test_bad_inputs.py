@@ -193,6 +193,14 @@ def test_api_outputs_never_overwrite_calibration(tmp_path):
     assert _digest(tmp_path) == before
 
 
+@pytest.mark.parametrize("report,needle", [("{dir}", "is a directory"),
+                                           ("{dir}/nodir/r.json", "--report directory {dir}/nodir does not exist")])
+def test_report_path_checked_before_converting(tmp_path, report, needle):
+    src = good(tmp_path)
+    _fails_cleanly(tmp_path, ["convert", src, "-o", tmp_path / "o.onnx", "--report", report.format(dir=tmp_path)],
+                   needle.format(dir=tmp_path))
+
+
 def test_output_directory_gets_the_default_name(tmp_path):
     src = good(tmp_path)
     (tmp_path / "out").mkdir()
