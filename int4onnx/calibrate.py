@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import os
 import pathlib
-import tempfile
+import shutil
 import zipfile
 from typing import Callable, Iterable, Iterator
 
@@ -166,6 +166,11 @@ def check_feed(feed: dict, inputs: list[InputSpec], where: str) -> dict:
     return feed
 
 
+def _npz_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    """The .npz files of a calibration folder, in the order they are read."""
+    return sorted(f for f in folder.iterdir() if f.suffix == ".npz" and f.is_file())
+
+
 def _read_npz(path: pathlib.Path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -194,6 +199,18 @@ class FeedSource:
             return str(self.path)
         return f"{self.samples} x {self.sequence_length or 'up to 512'} tokens of {self.text}"
 
+    def files_read(self) -> list[tuple[str, pathlib.Path]]:
+        """(what, path) of every file these feeds read, for io.check_overwrites."""
+        files = []
+        if self.path is not None:
+            p = pathlib.Path(self.path)
+            files += [("the calibration file", f) for f in (_npz_files(p) if p.is_dir() else [p])]
+        if self.text is not None:
+            files.append(("the calibration text", pathlib.Path(self.text)))
+        if self.tokenizer is not None:
+            files.append(("the tokenizer", pathlib.Path(self.tokenizer)))
+        return files
+
     def feeds(self, inputs: list[InputSpec], lm: LMInterface | None = None) -> list[dict]:
         """All feeds, checked against the model's inputs (calibration sets are small). Text windows are
         fed through `lm` (the model's LM interface; read from `inputs` when not given), with an empty
@@ -207,7 +224,7 @@ class FeedSource:
         if self.path is not None:
             p = pathlib.Path(self.path)
             if p.is_dir():
-                files = sorted(f for f in p.iterdir() if f.suffix == ".npz" and f.is_file())
+                files = _npz_files(p)
                 if not files:
                     raise CalibrationError(f"{p}: the directory holds no .npz files")
                 for f in files[: self.samples] if self.samples else files:
@@ -297,8 +314,8 @@ class ModelRunner:
             # live in external files goes through a temporary directory too, with its own data file
             large = io.initializer_bytes(model) > io.EXTERNAL_DATA_THRESHOLD
             if large or next(io.external_tensors(model), None) is not None:
-                self.tmp = tempfile.TemporaryDirectory(prefix="int4onnx-calib-")
-                path = os.path.join(self.tmp.name, "model.onnx")
+                self.tmp = io.make_temp_dir("calib")  # next to the output, where stale ones are cleaned
+                path = os.path.join(self.tmp, "model.onnx")
                 ir.save(model, path, external_data="model.onnx.data")
                 proto = onnx.load(path, load_external_data=False)
             else:
@@ -315,7 +332,7 @@ class ModelRunner:
                 if init.name in over and init.name not in have:
                     proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
         if self.tmp is not None:
-            path = os.path.join(self.tmp.name, "model.onnx")
+            path = os.path.join(self.tmp, "model.onnx")
             onnx.save(proto, path)
             self.session = make_session(path, threads=threads)
         else:
@@ -330,7 +347,7 @@ class ModelRunner:
     def close(self) -> None:
         self.session = None
         if self.tmp is not None:
-            self.tmp.cleanup()
+            shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
 
 

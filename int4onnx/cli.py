@@ -106,14 +106,41 @@ def _mb(n: int) -> str:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="int4onnx")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info and ONNX Runtime's warnings, -vv debug).")
 @click.pass_context
 def main(ctx, debug, verbose):
     """Convert ONNX MatMul weights to packed INT4 and run them with int4onnx's ONNX Runtime op."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    ctx.obj["verbose"] = verbose
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: int) -> None:
+    """-v: info, -vv: debug. ONNX Runtime's own log follows (runtime.ort_log_severity): its warnings
+    with -v, everything with -vv, and otherwise nothing, since its errors reach us as exceptions and
+    are printed on our one line."""
+    from int4onnx.runtime import ort_log_severity
+
     level = logging.WARNING if not verbose else (logging.INFO if verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(ort_log_severity())
+
+
+def _verbose_option(command):
+    """-v/--verbose after the subcommand too (`int4onnx convert m.onnx -v`), adding to the group's."""
+
+    def set_level(ctx, param, value):
+        if value:
+            root = ctx.find_root()
+            _configure_logging(value + ((root.obj or {}).get("verbose") or 0))
+        return value
+
+    return click.option("-v", "--verbose", count=True, expose_value=False, callback=set_level,
+                        help="More logging (-v info and ONNX Runtime's warnings, -vv debug).")(command)
 
 
 def _progress_printer(quiet: bool):
@@ -143,6 +170,7 @@ def _progress_printer(quiet: bool):
 
 
 @main.command()
+@_verbose_option
 @click.argument("model", type=click.Path(dir_okay=True, path_type=pathlib.Path))
 @click.option("-o", "--output", type=click.Path(path_type=pathlib.Path),
               help="Output model (default: MODEL with .int4.onnx).")
@@ -213,18 +241,20 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
                          sequence_length=sequence_length, calibration_skip_chars=calibration_skip_chars,
                          target_bits=target_bits, max_error=max_error, sensitivity_samples=sensitivity_samples,
                          lm_head=lm_head, embedding=embedding)
+    name = model.name[:-5] if model.name.endswith(".onnx") else model.name
+    default_name = f"{name}.int4.onnx" if bits == 4 else f"{name}.int{bits}.onnx"
     if output is None:
-        name = model.name[:-5] if model.name.endswith(".onnx") else model.name
-        output = model.with_name(f"{name}.int4.onnx" if bits == 4 else f"{name}.int{bits}.onnx")
+        output = model.with_name(default_name)
+    elif output.is_dir():  # like cp: into the folder, under the default name
+        output = output / default_name
+    also = []
     if report is not None:
-        from int4onnx.errors import OutputError
-        from int4onnx.io import check_output_path, data_path
+        from int4onnx.io import check_output_path
 
-        check_output_path(model, report)
-        if report.resolve() in (output.resolve(), data_path(output).resolve()):
-            raise OutputError(f"--report {report} would overwrite the output model; choose another report path")
+        check_output_path(report, "--report")
+        also.append(("--report", report))
 
-    result = quantize_file(model, output, config, progress=_progress_printer(quiet))
+    result = quantize_file(model, output, config, progress=_progress_printer(quiet), also_writes=also)
     click.get_current_context().obj["written"] = True
     if report is not None:
         _write_atomic(report, result.to_json() + "\n")
@@ -235,8 +265,9 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
     mix = ", ".join(f"{n} at {b}-bit" for b, n in sorted(by_bits.items()))
     click.echo(f"  quantized {result.nodes_rewritten} MatMul/Gemm node(s), {len(result.layers)} weight(s) ({mix}), "
                f"{result.bits_per_weight:.2f} bits/weight (scales and zero points included)")
-    click.echo(f"  size {_mb(result.input_bytes)} -> {_mb(result.output_bytes)} "
-               f"({result.input_bytes / max(result.output_bytes, 1):.2f}x smaller) in {result.seconds:.1f} s")
+    ratio = result.input_bytes / max(result.output_bytes, 1)
+    change = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
+    click.echo(f"  size {_mb(result.input_bytes)} -> {_mb(result.output_bytes)} ({change}) in {result.seconds:.1f} s")
     cal = result.calibration
     if cal.get("samples"):
         click.echo(f"  calibration: {cal['samples']} sample(s) from {cal['source']} in {cal['seconds']:.1f} s")
@@ -248,6 +279,13 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
     elif method != "rtn":
         click.echo(f"  weight error (mean relative): rtn {result.mean_metric('rtn_rel_error'):.4f} -> "
                    f"{method} {result.mean_metric('rel_error'):.4f}")
+    dead = [layer for layer in result.layers if layer.get("dead_input_channels")]
+    if dead:
+        n = sum(layer["dead_input_channels"] for layer in dead)
+        click.echo(f"  {len(dead)} weight(s) have input channels ({n} in all) that are (near) zero in every calibration "
+                   f"sample: the output error above does not measure their weights (GPTQ rounds them to nearest) "
+                   f"(weight error: rtn {result.mean_metric('rtn_rel_error'):.4f} -> {method} "
+                   f"{result.mean_metric('rel_error'):.4f}); calibrate on more representative data")
     mp = cal.get("mixed_precision")
     if mp:
         click.echo(f"  mixed precision: {mp['layers']['4']} layer(s) 4-bit, {mp['layers']['8']} 8-bit, "
@@ -282,6 +320,7 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 @main.command()
+@_verbose_option
 @click.argument("model", type=click.Path(path_type=pathlib.Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect(model, as_json):
@@ -293,7 +332,7 @@ def inspect(model, as_json):
         click.echo(json.dumps(info, indent=2))
         return
     layers = info["quantized_layers"]
-    click.echo(f"{info['path']}: {_mb(info['file_bytes'])} on disk, {_mb(info['initializer_bytes'])} of initializers")
+    click.echo(f"{info['path']}: {_mb(info['file_bytes'])} on disk (external data included), {_mb(info['initializer_bytes'])} of initializers")
     if not layers:
         click.echo("  no quantized layers")
     else:
@@ -312,6 +351,7 @@ def inspect(model, as_json):
 
 
 @main.command("build-native")
+@_verbose_option
 @click.option("--target", default="x86_64", show_default=True, metavar="TARGET",
               help="aarch64-linux-gnu (aarch64, arm64), armv7 (arm-linux-gnueabihf) or x86_64.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=pathlib.Path),
@@ -330,6 +370,7 @@ def build_native(target, out_dir, cc, ort_include_dir):
 
 
 @main.command("eval")
+@_verbose_option
 @click.argument("reference", type=click.Path(path_type=pathlib.Path))
 @click.argument("candidate", type=click.Path(path_type=pathlib.Path))
 @click.option("--data", type=click.Path(path_type=pathlib.Path), metavar="PATH",
@@ -403,6 +444,7 @@ def _int_list(ctx, param, value):
 
 
 @main.command()
+@_verbose_option
 @click.argument("model", type=click.Path(path_type=pathlib.Path))
 @click.option("--vs", "others", multiple=True, type=click.Path(path_type=pathlib.Path),
               help="Another model with the same inputs to time against MODEL (repeatable).")
@@ -432,6 +474,10 @@ def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, as_jso
         raise ConfigError(f"--threads must be at least 1, got {threads}")
     if batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {batch}")
+    if vocab < 1:
+        raise ConfigError(f"--vocab must be at least 1 (token ids are drawn from [0, vocab)), got {vocab}")
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be at least 1, got {repeats}")
     result = bench_models([model, *others], threads=threads, shapes=[(batch, s) for s in seq], repeats=repeats,
                           vocab=vocab, spin=spin, past=past)
     if as_json:

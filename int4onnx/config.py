@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
+import os
 import re
+import typing
+
+import numpy as np
 
 from int4onnx.errors import ConfigError
 
@@ -20,6 +25,49 @@ QUANT_TYPES = ("int", "nf4")
 
 def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _choices(values, default):
+    """A str field restricted to `values` (checked by QuantConfig._check_types, listed for the CLI)."""
+    return dataclasses.field(default=default, metadata={"choices": tuple(values)})
+
+
+def _coerce(name: str, value, hint):
+    """`value` as the type `hint` of field `name` asks for, or a ConfigError naming the field. Only
+    lossless conversions: numpy integers to int, ints to float, paths to str, one name to a tuple."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    if hint is int:
+        if _is_int(value):
+            return int(value)
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            value = float(value)
+            if math.isnan(value):
+                raise ConfigError(f"{name} must be a number, got nan")
+            return value
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    if typing.get_origin(hint) is tuple:  # tuple[str, ...]: one string, or a list/tuple of them
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{name} must be a string or a list of strings, got {value!r}")
+    raise TypeError(f"QuantConfig field {name}: unsupported type {hint!r}")  # pragma: no cover - a bug here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +123,11 @@ class QuantConfig:
     bits: int = 4
     group_size: int = 32
     symmetric: bool = False
-    method: str = "rtn"
-    format: str = "int4onnx"
-    compute: str = "fp32"
+    method: str = _choices(METHODS, "rtn")
+    format: str = _choices(FORMATS, "int4onnx")
+    compute: str = _choices(COMPUTE, "fp32")
     exclude: tuple[str, ...] = ()
-    quant_type: str = "int"
+    quant_type: str = _choices(QUANT_TYPES, "int")
     double_quant: bool = False
     clip_search: bool = True
     act_order: bool = False
@@ -93,17 +141,27 @@ class QuantConfig:
     target_bits: float | None = None
     max_error: float | None = None
     sensitivity_samples: int = 16
-    lm_head: str = "8"
-    embedding: str = "float"
+    lm_head: str = _choices(LAYER_CHOICES, "8")
+    embedding: str = _choices(LAYER_CHOICES, "float")
 
     def __post_init__(self):
-        for name in ("lm_head", "embedding"):
-            object.__setattr__(self, name, str(getattr(self, name)))
-        if isinstance(self.exclude, str):
-            object.__setattr__(self, "exclude", (self.exclude,))
-        else:
-            object.__setattr__(self, "exclude", tuple(self.exclude))
+        for name in ("lm_head", "embedding"):  # 8 and 4 may be given as numbers
+            value = getattr(self, name)
+            if _is_int(value):
+                object.__setattr__(self, name, str(value))
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        """Every field against its annotation and its choices (the one place types are checked: the
+        API's keywords and the CLI's options both end here)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+            object.__setattr__(self, f.name, value)
 
     def validate(self) -> None:
         if not _is_int(self.bits) or self.bits not in (4, 8):
@@ -112,14 +170,6 @@ class QuantConfig:
             raise ConfigError(
                 f"group size must be one of {', '.join(map(str, GROUP_SIZES))}, or -1 for per-channel; got {self.group_size!r}"
             )
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.format not in FORMATS:
-            raise ConfigError(f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}")
-        if self.compute not in COMPUTE:
-            raise ConfigError(f"unknown compute mode {self.compute!r}; choose from {', '.join(COMPUTE)}")
-        if self.quant_type not in QUANT_TYPES:
-            raise ConfigError(f"unknown quant type {self.quant_type!r}; choose from {', '.join(QUANT_TYPES)}")
         if self.quant_type == "nf4":
             if self.bits != 4 or not self.symmetric:
                 raise ConfigError("nf4 is a symmetric 4-bit code: use bits=4 with symmetric quantization")
@@ -129,9 +179,6 @@ class QuantConfig:
             raise ConfigError("double quantization (int8 scales) is only supported by the int4onnx format")
         if not 0 <= self.damp < 10:
             raise ConfigError(f"damp must be in [0, 10), got {self.damp!r}")
-        for name in ("lm_head", "embedding"):
-            if str(getattr(self, name)) not in LAYER_CHOICES:
-                raise ConfigError(f"{name} must be one of {', '.join(LAYER_CHOICES)}, got {getattr(self, name)!r}")
         if self.embedding != "float" and self.format == "qdq":
             raise ConfigError("embedding quantization uses com.microsoft.GatherBlockQuantized; not with --format qdq")
         if self.calibration and self.calibration_text:
@@ -178,6 +225,8 @@ class QuantConfig:
     def block_size_for(self, K: int) -> int:
         """Block size used for a weight with K rows: the group size, or K rounded up to 16 when one
         group spans K (per-channel, or a group size larger than K)."""
+        if K < 1:
+            raise ValueError(f"block_size_for: K must be at least 1, got {K}")  # selection skips such weights
         whole = -(-K // 16) * 16
         if self.per_channel or self.group_size >= K:
             return whole

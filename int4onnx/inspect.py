@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx_ir as ir
 
 from int4onnx import _native, io
+from int4onnx.errors import UnsupportedModelError
 
 
 def _nbytes(value) -> int:
@@ -18,11 +17,29 @@ def _attrs(node) -> dict:
     return {k: a.value for k, a in node.attributes.items()}
 
 
+def _layout_attrs(path, node, a: dict) -> dict:
+    """K, N, bits, block_size of a MatMulInt4 / MatMulNBits node, checked: a node without them, or with
+    values no weight can have, is a damaged model (ONNX Runtime would refuse it too)."""
+    for name in ("K", "N", "bits", "block_size"):
+        value = a.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise UnsupportedModelError(f"{path}: {node.op_type} node '{node.name}' has no integer attribute '{name}'; "
+                                        "the model is damaged: convert the float model again")
+    if not _native.check_layout(a["K"], a["N"], a["bits"], a["block_size"]):
+        raise UnsupportedModelError(
+            f"{path}: {node.op_type} node '{node.name}' has K={a['K']} N={a['N']} bits={a['bits']} "
+            f"block_size={a['block_size']}, which no quantized weight has (K, N at least 1, bits 4 or 8, block_size "
+            "a multiple of 16); the model is damaged: convert the float model again")
+    return a
+
+
 def describe(path) -> dict:
     model = io.load_model(path)
     layers, float_matmuls = [], []
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         a = _attrs(node)
+        if (node.domain, node.op_type) in ((_native.DOMAIN, _native.OP_NAME), ("com.microsoft", "MatMulNBits")):
+            a = _layout_attrs(path, node, a)
         if node.domain == _native.DOMAIN and node.op_type == _native.OP_NAME:
             ins = list(node.inputs) + [None] * 6
             zp = ins[3] if ins[3] is not None and _nbytes(ins[3]) > 0 else None
@@ -43,6 +60,8 @@ def describe(path) -> dict:
                 and len(node.inputs[0].const_value.shape) == 2:
             x = node.inputs[0].const_value
             K, N = (int(d) for d in x.shape)
+            if K == 0 or N == 0:
+                continue
             zp = node.inputs[2] if len(node.inputs) > 2 else None
             layers.append(dict(node=node.name, format="qdq", K=K, N=N, bits=x.dtype.bitwidth,
                                block_size=a.get("block_size", K) or K, symmetric=zp is None, quant_type="int",
@@ -59,7 +78,7 @@ def describe(path) -> dict:
     init_bytes = io.initializer_bytes(model)
     return {
         "path": str(path),
-        "file_bytes": os.path.getsize(path),
+        "file_bytes": io.model_file_bytes(path, model),  # external data files included
         "initializer_bytes": init_bytes,
         "opset_imports": dict(model.opset_imports),
         "quantized_layers": layers,

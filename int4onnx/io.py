@@ -10,6 +10,7 @@ end, so a failure or an interrupt leaves any previous output as it was.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import pathlib
 import re
@@ -54,8 +55,58 @@ def load_model(path) -> ir.Model:
     if model.ir_version < 1:
         # protobuf parses many byte strings as some message; an ONNX file always states its IR version
         raise ModelLoadError(f"{path}: not a valid ONNX model (no IR version; is this an ONNX file?)")
+    check_tensors(model, path)
     check_external_data(model, path)
     return model
+
+
+# elements per entry of a TensorProto's typed data field, by data type (raw_data is checked in bytes)
+_PER_ENTRY = {onnx.TensorProto.COMPLEX64: 0.5, onnx.TensorProto.COMPLEX128: 0.5, onnx.TensorProto.INT4: 2,
+              onnx.TensorProto.UINT4: 2}
+
+
+def _constant_tensors(model: ir.Model):
+    """(kind, name, tensor) of every initializer and every tensor attribute (Constant nodes), all graphs."""
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                yield "initializer", value.name, value.const_value
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR and attr.value is not None:
+                    yield f"node '{node.name}' attribute", attr.name, attr.value
+
+
+def check_tensors(model: ir.Model, where) -> None:
+    """Every constant's dimensions are non-negative and its data is as long as they say, so a damaged
+    or hand-edited file is a ModelLoadError here, not a numpy error in the middle of a conversion."""
+    for kind, name, tensor in _constant_tensors(model):
+        dims = [d if isinstance(d, int) else -1 for d in tensor.shape.dims]
+        if any(d < 0 for d in dims):
+            raise ModelLoadError(f"{where}: {kind} '{name}' has dims {list(tensor.shape.dims)}: a dimension is "
+                                 "negative or not a number; the file is damaged: export the model again")
+        proto = getattr(tensor, "raw", None)
+        if not isinstance(proto, onnx.TensorProto) or proto.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # tensors built in memory are consistent; external data is checked by check_external_data
+        count = 1
+        for d in dims:
+            count *= d
+        dtype = tensor.dtype
+        if proto.HasField("raw_data") or dtype == ir.DataType.UNDEFINED:
+            have, need, unit = len(proto.raw_data), -(-count * dtype.bitwidth // 8) if dtype.bitwidth else 0, "bytes"
+            if dtype == ir.DataType.STRING:
+                continue
+        else:
+            try:
+                field = onnx.helper.tensor_dtype_to_field(proto.data_type)
+            except (KeyError, ValueError, TypeError):
+                continue
+            per = _PER_ENTRY.get(proto.data_type, 1)
+            have, need, unit = len(getattr(proto, field)), int(-(-count // per)), f"{field} entries"
+        if have != need:
+            raise ModelLoadError(
+                f"{where}: {kind} '{name}' has dims {dims} ({count:,} {dtype.name} values: {need:,} {unit}) but holds "
+                f"{have:,} {unit}; the file is damaged or was written wrongly: export the model again")
 
 
 def external_tensors(model: ir.Model):
@@ -121,38 +172,89 @@ def data_path(output_path) -> pathlib.Path:
     return out.with_name(out.name + ".data")
 
 
-def check_output_path(input_path, output_path, input_model: ir.Model | None = None) -> pathlib.Path:
-    """Refuse outputs that would overwrite the input (model or its data files), are not regular
-    files, or sit in a missing or read-only folder."""
+def check_output_path(output_path, what: str = "output") -> pathlib.Path:
+    """Refuse outputs that are not regular files or sit in a missing or read-only folder. `what` names
+    the path in messages (the CLI's report: "--report")."""
     out = pathlib.Path(output_path)
-    if input_path is not None:
-        inp = pathlib.Path(input_path)
-        same = out.resolve() == inp.resolve() or (out.exists() and inp.exists() and os.path.samefile(out, inp))
-        if same:
-            raise OutputError(f"output {out} is the input model; choose another output path")
-    if input_model is not None:
-        inputs = external_data_files(input_model)
-        for candidate in (out, data_path(out)):
-            if pathlib.Path(os.path.realpath(candidate)) in inputs:
-                raise OutputError(f"output {out} would overwrite {candidate.name}, the input model's external data; "
-                                  "choose another output path")
     if out.is_dir():
-        raise OutputError(f"output {out} is a directory; give a file name such as model.int4.onnx")
+        raise OutputError(f"{what} {out} is a directory; give a file name"
+                          + (" such as model.int4.onnx" if what == "output" else ""))
     if out.exists() and not out.is_file():
-        raise OutputError(f"output {out} exists and is not a regular file")
+        raise OutputError(f"{what} {out} exists and is not a regular file")
     parent = out.parent if str(out.parent) else pathlib.Path(".")
     if parent.exists() and not parent.is_dir():
-        raise OutputError(f"output directory {parent} is not a directory")
+        raise OutputError(f"{what} directory {parent} is not a directory")
     if not parent.is_dir():
-        raise OutputError(f"output directory {parent} does not exist")
+        raise OutputError(f"{what} directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {parent} is not writable")
+        raise OutputError(f"{what} directory {parent} is not writable")
     return out
+
+
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    """Same path after resolving symlinks, or (both existing) the same inode: hard links too."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_overwrites(outputs, reads) -> None:
+    """No file a run writes may be a file it reads, and no two outputs may be one file.
+
+    outputs, reads: (what, path) pairs, e.g. ("output", "o.onnx"), ("--report", "r.json");
+    ("the input model", "m.onnx"), ("--tokenizer", "tok.model"). This is the one check of that rule:
+    every output path (the model, its .data file, the report) against every input (the model, its
+    external data files, calibration .npz files, calibration text, tokenizer)."""
+    outputs = [(what, pathlib.Path(p)) for what, p in outputs if p is not None]
+    reads = [(what, pathlib.Path(p)) for what, p in reads if p is not None]
+    for i, (what, out) in enumerate(outputs):
+        for read_what, src in reads:
+            if _same_file(out, src):
+                raise OutputError(f"{what} {out} would overwrite {read_what} {src}, which this run reads; "
+                                  "choose another path")
+        for other_what, other in outputs[:i]:
+            if _same_file(out, other):
+                other_what = other_what if other_what.startswith(("the ", "-")) else f"the {other_what}"
+                raise OutputError(f"{what} {out} would overwrite {other_what} {other}; choose another path")
 
 
 # -- atomic save --------------------------------------------------------------------------------
 
 _TMP_MARK = "int4onnx-"
+# the output whose folder takes this run's temporary files (see temporaries_next_to)
+_OUTPUT: contextvars.ContextVar[pathlib.Path | None] = contextvars.ContextVar("int4onnx_output", default=None)
+
+
+@contextlib.contextmanager
+def temporaries_next_to(output_path):
+    """Temporary folders made inside this block (make_temp_dir: calibration's copy of the model, the
+    output being written) go next to `output_path`, where remove_stale_temporaries finds what a
+    SIGKILL left; stale ones of that output are removed first."""
+    out = pathlib.Path(output_path)
+    remove_stale_temporaries(out)
+    token = _OUTPUT.set(out)
+    try:
+        yield
+    finally:
+        _OUTPUT.reset(token)
+
+
+def make_temp_dir(kind: str = "") -> pathlib.Path:
+    """A new temporary folder `.<output>.int4onnx-<pid>-<kind>-<random>.tmp` next to the current output
+    (temporaries_next_to), or in the system's temporary folder when there is none (in-memory API use).
+    The caller removes it (shutil.rmtree)."""
+    out = _OUTPUT.get()
+    tag = f"{kind}-" if kind else ""
+    if out is None:
+        return pathlib.Path(tempfile.mkdtemp(prefix=f"{_TMP_MARK}{os.getpid()}-{tag}"))
+    try:
+        return pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_MARK}{os.getpid()}-{tag}", suffix=".tmp",
+                                             dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: creating a file in {out.parent} failed ({exc.strerror or exc})") from exc
 
 
 def _tmp_pattern(out: pathlib.Path) -> re.Pattern:
@@ -225,12 +327,8 @@ def save_model_atomic(model: ir.Model, output_path, external_data: bool | None =
     if external_data is None:
         external_data = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = data_path(out).name
-    remove_stale_temporaries(out)
-    try:
-        tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_MARK}{os.getpid()}-", suffix=".tmp",
-                                               dir=out.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write {out}: creating a file in {out.parent} failed ({exc.strerror or exc})") from exc
+    with temporaries_next_to(out):
+        tmpdir = make_temp_dir()
     try:
         tmp_model = tmpdir / out.name
         # string tensors cannot live in external data: a model with large ones is serialised in memory

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import pathlib
 import time
 from typing import Callable
 
@@ -92,16 +93,21 @@ def _what_is_there(model: ir.Model) -> str:
     return f"the model has no MatMul or Gemm nodes (it has {top}{', ...' if len(ops) > 5 else ''})"
 
 
-def _check_opset(model: ir.Model) -> None:
-    """A default-domain opset newer than this onnx release knows: its nodes cannot be checked (or
-    upgraded for qdq), and ONNX Runtime refuses unreleased opsets, so the output would not run."""
+def _check_versions(model: ir.Model) -> None:
+    """An IR version or default-domain opset newer than this onnx release knows: the model cannot be
+    checked (or upgraded for qdq), and ONNX Runtime refuses unreleased versions, so the output would
+    not run."""
+    upgrade = "upgrade onnx (pip install -U onnx), or re-export the model with"
+    if model.ir_version > onnx.IR_VERSION:
+        raise UnsupportedModelError(
+            f"the model has IR version {model.ir_version}, newer than the newest this installation's onnx "
+            f"{onnx.__version__} knows ({onnx.IR_VERSION}); {upgrade} IR version {onnx.IR_VERSION} or older")
     version = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
     known = onnx.defs.onnx_opset_version()
     if version is not None and version > known:
         raise UnsupportedModelError(
             f"the model imports ONNX opset {version}, newer than the newest this installation's onnx "
-            f"{onnx.__version__} knows ({known}); upgrade onnx (pip install -U onnx), or re-export the model "
-            f"with opset {known} or older")
+            f"{onnx.__version__} knows ({known}); {upgrade} opset {known} or older")
 
 
 def _initializers_as_constants(model: ir.Model) -> None:
@@ -144,7 +150,7 @@ def quantize_model(model: ir.Model, config: QuantConfig,
     if done:
         raise UnsupportedModelError(f"the model is already quantized (it contains {done}); "
                                     "convert the original float model instead")
-    _check_opset(model)
+    _check_versions(model)
     _initializers_as_constants(model)
     if config.format == "qdq" and model.opset_imports.get("", 1) < QDQ_MIN_OPSET:
         model = _run(UpgradeOpsetPass(QDQ_MIN_OPSET), model)
@@ -198,15 +204,21 @@ def _keep_context_length(model: ir.Model, path) -> None:
 GRAM_REPORT_BYTES = 256 * 2**20
 
 
+def _feed_source(config: QuantConfig):
+    from int4onnx import calibrate
+
+    return calibrate.FeedSource(path=config.calibration, text=config.calibration_text, tokenizer=config.tokenizer,
+                                samples=config.calibration_samples, sequence_length=config.sequence_length,
+                                skip_chars=config.calibration_skip_chars)
+
+
 def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress, path=None) -> list[dict]:
     """Run the model on the calibration data and put the statistics of every MatMul input in plan.stats."""
     from int4onnx import calibrate
     from int4onnx.lm import LMInterface
 
     start = time.perf_counter()
-    source = calibrate.FeedSource(path=config.calibration, text=config.calibration_text, tokenizer=config.tokenizer,
-                                  samples=config.calibration_samples, sequence_length=config.sequence_length,
-                                  skip_chars=config.calibration_skip_chars)
+    source = _feed_source(config)
     lm = LMInterface.from_model(model, path)
     feeds = source.feeds(calibrate.model_inputs(model), lm)
     inputs = {t.node.inputs[0].name: t for t in plan.targets}
@@ -221,15 +233,54 @@ def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress, 
     return feeds
 
 
+def files_read(input_path, model: ir.Model | None, config: QuantConfig) -> list[tuple[str, pathlib.Path]]:
+    """(what, path) of every file a conversion reads: the model, its external data, calibration data."""
+    files = [("the input model", pathlib.Path(input_path))] if input_path is not None else []
+    if model is not None:
+        files += [("the input model's external data", p) for p in sorted(io.external_data_files(model))]
+    if config.has_calibration:
+        files += _feed_source(config).files_read()
+    return files
+
+
 def quantize_file(input_path, output_path, config: QuantConfig,
-                  progress: Callable[[int, int, str], None] | None = None) -> Report:
+                  progress: Callable[[int, int, str], None] | None = None, also_writes=()) -> Report:
+    """Convert a model and write it atomically to `output_path`. `input_path` is a model file, or an
+    ir.Model held in memory (not changed).
+
+    also_writes: (what, path) pairs of other files the caller will write (the CLI's --report); they
+    are checked like the output: no file the run reads, nor the output, may be overwritten."""
     start = time.perf_counter()
-    io.check_output_path(input_path, output_path)
-    model = io.load_model(input_path)
-    out = io.check_output_path(input_path, output_path, model)  # now also against its data files
-    input_bytes = io.model_file_bytes(input_path, model)
-    model, plan = quantize_model(model, config, progress, input_path)
-    written = io.save_model_atomic(model, out)
+    in_memory = isinstance(input_path, ir.Model)
+    out = io.check_output_path(output_path)
+    outputs = [("output", out), ("the output's data file", io.data_path(out)), *also_writes]
+    io.check_overwrites(outputs, files_read(None if in_memory else input_path, None, config))
+    if in_memory:
+        io.check_tensors(input_path, "the model")
+        model, input_path = input_path.clone(), "<in-memory model>"
+        input_bytes = io.initializer_bytes(model)
+    else:
+        model = io.load_model(input_path)
+        input_bytes = io.model_file_bytes(input_path, model)
+    io.check_overwrites(outputs, files_read(None if in_memory else input_path, model, config))  # + external data
+    with io.temporaries_next_to(out):  # calibration's copy of the model too
+        model, plan = quantize_model(model, config, progress, None if in_memory else input_path)
+        written = io.save_model_atomic(model, out)
     output_bytes = sum(os.path.getsize(p) for p in written)
     return Report.build(plan, config, input_path, output_path, input_bytes, output_bytes, time.perf_counter() - start)
 
+
+def quantize_in_memory(model: ir.Model, config: QuantConfig,
+                       progress: Callable[[int, int, str], None] | None = None) -> ir.Model:
+    """Convert a model held in memory (the caller's object is not changed) and return the converted
+    ir.Model with every initializer in memory (quantized weights computed, external data read)."""
+    io.check_tensors(model, "the model")
+    model = model.clone()
+    model, plan = quantize_model(model, config, progress)
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.LazyTensor):
+                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
+    ir.external_data.load_to_model(model)
+    return model

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 
 from int4onnx.errors import ConfigError, ModelLoadError, first_line
+
+
+def ort_log_severity() -> int:
+    """ONNX Runtime's log severity for int4onnx's logging level: 0 (verbose) with debug logging, 2
+    (warnings) with info, otherwise 4 (fatal only): its errors reach the caller as exceptions, and its
+    coloured multi-line log would repeat them before the CLI's one line."""
+    level = logging.getLogger("int4onnx").getEffectiveLevel()
+    return 0 if level <= logging.DEBUG else 2 if level <= logging.INFO else 4
 
 
 def make_session(path, threads: int | None = None, optimization: str = "all", qdq_accuracy_level: int | None = None,
@@ -21,7 +30,7 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
 
     so = ort.SessionOptions()
     so.register_custom_ops_library(library_path())
-    so.log_severity_level = 3
+    so.log_severity_level = ort_log_severity()
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1

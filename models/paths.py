@@ -14,5 +14,9 @@ MISSING = (f"shared data not found at {SHARED}: the demo and the tests read real
 def require_shared() -> pathlib.Path:
     """SHARED, or exit with one line saying what is needed and how to point at it."""
     if not SHARED.is_dir():
-        sys.exit(f"int4onnx demo: {MISSING}")
+        sys.exit(f"int4onnx: {MISSING}")
     return SHARED
+
+
+if __name__ == "__main__":  # `make demo` and `make test` check this before the long set-up
+    require_shared()

@@ -170,3 +170,36 @@ def test_string_initializers_survive(tmp_path):
     out = onnx.load(str(tmp_path / "o.onnx"))
     vocab = next(t for t in out.graph.initializer if t.name == "vocab")
     assert list(vocab.string_data) == words
+
+
+def test_calibration_copy_lives_next_to_the_output(tmp_path, monkeypatch):
+    """Calibration copies an external-data model to disk for ONNX Runtime: that copy goes next to the
+    output (not $TMPDIR), named like the output's other temporaries, so a SIGKILL's leftovers are
+    removed by the next conversion to that output."""
+    model = matmul_model({"w0": RNG.standard_normal((64, 64)).astype(np.float32)})
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    np.savez(tmp_path / "c.npz", x=RNG.standard_normal((8, 64)).astype(np.float32))
+    out = tmp_path / "out" / "o.onnx"
+    out.parent.mkdir()
+    stale = out.parent / ".o.onnx.int4onnx-999999999-calib-abc.tmp"  # left by a killed conversion
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"x")
+    system_tmp = tmp_path / "systemtmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(system_tmp))
+    made = []
+    original = io.make_temp_dir
+
+    def record(kind=""):
+        path = original(kind)
+        made.append((kind, path, sorted(p.name for p in path.iterdir())))
+        return path
+
+    monkeypatch.setattr(io, "make_temp_dir", record)
+    int4onnx.quantize(tmp_path / "m.onnx", out, method="gptq", calibration=str(tmp_path / "c.npz"))
+    kinds = [k for k, _, _ in made]
+    assert "calib" in kinds
+    for _, path, _ in made:
+        assert path.parent == out.parent and path.name.startswith(f".o.onnx.int4onnx-{os.getpid()}-")
+    assert not stale.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["o.onnx"] and list(system_tmp.iterdir()) == []

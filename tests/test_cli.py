@@ -79,7 +79,7 @@ def test_bad_inputs(tmp_path, model):
     _assert_clean_failure(invoke("convert", tmp_path / "missing.onnx", "-o", tmp_path / "o.onnx"), tmp_path, before,
                           "no such file")
     _assert_clean_failure(invoke("convert", junk, "-o", tmp_path / "o.onnx"), tmp_path, before, "not a valid ONNX model")
-    _assert_clean_failure(invoke("convert", model, "-o", model), tmp_path, before, "is the input model")
+    _assert_clean_failure(invoke("convert", model, "-o", model), tmp_path, before, "would overwrite the input model")
     _assert_clean_failure(invoke("convert", model, "-o", tmp_path / "nodir" / "o.onnx"), tmp_path, before,
                           "does not exist")
 

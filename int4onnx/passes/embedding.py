@@ -133,6 +133,8 @@ class QuantizeEmbeddingsPass(PlanPass):
             return "the table is not an initializer"
         if any(u.node is not e.node for u in e.table.uses()):
             return "the table is also used by other nodes (e.g. a tied lm_head); quantizing it would keep a float copy"
+        if e.V == 0 or e.D == 0:
+            return f"the table has shape [{e.V}, {e.D}]: nothing to quantize"
         if not self._block(e.D):
             return f"row length {e.D} is not a multiple of 16 (GatherBlockQuantized blocks)"
         return None

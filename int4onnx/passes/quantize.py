@@ -17,11 +17,11 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx.config import QuantConfig
-from int4onnx.errors import CalibrationError
+from int4onnx.errors import CalibrationError, UnsupportedModelError
 from int4onnx.passes.plan import LayerResult, LayerSpec, MatMulTarget, PlanPass, QuantPlan
 from int4onnx.quant.base import QuantizedWeight, error_metrics, error_metrics_of
 from int4onnx.quant.clip import quantize_clip
-from int4onnx.quant.gptq import quantize_gptq
+from int4onnx.quant.gptq import dead_channels, quantize_gptq
 from int4onnx.quant.grid import Grid
 from int4onnx.quant.rtn import quantize_grid
 
@@ -159,6 +159,11 @@ class WeightQuantizer:
             self.progress(len(self.plan.layers), len(self.by_key), t.weight.name or "")
         w = t.weight_kn()
         qw = self.quantize(key, spec, w)
+        if not np.isfinite(qw.scales).all():  # e.g. float16 scales of a weight beyond float16's range
+            raise UnsupportedModelError(
+                f"weight '{t.weight.name}' [{t.K} x {t.N}]: its values (largest magnitude "
+                f"{float(np.abs(w).max()):.3g}) give scales that overflow {spec.scale_dtype}; "
+                f"leave it float with --exclude '{t.node.name}'")
         metrics = self._metrics(key, spec, w, qw)
         del w
         self.plan.layers[key] = LayerResult(spec=spec, K=t.K, N=t.N, nodes=[x.node.name or "" for x in targets],
@@ -192,6 +197,10 @@ class WeightQuantizer:
             before = error_metrics_of(w, rtn, gram, CHUNK_ELEMENTS)
         metrics = dict(after)
         metrics.update({f"rtn_{k}": v for k, v in before.items()})
+        if stats is not None:
+            # channels the calibration data never exercises: the output error above cannot see their
+            # weights (GPTQ rounds them to nearest; the weight error rel_error covers them)
+            metrics["dead_input_channels"] = int(dead_channels(stats.mean_sq).sum())
         return metrics
 
     def quantize_all(self) -> None:

@@ -69,6 +69,8 @@ class SelectMatMulsPass(PlanPass):
             bias = node.inputs[2] if len(node.inputs) > 2 else None
         rows, cols = (int(d) for d in tensor.shape)
         K, N = (cols, rows) if transposed else (rows, cols)
+        if K == 0 or N == 0:
+            return f"weight has shape [{K}, {N}] (K x N): no weights to quantize"
         if a.type is not None and a.type.dtype != tensor.dtype:
             return f"activation dtype {a.type.dtype.name} differs from weight dtype {tensor.dtype.name}"
         finite = bool(np.isfinite(tensor.numpy()).all())

@@ -46,13 +46,16 @@ def best_shrink(blocks: np.ndarray, grid: Grid, channel_weight: np.ndarray | Non
         s = p.scales[:, :, None]
         z = None if p.zero_points is None else p.zero_points[:, :, None]
         err = dequantize_values(quantize_values(blocks, s, z, grid), s, z, grid) - blocks
-        if gram_blocks is not None:
-            err = np.einsum("nbi,bij,nbj->nb", err, gram_blocks, err, optimize=True)
-        else:
-            err = err * err
-            if channel_weight is not None:
-                err = err * channel_weight[None]
-            err = err.sum(axis=2)
+        # weights beyond ~1e19 overflow the squares: such a group's error is inf at every shrink and
+        # it keeps shrink 1 (float64 here would cost 1.8x in the search for the common case)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if gram_blocks is not None:
+                err = np.einsum("nbi,bij,nbj->nb", err, gram_blocks, err, optimize=True)
+            else:
+                err = err * err
+                if channel_weight is not None:
+                    err = err * channel_weight[None]
+                err = err.sum(axis=2)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best = np.where(better, shrink, best)

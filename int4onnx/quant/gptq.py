@@ -39,6 +39,18 @@ DEFAULT_DAMP = 0.01
 LAZY_BLOCK = 128
 
 
+# A channel whose calibration energy (Gram diagonal) is below this fraction of the mean is "dead"
+DEAD_CHANNEL_FRACTION = 1e-6
+
+
+def dead_channels(energy: np.ndarray) -> np.ndarray:
+    """bool [K]: input channels whose calibration energy (sum or mean of x^2: the Gram diagonal) is zero
+    or below DEAD_CHANNEL_FRACTION of the mean."""
+    diag = np.asarray(energy, dtype=np.float64)
+    mean = float(diag.mean()) if diag.size else 0.0
+    return ~(diag > DEAD_CHANNEL_FRACTION * mean) | (diag <= 0)
+
+
 def _upper_inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
     """U (upper triangular) with U^T U = (H + damp * mean(diag H) I)^-1; more damping if H is not
     positive definite in floating point."""
@@ -85,9 +97,15 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
     nb = -(-K // bs)
     W = w_kn.T.astype(np.float64)            # [N, K]: column k = input channel k
     H = np.array(gram, dtype=np.float64)
-    dead = np.diag(H) <= 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    # Dead (or nearly dead) channels: the calibration data never (hardly) exercises them, so the output
+    # error on it says nothing about their weights, and error compensation would dump the other
+    # channels' errors on them. Decouple them (no row/column in H): GPTQ then rounds them to nearest
+    # on their group's grid, i.e. RTN, and never changes them to reduce the others' error.
+    dead = dead_channels(np.diag(H))
+    H[dead, :] = 0.0
+    H[:, dead] = 0.0
+    live = np.diag(H)[~dead]
+    H[dead, dead] = float(live.mean()) if live.size else 1.0
     diag = np.diag(H).copy()
 
     ss = None

@@ -66,7 +66,9 @@ def raw_scales(blocks: np.ndarray, grid: Grid, shrink=1.0) -> tuple[np.ndarray, 
         return extreme * shrink / -grid.half, None
     lo = np.minimum(blocks.min(axis=-1), 0.0) * shrink
     hi = np.maximum(blocks.max(axis=-1), 0.0) * shrink
-    return (hi - lo) / grid.qmax, lo
+    # the range in float64: hi - lo of weights near +-3.4e38 overflows float32, the scale does not
+    span = hi.astype(np.float64) - lo
+    return (span / grid.qmax).astype(hi.dtype), lo
 
 
 def super_scales(scales: np.ndarray, grid: Grid) -> np.ndarray:

@@ -60,7 +60,9 @@ const char *i4o_op_name(void);     /* I4O_OP_NAME */
 
 /* ---- layout ---------------------------------------------------------- */
 
-/* 0 if (K, N, bits, block_size) describe a valid layout, else I4O_E_ARG. */
+/* 0 if (K, N, bits, block_size) describe a valid layout, else I4O_E_ARG. Every function below
+ * checks its arguments: the int functions return I4O_E_ARG, the size helpers -1 (e.g. for K = 0 or
+ * block_size = 0); none divides by an argument it has not checked. */
 int i4o_check_layout(int64_t K, int64_t N, int bits, int64_t block_size);
 int64_t i4o_n_blocks(int64_t K, int64_t block_size);
 int64_t i4o_blob_bytes(int bits, int64_t block_size);                  /* bytes per block */

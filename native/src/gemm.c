@@ -167,6 +167,7 @@ void i4o_prepared_free(i4o_prepared *p) {
 }
 
 int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared **out) {
+  if (!out) return I4O_E_ARG;
   *out = NULL;
   if (!src || !kernel || !src->data || !src->scales) return I4O_E_ARG;
   if (i4o_check_layout(src->K, src->N, src->bits, src->block_size)) return I4O_E_ARG;
@@ -380,8 +381,16 @@ static void set_err(char *err, size_t len, const char *msg) {
   if (err && len) snprintf(err, len, "%s", msg);
 }
 
+/* The fields of an i4o_weights that every entry point checks: layout, pointers, code type. */
+static int check_weights(const i4o_weights *w) {
+  if (!w || !w->data || !w->scales || i4o_check_layout(w->K, w->N, w->bits, w->block_size)) return I4O_E_ARG;
+  if (w->quant_type != I4O_QUANT_INT && w->quant_type != I4O_QUANT_NF4) return I4O_E_ARG;
+  if (w->quant_type == I4O_QUANT_NF4 && (w->bits != 4 || w->zero_points)) return I4O_E_ARG;
+  return I4O_OK;
+}
+
 int i4o_dequantize(const i4o_weights *w, float *out) {
-  if (!w || !out || !w->data || !w->scales || i4o_check_layout(w->K, w->N, w->bits, w->block_size)) return I4O_E_ARG;
+  if (!out || check_weights(w)) return I4O_E_ARG;
   const int64_t nb = i4o_n_blocks(w->K, w->block_size);
   i4o_wdesc d;
   memset(&d, 0, sizeof(d));
@@ -413,8 +422,12 @@ int i4o_matmul(const char *kernel, int compute, const float *A, int64_t M, const
     set_err(err, err_len, "null argument or negative M");
     return I4O_E_ARG;
   }
-  if (i4o_check_layout(w->K, w->N, w->bits, w->block_size)) {
-    set_err(err, err_len, "invalid layout (K, N, bits, block_size)");
+  if (check_weights(w)) {
+    set_err(err, err_len, "invalid weights (K, N, bits, block_size, quant_type or a null pointer)");
+    return I4O_E_ARG;
+  }
+  if (compute != I4O_COMPUTE_FP32 && compute != I4O_COMPUTE_INT8) {
+    set_err(err, err_len, "compute must be I4O_COMPUTE_FP32 or I4O_COMPUTE_INT8");
     return I4O_E_ARG;
   }
   const i4o_kernel *k;

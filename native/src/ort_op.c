@@ -626,6 +626,7 @@ I4O_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options,
     fprintf(stderr, "int4onnx: this ONNX Runtime does not provide C API version %d\n", ORT_API_VERSION);
     return NULL;
   }
+  if (!options) return api->CreateStatus(ORT_INVALID_ARGUMENT, "int4onnx: RegisterCustomOps: session options are NULL");
   g_ort = api;
   if (!g_domain) {
     OrtStatus *st = g_ort->CreateCustomOpDomain(I4O_DOMAIN, &g_domain);

@@ -18,25 +18,41 @@ const char *i4o_version(void) { return I4O_VERSION_STRING; }
 const char *i4o_op_domain(void) { return I4O_DOMAIN; }
 const char *i4o_op_name(void) { return I4O_OP_NAME; }
 
+static int valid_bits(int bits) { return bits == 4 || bits == 8; }
+/* block sizes are multiples of 16 in 16..65536: keeps int8-path block dot products inside int32
+ * (127 * 255 * 65536 < 2^31) */
+static int valid_block(int64_t block_size) {
+  return block_size >= 16 && block_size <= 65536 && block_size % 16 == 0;
+}
+/* K, N, n_blocks in 1..2^31 keep every byte count inside int64/size_t */
+static int valid_dim(int64_t d) { return d >= 1 && d <= ((int64_t)1 << 31); }
+
 int i4o_check_layout(int64_t K, int64_t N, int bits, int64_t block_size) {
-  if (bits != 4 && bits != 8) return I4O_E_ARG;
-  if (K <= 0 || N <= 0) return I4O_E_ARG;
-  if (block_size < 16 || block_size % 16 != 0) return I4O_E_ARG;
-  /* keeps byte counts inside int64/size_t and int8-path block dot products inside int32
-   * (127 * 255 * 65536 < 2^31) */
-  if (K > ((int64_t)1 << 31) || N > ((int64_t)1 << 31) || block_size > 65536) return I4O_E_ARG;
+  if (!valid_bits(bits) || !valid_dim(K) || !valid_dim(N) || !valid_block(block_size)) return I4O_E_ARG;
   return I4O_OK;
 }
 
-int64_t i4o_n_blocks(int64_t K, int64_t block_size) { return (K + block_size - 1) / block_size; }
+/* The size helpers validate their arguments like everything else and answer -1 when they are out
+ * of range (K = 0 or block_size = 0 must not reach a division). */
+int64_t i4o_n_blocks(int64_t K, int64_t block_size) {
+  if (!valid_dim(K) || !valid_block(block_size)) return -1;
+  return (K + block_size - 1) / block_size;
+}
 
-int64_t i4o_blob_bytes(int bits, int64_t block_size) { return block_size * bits / 8; }
+int64_t i4o_blob_bytes(int bits, int64_t block_size) {
+  if (!valid_bits(bits) || !valid_block(block_size)) return -1;
+  return block_size * bits / 8;
+}
 
 int64_t i4o_weight_bytes(int64_t K, int64_t N, int bits, int64_t block_size) {
+  if (i4o_check_layout(K, N, bits, block_size)) return -1;
   return N * i4o_n_blocks(K, block_size) * i4o_blob_bytes(bits, block_size);
 }
 
-int64_t i4o_zero_point_row_bytes(int64_t n_blocks, int bits) { return (n_blocks * bits + 7) / 8; }
+int64_t i4o_zero_point_row_bytes(int64_t n_blocks, int bits) {
+  if (!valid_dim(n_blocks) || !valid_bits(bits)) return -1;
+  return (n_blocks * bits + 7) / 8;
+}
 
 /* The code that dequantizes to exactly zero, used for padding past K. */
 static uint8_t pad_code(int bits, int quant_type, const uint8_t *zp_row, int64_t n_blocks) {
@@ -89,7 +105,7 @@ int i4o_unpack_weights(const uint8_t *packed, int64_t K, int64_t N, int bits, in
 }
 
 int i4o_pack_zero_points(const uint8_t *zp, int64_t N, int64_t n_blocks, int bits, uint8_t *out) {
-  if (!zp || !out || (bits != 4 && bits != 8) || N <= 0 || n_blocks <= 0) return I4O_E_ARG;
+  if (!zp || !out || !valid_bits(bits) || !valid_dim(N) || !valid_dim(n_blocks)) return I4O_E_ARG;
   const int64_t row = i4o_zero_point_row_bytes(n_blocks, bits);
   for (int64_t n = 0; n < N; n++) {
     const uint8_t *src = zp + n * n_blocks;
@@ -105,7 +121,7 @@ int i4o_pack_zero_points(const uint8_t *zp, int64_t N, int64_t n_blocks, int bit
 }
 
 int i4o_unpack_zero_points(const uint8_t *packed, int64_t N, int64_t n_blocks, int bits, uint8_t *out) {
-  if (!packed || !out || (bits != 4 && bits != 8) || N <= 0 || n_blocks <= 0) return I4O_E_ARG;
+  if (!packed || !out || !valid_bits(bits) || !valid_dim(N) || !valid_dim(n_blocks)) return I4O_E_ARG;
   const int64_t row = i4o_zero_point_row_bytes(n_blocks, bits);
   for (int64_t n = 0; n < N; n++) {
     const uint8_t *src = packed + n * row;
