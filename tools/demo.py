@@ -143,7 +143,7 @@ def smollm2(threads: int, new_tokens: int = 32, ppl_chars: int = 8000) -> None:
     for prompt in SMOL_PROMPTS:
         out = {k: generate(p, prompt, max_new_tokens=new_tokens, chat=True, threads=threads)
                for k, p in (("fp32", src), ("int4", q))}
-        same = next((i for i, (a, b) in enumerate(zip(out["fp32"].tokens, out["int4"].tokens)) if a != b),
+        same = next((i for i, (a, b) in enumerate(zip(out["fp32"].tokens, out["int4"].tokens, strict=False)) if a != b),
                     min(len(out["fp32"].tokens), len(out["int4"].tokens)))
         print(f"\n  > {prompt}   (greedy, chat template; first {same} tokens identical)")
         for k, g in out.items():
