@@ -24,6 +24,7 @@ class Report:
     calibration: dict = dataclasses.field(default_factory=dict)   # source, samples, seconds, mixed precision
     embeddings: list[dict] = dataclasses.field(default_factory=list)
     activations: dict = dataclasses.field(default_factory=dict)  # per MatMul input: calibration summary
+    grown: list[dict] = dataclasses.field(default_factory=list)  # tensors (or the model) stored larger than the input
 
     @classmethod
     def build(cls, plan: QuantPlan, config, input_path, output_path, input_bytes, output_bytes, seconds):
@@ -61,7 +62,7 @@ class Report:
             input_bytes=input_bytes, output_bytes=output_bytes, float_weight_bytes=plan.float_bytes,
             quantized_weight_bytes=q_bytes, seconds=round(seconds, 3),
             calibration=dict(plan.calibration), embeddings=list(plan.embeddings),
-            activations={name: st.summary() for name, st in plan.stats.items()},
+            activations={name: st.summary() for name, st in plan.stats.items()}, grown=list(plan.grown),
         )
 
     @property
