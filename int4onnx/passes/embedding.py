@@ -123,13 +123,14 @@ def apply_tied_policy(plan: QuantPlan, config: QuantConfig, graph: ir.Graph, tie
     for key, embs in tied.items():
         table, gathers = embs[0].table, ", ".join(e.node.name or "Gather" for e in embs)
         targets = [t for t in plan.targets if t.key == key]
-        option, head = ("--lm-head", config.lm_head) if key in heads else ("--bits", str(config.bits))
+        option = f"--lm-head {config.lm_head}" if key in heads else f"--bits {config.bits}"
+        head = config.lm_head if key in heads and config.lm_head != "4" else str(config.bits)  # 4: like the others
         emb = config.embedding
         choice = head if emb == "float" or _FINENESS[head] >= _FINENESS[emb] else emb
         what = f"tied with the token embedding {gathers} (table '{table.name}')"
         why = None
-        if choice == "float":
-            why = f"{what}: kept float ({option} {head}); the table stays float for both"
+        if choice == "float" or not targets:
+            why = f"{what}: kept float ({option}); the table stays float for both"
         elif config.format == "qdq":
             why = (f"{what}: --format qdq has no quantized Gather to share the table with, so the table and "
                    "this MatMul stay float (use --format int4onnx or matmulnbits)")
@@ -150,7 +151,7 @@ def apply_tied_policy(plan: QuantPlan, config: QuantConfig, graph: ir.Graph, tie
                                    scale_dtype="float16" if t.dtype == ir.DataType.FLOAT16 else "float32")
         plan.specs[key] = spec
         plan.tied[key] = embs
-        source = f"{option} {head}" + (f", --embedding {emb}" if emb != "float" else "")
+        source = option + (f", --embedding {emb}" if emb != "float" else "")
         plan.decisions[key] = f"{what}: one {spec.describe()} table for both ({source})"
         fixed.add(key)
     return fixed
