@@ -56,6 +56,7 @@ class Report:
             if key in plan.awq:
                 entry["awq"] = plan.awq[key]
             layers.append(entry)
+        q_bytes += sum(e.get("extra_bytes", 0) for e in plan.embeddings)  # a tied table's second zero-point copy
         return cls(
             input=str(input_path), output=str(output_path), config=dataclasses.asdict(config), layers=layers,
             skipped=[dataclasses.asdict(s) for s in plan.skipped], nodes_rewritten=plan.rewritten,

@@ -75,6 +75,7 @@ def test_one_table_for_gather_and_lm_head(tmp_path, fmt, bits, symmetric, dtype)
     (e,) = r.embeddings
     assert e["quantized"] and e["bits"] == bits and e["shared_with"] == ["lm_head"]
     assert e["extra_bytes"] == (V * 2 if bits == 4 and not symmetric else 0)
+    assert r.quantized_weight_bytes == sum(layer["bytes"] for layer in r.layers) + e["extra_bytes"]
     head = [layer for layer in r.layers if layer["weight"] == "E"][0]
     assert head["bits"] == bits and "tied with the token embedding" in head["decision"]
     assert r.output_bytes < r.input_bytes
