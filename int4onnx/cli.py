@@ -293,7 +293,9 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
                    f"{mp['estimated_bits_per_weight_all_selected']:.2f} bits/weight with float layers counted")
     for e in result.embeddings:
         if e["quantized"]:
-            click.echo(f"  embedding {e['table']} [{e['V']} x {e['D']}]: {e['bits']}-bit, {e['bits_per_weight']:.2f} bits/weight")
+            shared = f", one table with {', '.join(e['shared_with'])} (tied)" if e.get("shared_with") else ""
+            click.echo(f"  embedding {e['table']} [{e['V']} x {e['D']}]: {e['bits']}-bit, {e['bits_per_weight']:.2f} "
+                       f"bits/weight{shared}")
         else:
             click.echo(f"  embedding {e['table']} left float: {e['reason']}")
     decided = Counter(layer["decision"] for layer in result.layers if "decision" in layer and

@@ -17,10 +17,10 @@ from int4onnx import _native, io, precision
 from int4onnx.config import AWQ_METHODS, CALIBRATED_METHODS, QuantConfig
 from int4onnx.errors import Int4OnnxError, NothingToQuantizeError, UnsupportedModelError, first_line
 from int4onnx.passes.awq import AwqPass
-from int4onnx.passes.embedding import QuantizeEmbeddingsPass, find_lm_heads
+from int4onnx.passes.embedding import QuantizeEmbeddingsPass, apply_tied_policy, find_lm_heads, find_tied
 from int4onnx.passes.plan import QuantPlan
 from int4onnx.passes.quantize import PlanLayersPass, WeightQuantizer, default_spec
-from int4onnx.passes.rewrite import RewriteMatMulsPass
+from int4onnx.passes.rewrite import RewriteMatMulsPass, check_growth
 from int4onnx.passes.select import SelectMatMulsPass
 from int4onnx.report import Report
 
@@ -165,9 +165,11 @@ def quantize_model(model: ir.Model, config: QuantConfig,
             + (f"; found {found} MatMul/Gemm node(s): {detail}{more}" if found else f"; {_what_is_there(model)}")
         )
     lm_heads = find_lm_heads(model.graph, plan.targets)
+    tied = find_tied(model.graph, plan.targets)  # before the LM policy may drop targets
     if path is not None:
         _keep_context_length(model, path)
     fixed = precision.apply_lm_policy(plan, config, lm_heads)
+    fixed |= apply_tied_policy(plan, config, model.graph, tied, lm_heads)
     if not plan.targets:
         raise NothingToQuantizeError("nothing left to quantize after --lm-head float")
     feeds = None
@@ -182,11 +184,12 @@ def quantize_model(model: ir.Model, config: QuantConfig,
     plan.quantizer = WeightQuantizer(config, plan, progress)
     steps = ir.passes.Sequential(
         PlanLayersPass(config, plan),
-        QuantizeEmbeddingsPass(config, plan),
         RewriteMatMulsPass(config, plan),
+        QuantizeEmbeddingsPass(config, plan),  # after the rewrite: tied tables read its initializers
         common_passes.RemoveUnusedNodesPass(),
     )
     model = _run(steps, model)
+    check_growth(plan)
     return model, plan
 
 
@@ -267,6 +270,12 @@ def quantize_file(input_path, output_path, config: QuantConfig,
         model, plan = quantize_model(model, config, progress, None if in_memory else input_path)
         written = io.save_model_atomic(model, out)
     output_bytes = sum(os.path.getsize(p) for p in written)
+    if output_bytes > input_bytes:
+        why = "the output is larger than the input" + (f" (see {', '.join(g['tensor'] for g in plan.grown)})"
+                                                        if plan.grown else "")
+        plan.grown.append({"tensor": "(the whole model)", "float_bytes": int(input_bytes),
+                           "stored_bytes": int(output_bytes), "reason": why})
+        logger.warning("%s: %d -> %d bytes", why, input_bytes, output_bytes)
     return Report.build(plan, config, input_path, output_path, input_bytes, output_bytes, time.perf_counter() - start)
 
 

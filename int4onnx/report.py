@@ -24,6 +24,7 @@ class Report:
     calibration: dict = dataclasses.field(default_factory=dict)   # source, samples, seconds, mixed precision
     embeddings: list[dict] = dataclasses.field(default_factory=list)
     activations: dict = dataclasses.field(default_factory=dict)  # per MatMul input: calibration summary
+    grown: list[dict] = dataclasses.field(default_factory=list)  # tensors (or the model) stored larger than the input
 
     @classmethod
     def build(cls, plan: QuantPlan, config, input_path, output_path, input_bytes, output_bytes, seconds):
@@ -55,13 +56,14 @@ class Report:
             if key in plan.awq:
                 entry["awq"] = plan.awq[key]
             layers.append(entry)
+        q_bytes += sum(e.get("extra_bytes", 0) for e in plan.embeddings)  # a tied table's second zero-point copy
         return cls(
             input=str(input_path), output=str(output_path), config=dataclasses.asdict(config), layers=layers,
             skipped=[dataclasses.asdict(s) for s in plan.skipped], nodes_rewritten=plan.rewritten,
             input_bytes=input_bytes, output_bytes=output_bytes, float_weight_bytes=plan.float_bytes,
             quantized_weight_bytes=q_bytes, seconds=round(seconds, 3),
             calibration=dict(plan.calibration), embeddings=list(plan.embeddings),
-            activations={name: st.summary() for name, st in plan.stats.items()},
+            activations={name: st.summary() for name, st in plan.stats.items()}, grown=list(plan.grown),
         )
 
     @property

@@ -3,10 +3,17 @@
 find_embeddings: Gather nodes that look up rows of a 2-D float constant table by integer indices.
 find_lm_heads: quantization targets whose output reaches a graph output through shape-only ops (no
     other MatMul) in a model that has such an embedding: the final projection to the vocabulary.
+find_tied / apply_tied_policy: a table read by a token Gather and (directly or through Transpose) by a
+    quantized MatMul/Gemm, usually the lm_head of a model with tied embeddings, is one tensor with one
+    precision; it is quantized once, as that MatMul's weight ([N = V, K = D], blocks along D).
 QuantizeEmbeddingsPass: Gather(table, ids) -> com.microsoft.GatherBlockQuantized(codes, ids, scales,
     zero_points) of ONNX Runtime (4- or 8-bit codes, blocks along the row, packed by our C packer:
     two codes a byte, low nibble first, which is that op's layout too). The table is quantized lazily,
-    when the output is written.
+    when the output is written. A tied table's Gather reads the MatMul's own packed codes
+    [V, n_blocks, blob] (byte for byte MatMulInt4's and MatMulNBits' B), its scales through a Reshape
+    to [V, n_blocks, 1] (the same bytes) and, asymmetric, its zero points: the same bytes for 8 bits;
+    for 4 bits GatherBlockQuantized wants one zero point a byte where the MatMul packs two, so that
+    small tensor ([V, n_blocks] bytes) is stored a second time.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx import _native
-from int4onnx.passes.plan import MSFT_DOMAIN, MatMulTarget, Names, PlanPass, read_float32
+from int4onnx.config import QuantConfig
+from int4onnx.passes.plan import MSFT_DOMAIN, MatMulTarget, Names, PlanPass, QuantPlan, read_float32
+from int4onnx.passes.quantize import default_spec
 from int4onnx.quant.clip import quantize_clip
 from int4onnx.quant.grid import Grid
 
@@ -70,17 +79,107 @@ def find_lm_heads(graph: ir.Graph, targets: list[MatMulTarget]) -> list[MatMulTa
     return [t for t in targets if _reaches_output(t.node.outputs[0])]
 
 
+def find_tied(graph: ir.Graph, targets: list[MatMulTarget]) -> dict[tuple, list[Embedding]]:
+    """Weight key -> the token-embedding Gathers that read the same [V, D] table the target multiplies
+    by as its [K = D, N = V] weight (transposed)."""
+    by_table: dict[int, list[Embedding]] = {}
+    for e in find_embeddings(graph):
+        by_table.setdefault(id(e.table), []).append(e)
+    out: dict[tuple, list[Embedding]] = {}
+    for t in targets:
+        embs = by_table.get(id(t.weight))
+        if embs and t.transposed and (t.K, t.N) == (embs[0].D, embs[0].V):
+            out.setdefault(t.key, embs)
+    return out
+
+
+_FINENESS = {"4": 0, "8": 1, "float": 2}
+
+
+def _gather_block(block: int, K: int) -> int:
+    """GatherBlockQuantized's block size must be a power of two (16 or more): the largest one up to
+    `block` that divides K, else `block` rounded up to a power of two (the row is padded)."""
+    if block & (block - 1) == 0:
+        return block
+    for b in (256, 128, 64, 32, 16):
+        if b <= block and K % b == 0:
+            return b
+    return 1 << (block - 1).bit_length()
+
+
+def apply_tied_policy(plan: QuantPlan, config: QuantConfig, graph: ir.Graph, tied: dict[tuple, list[Embedding]],
+                      lm_heads: list[MatMulTarget]) -> set[tuple]:
+    """One precision for each tied table (run after the LM policy; returns the keys it fixed).
+
+    The table is stored at the finer of --lm-head (for a lm_head; --bits for another MatMul) and
+    --embedding ("float", the default of --embedding, leaves the choice to --lm-head): 8-bit by
+    default. Both readers then use one int (not nf4) code with float scales of the table's type, so
+    that GatherBlockQuantized can read it. When the table cannot be shared that way, the MatMul stays
+    float too: a quantized copy beside the float table would make the output larger than the input."""
+    from int4onnx.precision import keep_float
+
+    heads = {t.key for t in lm_heads}
+    fixed = set()
+    for key, embs in tied.items():
+        table, gathers = embs[0].table, ", ".join(e.node.name or "Gather" for e in embs)
+        targets = [t for t in plan.targets if t.key == key]
+        option = f"--lm-head {config.lm_head}" if key in heads else f"--bits {config.bits}"
+        head = config.lm_head if key in heads and config.lm_head != "4" else str(config.bits)  # 4: like the others
+        emb = config.embedding
+        choice = head if emb == "float" or _FINENESS[head] >= _FINENESS[emb] else emb
+        what = f"tied with the token embedding {gathers} (table '{table.name}')"
+        why = None
+        if choice == "float" or not targets:
+            why = f"{what}: kept float ({option}); the table stays float for both"
+        elif config.format == "qdq":
+            why = (f"{what}: --format qdq has no quantized Gather to share the table with, so the table and "
+                   "this MatMul stay float (use --format int4onnx or matmulnbits)")
+        elif table.name not in graph.initializers or table.is_graph_input():
+            why = f"{what}: the table is not an initializer of the main graph, so it stays float"
+        elif any(t.alpha != 1.0 or t.node.graph is not graph for t in targets):
+            why = f"{what}: Gemm alpha != 1 or a node inside a subgraph; the table stays float"
+        if why is not None:
+            plan.tied_float[table.name] = why
+            if targets:
+                keep_float(plan, {key}, why)
+            logger.info("%s", why)
+            continue
+        t = targets[0]
+        spec = default_spec(config, t, bits=int(choice))
+        block = _gather_block(spec.block_size, t.K)
+        spec = dataclasses.replace(spec, quant_type="int", tensor_super_scale=False, block_size=block,
+                                   scale_dtype="float16" if t.dtype == ir.DataType.FLOAT16 else "float32")
+        plan.specs[key] = spec
+        plan.tied[key] = embs
+        source = option + (f", --embedding {emb}" if emb != "float" else "")
+        plan.decisions[key] = f"{what}: one {spec.describe()} table for both ({source})"
+        fixed.add(key)
+    return fixed
+
+
 class QuantizeEmbeddingsPass(PlanPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.config.embedding == "float":
+        plan = self.plan
+        if self.config.embedding == "float" and not plan.tied and not plan.tied_float:
             return ir.passes.PassResult(model, modified=False)
-        bits = int(self.config.embedding)
         graph = model.graph
         names = Names(graph)
         done = 0
+        tied = {id(e.node): key for key, embs in plan.tied.items() for e in embs}
         for e in find_embeddings(graph):
-            reason = self._why_not(e, graph)
             name = e.node.name or "Gather"
+            if e.table.name in plan.tied_float:
+                plan.embeddings.append({"node": name, "table": e.table.name, "quantized": False,
+                                        "reason": plan.tied_float[e.table.name]})
+                continue
+            if id(e.node) in tied and tied[id(e.node)] in plan.tied_inputs:
+                self._tied(e, tied[id(e.node)], graph, names)
+                done += 1
+                continue
+            if self.config.embedding == "float":
+                continue
+            bits = int(self.config.embedding)
+            reason = self._why_not(e, graph)
             if reason:
                 self.plan.embeddings.append({"node": name, "table": e.table.name, "quantized": False, "reason": reason})
                 logger.info("embedding %s left float: %s", name, reason)
@@ -118,6 +217,43 @@ class QuantizeEmbeddingsPass(PlanPass):
         if done:
             model.opset_imports.setdefault(MSFT_DOMAIN, 1)
         return ir.passes.PassResult(model, modified=done > 0)
+
+    def _tied(self, e: Embedding, key: tuple, graph: ir.Graph, names: Names) -> None:
+        """Gather rows of a table the rewrite quantized as a MatMul weight, from the same initializers."""
+        shared, spec = self.plan.tied_inputs[key], self.plan.specs[key]
+        block, bits = shared["block"], spec.bits
+        nb = _native.n_blocks(e.D, block)
+        name = e.node.name or "Gather"
+        nodes: list[ir.Node] = []
+
+        def node(op, inputs, attrs=(), domain=""):
+            n = ir.Node(domain, op, inputs, list(attrs), name=names.fresh(f"{name}_{op}"))
+            n.outputs[0].name = names.fresh(f"{name}_{op.lower()}_out")
+            nodes.append(n)
+            return n.outputs[0]
+
+        blocks = names.add_initializer(graph, f"{e.table.name}_blocks_shape", np.array([e.V, nb, 1], dtype=np.int64))
+        inputs = [shared["data"], e.node.inputs[1], node("Reshape", [shared["scales"], blocks])]
+        if not spec.symmetric:
+            inputs.append(shared["gather_zero_points"] if bits == 4 else node("Reshape", [shared["zero_points"], blocks]))
+        attrs = [ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 2), ir.AttrInt64("block_size", block),
+                 ir.AttrInt64("bits", bits)]
+        rows = node("GatherBlockQuantized", inputs, attrs, MSFT_DOMAIN)   # [ids..., n_blocks, block]
+        width = names.add_initializer(graph, f"{e.table.name}_row_length", np.array([nb * block], dtype=np.int64))
+        shape = node("Concat", [node("Shape", [e.node.inputs[1]]), width], [ir.AttrInt64("axis", 0)])
+        out = node("Reshape", [rows, shape])
+        if nb * block != e.D:  # the padding of the last block dequantizes to zeros: cut it off
+            def const(base, v):
+                return names.add_initializer(graph, f"{e.table.name}_{base}", np.array([v], dtype=np.int64))
+            node("Slice", [out, const("slice_start", 0), const("slice_end", e.D), const("slice_axis", -1)])
+        ir.convenience.replace_nodes_and_values(graph, e.node, [e.node], nodes, [e.node.outputs[0]], [nodes[-1].outputs[0]])
+        t = self.plan.targets_by_key()[key][0]
+        extra = e.V * nb if shared["gather_zero_points"] is not None else 0
+        storage = spec.storage_bytes(t.K, t.N) + extra
+        self.plan.embeddings.append({
+            "node": name, "table": e.table.name, "quantized": True, "bits": bits, "block_size": block,
+            "V": e.V, "D": e.D, "shared_with": [x.node.name or "" for x in self.plan.targets_by_key()[key]],
+            "bytes": int(storage), "extra_bytes": int(extra), "bits_per_weight": round(8 * storage / (e.V * e.D), 4)})
 
     def _block(self, D: int) -> int:
         g = self.config.group_size

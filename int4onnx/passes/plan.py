@@ -143,6 +143,12 @@ class QuantPlan:
     decisions: dict[tuple, str] = dataclasses.field(default_factory=dict)
     sensitivity: dict[tuple, dict] = dataclasses.field(default_factory=dict)
     embeddings: list[dict] = dataclasses.field(default_factory=list)  # quantized Gather tables
+    # tied tables: weight key -> the embedding Gathers (passes.embedding.Embedding) reading the same table;
+    # the rewrite puts the key's shared initializers in tied_inputs; tied_float: table name -> why it stays float
+    tied: dict[tuple, list] = dataclasses.field(default_factory=dict)
+    tied_inputs: dict[tuple, dict] = dataclasses.field(default_factory=dict)
+    tied_float: dict[str, str] = dataclasses.field(default_factory=dict)
+    grown: list[dict] = dataclasses.field(default_factory=list)  # tensors stored larger than the float input
     calibration: dict = dataclasses.field(default_factory=dict)  # what calibration ran on, and how long
 
     def targets_by_key(self) -> dict[tuple, list[MatMulTarget]]:

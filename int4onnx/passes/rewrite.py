@@ -83,6 +83,13 @@ class RewriteMatMulsPass(PlanPass):
             if not spec.symmetric:
                 zpv = self._lazy(f"{base}_zero_points", (N, _native.zero_point_row_bytes(nb, bits)), ir.DataType.UINT8,
                                  lambda: quant(key).packed_zero_points())
+            if key in self.plan.tied:  # a token Gather reads these too (QuantizeEmbeddingsPass)
+                gzp = None
+                if not spec.symmetric and bits == 4:  # GatherBlockQuantized: one 4-bit zero point a byte
+                    gzp = self._lazy(f"{base}_gather_zero_points", (N, nb, 1), ir.DataType.UINT8,
+                                     lambda: quant(key).zero_points.reshape(N, nb, 1))
+                self.plan.tied_inputs[key] = {"data": data, "scales": sc, "zero_points": zpv,
+                                              "gather_zero_points": gzp, "block": block}
             ssv = None
             if spec.double_quant:
                 if spec.tensor_super_scale:  # one value for the tensor (the op broadcasts a [1] super-scale)
@@ -204,3 +211,31 @@ def _trim(inputs: list) -> list:
     while inputs and inputs[-1] is None:
         inputs.pop()
     return inputs
+
+
+def check_growth(plan) -> list[dict]:
+    """Fill plan.grown with every quantized weight stored in more bytes than its float input (a float
+    copy still read by another node, or padding), log a warning for each, and return the list. Run
+    after unused initializers are removed."""
+    grown = []
+    for key, targets in plan.targets_by_key().items():
+        t, spec = targets[0], plan.specs[key]
+        float_bytes = t.K * t.N * (2 if t.dtype == ir.DataType.FLOAT16 else 4)
+        stored = spec.storage_bytes(t.K, t.N)
+        shared = plan.tied_inputs.get(key)
+        if shared is not None and shared["gather_zero_points"] is not None:
+            stored += t.N * spec.n_blocks(t.K)
+        readers = sorted({u.node.op_type for u in t.weight.uses()})
+        why = None
+        if readers:
+            stored += float_bytes
+            why = (f"the float weight is still read by {', '.join(readers)} node(s), so it is stored beside its "
+                   "quantized copy")
+        elif stored > float_bytes:
+            why = f"its quantized form ({spec.describe()}, K={t.K}) takes more bytes than the float weight"
+        if why:
+            grown.append({"tensor": t.weight.name, "float_bytes": int(float_bytes), "stored_bytes": int(stored),
+                          "reason": why})
+            logger.warning("tensor '%s' grows from %d to %d bytes: %s", t.weight.name, float_bytes, stored, why)
+    plan.grown = grown
+    return grown

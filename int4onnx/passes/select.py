@@ -20,6 +20,28 @@ def _const(value: ir.Value | None):
     return ir.convenience.get_const_tensor(value)
 
 
+def through_shape_ops(value: ir.Value) -> tuple[ir.Value, bool]:
+    """The constant a weight is read from through Identity and 2-D Transpose nodes, and whether it is
+    transposed on the way (a tied lm_head reads ``Transpose(embedding table)``). The value itself
+    (not transposed) when no such constant is found."""
+    source, flipped = value, False
+    for _ in range(8):
+        node = source.producer()
+        if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in ("Identity", "Transpose") \
+                or not node.inputs or node.inputs[0] is None:
+            break
+        if node.op_type == "Transpose":
+            perm = _attr(node, "perm", None)
+            if perm is not None and list(perm) != [1, 0]:
+                break
+            flipped = not flipped
+        source = node.inputs[0]
+        tensor = source.const_value
+        if tensor is not None and len(tensor.shape) == 2 and source.producer() is None:
+            return source, flipped
+    return value, False
+
+
 def _attr(node: ir.Node, name: str, default):
     attr = node.attributes.get(name)
     return default if attr is None else attr.value
@@ -51,6 +73,13 @@ class SelectMatMulsPass(PlanPass):
         if b in graph_inputs and b.const_value is not None:
             return f"weight '{b.name}' is also a graph input (an initializer the caller can override)"
         tensor = _const(b)
+        flipped = False
+        if tensor is None:
+            source, flipped = through_shape_ops(b)
+            if source is not b:  # e.g. MatMul(x, Transpose(table)): the table is the weight, transposed
+                if source in graph_inputs:
+                    return f"weight '{source.name}' (read through {b.producer().op_type}) is also a graph input"
+                b, tensor = source, source.const_value
         if tensor is None:
             if _const(a) is not None:
                 return "the constant operand is the left one (constant @ activations); only activations @ constant is supported"
@@ -59,11 +88,11 @@ class SelectMatMulsPass(PlanPass):
             return f"weight dtype {tensor.dtype.name} is not float32/float16"
         if len(tensor.shape) != 2:
             return f"weight has rank {len(tensor.shape)}; only 2-D weights are quantized"
-        transposed, alpha, beta, bias = False, 1.0, 1.0, None
+        transposed, alpha, beta, bias = flipped, 1.0, 1.0, None
         if node.op_type == "Gemm":
             if _attr(node, "transA", 0):
                 return "Gemm with transA=1 is not supported"
-            transposed = bool(_attr(node, "transB", 0))
+            transposed = bool(_attr(node, "transB", 0)) != flipped
             alpha = float(_attr(node, "alpha", 1.0))
             beta = float(_attr(node, "beta", 1.0))
             bias = node.inputs[2] if len(node.inputs) > 2 else None
