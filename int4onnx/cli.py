@@ -186,8 +186,9 @@ def _progress_printer(quiet: bool):
                    "scaling; gptq: error-compensating (awq and gptq need calibration data).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="int4onnx", show_default=True,
               help="int4onnx: our MatMulInt4 op; matmulnbits: ONNX Runtime's MatMulNBits; qdq: opset-21 DequantizeLinear+MatMul.")
-@click.option("--compute", type=click.Choice(COMPUTE), default="fp32", show_default=True,
-              help="Kernel arithmetic: fp32 activations, or int8-quantized activations (faster, slightly less accurate).")
+@click.option("--compute", type=click.Choice(COMPUTE), default=None,
+              help="Kernel arithmetic: fp32 activations, or int8-quantized activations (faster, slightly less accurate). "
+                   "Default: fp32; int8 (accuracy_level 4) for --format matmulnbits.")
 @click.option("--dtype", "quant_type", type=click.Choice(["int", "nf4"]), default="int", show_default=True,
               help="Code type: uniform integers, or the NF4 codebook (symmetric 4-bit).")
 @click.option("--double-quant", is_flag=True,

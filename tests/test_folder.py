@@ -197,3 +197,19 @@ def test_converted_folder_matches_converted_file(tmp_path):
         feeds.append(s.run(["logits"], feed)[0])
     np.testing.assert_array_equal(feeds[0], feeds[1])
     assert np.abs(feeds[0]).max() > 0
+
+
+def test_matmulnbits_defaults_to_accuracy_level_4(tmp_path):
+    """--format matmulnbits writes accuracy_level 4 (int8 activations) unless --compute fp32 is given."""
+    import onnx
+
+    src = llama_folder(tmp_path / "src", "optimum")
+    levels = {}
+    for name, args in [("default", []), ("fp32", ["--compute", "fp32"])]:
+        r = invoke("convert", src / "model.onnx", "-o", tmp_path / f"{name}.onnx", "--format", "matmulnbits", *args)
+        assert r.exit_code == 0, r.output
+        nodes = [n for n in onnx.load(str(tmp_path / f"{name}.onnx")).graph.node if n.op_type == "MatMulNBits"]
+        levels[name] = {next((a.i for a in n.attribute if a.name == "accuracy_level"), 0) for n in nodes}
+    assert levels == {"default": {4}, "fp32": {0}}
+    assert int4onnx.QuantConfig(format="matmulnbits").compute == "int8"
+    assert int4onnx.QuantConfig().compute == "fp32" and int4onnx.QuantConfig(format="qdq").compute == "fp32"

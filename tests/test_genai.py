@@ -1,0 +1,54 @@
+"""ONNX Runtime GenAI end to end: a tiny random KV-cache Llama (optimum's I/O) in a GenAI folder with a
+hand-written genai_config.json, converted by `int4onnx convert DIR -o OUTDIR`, generates through
+onnxruntime_genai (our op loaded from the folder for the int4onnx format, none for matmulnbits) the
+same greedy tokens as int4onnx.generate on the same converted model."""
+
+import pytest
+from click.testing import CliRunner
+from folders import EOS, llama_folder
+
+from int4onnx import generate as gen
+from int4onnx.cli import main
+
+og = pytest.importorskip("onnxruntime_genai")  # the test extra installs it (pyproject.toml)
+
+NEW = 24
+
+
+def genai_greedy(folder, prompt: list[int], new: int) -> list[int]:
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + new, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    return tokens[:tokens.index(EOS)] if EOS in tokens else tokens  # int4onnx.generate leaves EOS out
+
+
+@pytest.mark.parametrize("fmt", ["int4onnx", "matmulnbits"])
+def test_genai_generates_like_int4onnx(tmp_path, fmt):
+    src = llama_folder(tmp_path / "src", "genai", seed=3)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["convert", str(src), "-o", str(out), "--format", fmt])
+    assert r.exit_code == 0, r.output
+    ours = gen.generate(out / "model.onnx", "the cat sat on", max_new_tokens=NEW)
+    assert len(ours.tokens) >= 8  # enough tokens to compare (a random model rarely says EOS early)
+    theirs = genai_greedy(out, ours.prompt_tokens, NEW)
+    assert theirs == ours.tokens
+
+
+def test_genai_needs_the_library(tmp_path):
+    """Without the custom_ops_library entry GenAI cannot load our op: the entry is what makes it work."""
+    import json
+
+    src = llama_folder(tmp_path / "src", "genai")
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["convert", str(src), "-o", str(out)]).exit_code == 0
+    cfg = json.loads((out / "genai_config.json").read_text())
+    del cfg["model"]["decoder"]["session_options"]["custom_ops_library"]
+    (out / "genai_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="MatMulInt4"):
+        og.Model(str(out))
