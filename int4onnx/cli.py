@@ -225,10 +225,14 @@ def _progress_printer(quiet: bool):
               help="Language models: quantize token-embedding Gather tables (ONNX Runtime's GatherBlockQuantized).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=pathlib.Path),
               help="Write a JSON report: per-layer shapes, bits, error before/after the method; skipped nodes and why.")
+@click.option("--ops-library", type=click.Path(dir_okay=False, path_type=pathlib.Path), metavar="FILE",
+              help="GenAI folders: the custom-op library to copy in (default: this installation's, which loads only "
+                   "inside Python; give `int4onnx build-native`'s for GenAI's C or Java API).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary.")
 def convert(model, output, bits, group_size, symmetric, method, fmt, compute, quant_type, double_quant, exclude,
             calibration, calibration_text, tokenizer, calibration_samples, sequence_length, calibration_skip_chars,
-            clip_search, act_order, damp, target_bits, max_error, sensitivity_samples, lm_head, embedding, report, quiet):
+            clip_search, act_order, damp, target_bits, max_error, sensitivity_samples, lm_head, embedding, report,
+            ops_library, quiet):
     """Quantize the MatMul/Gemm weights of MODEL and write the converted model.
 
     MODEL is an .onnx file or a model folder written by ONNX Runtime GenAI's model builder or by
@@ -269,8 +273,13 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
     written = None
     if is_folder:
         result, written = folders.convert_folder(model, output, config, progress=_progress_printer(quiet),
-                                                 also_writes=also)
+                                                 also_writes=also, ops_library=ops_library)
     else:
+        if ops_library is not None:
+            from int4onnx.errors import ConfigError
+
+            raise ConfigError("--ops-library is for model folders (GenAI's genai_config.json); a single .onnx "
+                              "output loads no library by itself")
         result = quantize_file(model, output, config, progress=_progress_printer(quiet), also_writes=also)
     click.get_current_context().obj["written"] = True
     if report is not None:

@@ -172,15 +172,25 @@ class FolderResult:
     library: pathlib.Path | None  # our library copied in (GenAI folders in the int4onnx format)
 
 
-def convert_folder(src, out, config, progress=None, also_writes=()):
+def convert_folder(src, out, config, progress=None, also_writes=(), ops_library=None):
     """Convert the model folder `src` into the new folder `out` (see the module docstring). Returns
-    (the conversion's Report, FolderResult)."""
+    (the conversion's Report, FolderResult).
+
+    ops_library: the custom-op library to copy into a GenAI folder as LIBRARY_NAME (default: this
+    installation's, int4onnx.library_path(), which loads only inside a Python process: its Python
+    bindings need the interpreter; a C or Android app needs `int4onnx build-native`'s)."""
     from int4onnx import library_path
     from int4onnx.pipeline import quantize_file
 
     folder = open_folder(src)
     out = check_output_folder(folder, out)
     library = folder.kind == "genai" and config.format == "int4onnx"
+    if ops_library is not None:
+        if not library:
+            raise ConfigError("--ops-library is for GenAI folders (genai_config.json) in the int4onnx format; "
+                              "other outputs need no library in the folder")
+        if not pathlib.Path(ops_library).is_file():
+            raise ConfigError(f"--ops-library {ops_library}: no such file")
     config_text = None
     if library:
         config_text = json.dumps(genai_config_with_library(_read_config(folder.path / GENAI_CONFIG),
@@ -206,7 +216,7 @@ def convert_folder(src, out, config, progress=None, also_writes=()):
             else:
                 shutil.copy2(folder.path / rel, dest)
         if library:
-            shutil.copy2(library_path(), tmp / LIBRARY_NAME)
+            shutil.copy2(ops_library or library_path(), tmp / LIBRARY_NAME)
         io.publish_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -221,8 +231,8 @@ def how_to_run(fmt: str, kind: str | None, where) -> str:
     if kind == "genai":
         if fmt == "int4onnx":
             return (f"onnxruntime_genai.Model('{where}'): its genai_config.json loads {LIBRARY_NAME} from the folder "
-                    f"(this machine's build; on another device put `int4onnx build-native` output there under that "
-                    "name; docs/deploy.md)")
+                    "(unless given --ops-library, this installation's build, which loads only in Python; for GenAI's "
+                    "C/Java API put `int4onnx build-native`'s library there; docs/deploy.md)")
         return f"onnxruntime_genai.Model('{where}'); no custom-op library needed"
     if fmt != "int4onnx":
         op = "com.microsoft::MatMulNBits" if fmt == "matmulnbits" else "opset-21 DequantizeLinear"

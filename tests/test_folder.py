@@ -213,3 +213,22 @@ def test_matmulnbits_defaults_to_accuracy_level_4(tmp_path):
     assert levels == {"default": {4}, "fp32": {0}}
     assert int4onnx.QuantConfig(format="matmulnbits").compute == "int8"
     assert int4onnx.QuantConfig().compute == "fp32" and int4onnx.QuantConfig(format="qdq").compute == "fp32"
+
+
+def test_ops_library_option(tmp_path):
+    """--ops-library puts a given build (a device's) into a GenAI folder; refused where no library goes."""
+    src = llama_folder(tmp_path / "src", "genai")
+    lib = tmp_path / "libdevice.so"
+    lib.write_bytes(b"\x7fELF device build")
+    r = invoke("convert", src, "-o", tmp_path / "out", "--ops-library", lib)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / folders.LIBRARY_NAME).read_bytes() == lib.read_bytes()
+    before = listing(tmp_path)
+    for args, needle in [(["--format", "matmulnbits"], "--ops-library is for GenAI folders"),
+                         ([], "no such file")]:
+        r = invoke("convert", src, "-o", tmp_path / "o2", "--ops-library", tmp_path / "missing.so" if not args else lib,
+                   *args)
+        assert r.exit_code == 2 and needle in r.output, r.output
+    r = invoke("convert", src / "model.onnx", "-o", tmp_path / "m.onnx", "--ops-library", lib)
+    assert r.exit_code == 2 and "for model folders" in r.output
+    assert listing(tmp_path) == before
