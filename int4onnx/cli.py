@@ -544,10 +544,9 @@ def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, as_jso
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
 def generate(model, prompt, tokenizer, max_new_tokens, temperature, top_k, top_p, seed, chat, threads):
     """Continue --prompt with the causal LM MODEL (KV cache when it has one); print the text, then the speed."""
-    from int4onnx.folder import model_path
     from int4onnx.generate import generate as run
 
-    result = run(model_path(model), prompt, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
+    result = run(model, prompt, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
                  top_k=top_k, top_p=top_p, chat=chat, threads=threads, seed=seed)
     click.echo(result.text)
     click.echo(result.speed_line(), err=True)

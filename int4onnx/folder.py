@@ -206,17 +206,20 @@ def convert_folder(src, out, config, progress=None, also_writes=(), ops_library=
             exc.output_written = False
             raise
         written = {os.path.realpath(p) for p in tmp.rglob("*")}
-        for rel in copied:
-            dest = tmp / rel
-            if os.path.realpath(dest) in written:  # e.g. a stale model.onnx.data beside an external-data model
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if library and rel == pathlib.Path(GENAI_CONFIG):
-                dest.write_text(config_text, encoding="utf-8")
-            else:
-                shutil.copy2(folder.path / rel, dest)
-        if library:
-            shutil.copy2(ops_library or library_path(), tmp / LIBRARY_NAME)
+        try:
+            for rel in copied:
+                dest = tmp / rel
+                if os.path.realpath(dest) in written:  # e.g. a stale model.onnx.data beside an external-data model
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if library and rel == pathlib.Path(GENAI_CONFIG):
+                    dest.write_text(config_text, encoding="utf-8")
+                else:
+                    shutil.copy2(folder.path / rel, dest)
+            if library:
+                shutil.copy2(ops_library or library_path(), tmp / LIBRARY_NAME)
+        except OSError as exc:
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
         io.publish_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -232,3 +232,34 @@ def test_ops_library_option(tmp_path):
     r = invoke("convert", src / "model.onnx", "-o", tmp_path / "m.onnx", "--ops-library", lib)
     assert r.exit_code == 2 and "for model folders" in r.output
     assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("where", ["conversion", "copy"])
+def test_interrupt_or_failure_midway_leaves_nothing(tmp_path, monkeypatch, where):
+    """Ctrl-C during the conversion, or a disk error while the side files are copied: no output folder
+    and no temporary folder are left, and the CLI says nothing was written."""
+    import shutil
+
+    from int4onnx import pipeline
+
+    src = llama_folder(tmp_path / "src", "genai")
+    before = listing(tmp_path)
+    if where == "conversion":
+        real = pipeline.quantize_file
+
+        def interrupted(*args, **kwargs):
+            real(*args, **kwargs)  # the model is written into the temporary folder, then Ctrl-C
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(pipeline, "quantize_file", interrupted)
+    else:
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(shutil, "copy2", full)
+    r = invoke("convert", src, "-o", tmp_path / "out")
+    if where == "conversion":
+        assert r.exit_code == 130 and "nothing was written" in r.output, r.output
+    else:
+        assert r.exit_code == 2 and "cannot write" in r.output and "No space left on device" in r.output, r.output
+    assert listing(tmp_path) == before
