@@ -196,10 +196,12 @@ def convert_folder(src, out, config, progress=None, also_writes=(), ops_library=
         config_text = json.dumps(genai_config_with_library(_read_config(folder.path / GENAI_CONFIG),
                                                            folder.path / GENAI_CONFIG), indent=4) + "\n"
     copied = side_files(folder)
+    io.check_overwrites(also_writes, [("the input folder's file", folder.path / rel) for rel in copied])
     rel_model = folder.model.relative_to(folder.path)
     with io.temporaries_next_to(out):
         tmp = io.make_temp_dir("folder")
     try:
+        (tmp / rel_model).parent.mkdir(parents=True, exist_ok=True)
         try:
             report = quantize_file(folder.model, tmp / rel_model, config, progress, also_writes)
         except KeyboardInterrupt as exc:  # an interrupt held back while the model was renamed into tmp

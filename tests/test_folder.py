@@ -263,3 +263,16 @@ def test_interrupt_or_failure_midway_leaves_nothing(tmp_path, monkeypatch, where
     else:
         assert r.exit_code == 2 and "cannot write" in r.output and "No space left on device" in r.output, r.output
     assert listing(tmp_path) == before
+
+
+def test_report_cannot_overwrite_a_side_file_and_model_in_a_subfolder(tmp_path):
+    src = llama_folder(tmp_path / "src", "genai", filename="onnx/decoder.onnx")
+    before = tree(src)
+    r = invoke("convert", src, "-o", tmp_path / "out", "--report", src / "tokenizer.json")
+    assert r.exit_code == 2 and "would overwrite the input folder's file" in r.output, r.output
+    assert tree(src) == before and not (tmp_path / "out").exists()
+    r = invoke("convert", src, "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert "MatMulInt4" in ops(tmp_path / "out" / "onnx" / "decoder.onnx")
+    assert json.loads((tmp_path / "out" / "genai_config.json").read_text())["model"]["decoder"]["filename"] == \
+        "onnx/decoder.onnx"
