@@ -52,3 +52,29 @@ def test_genai_needs_the_library(tmp_path):
     (out / "genai_config.json").write_text(json.dumps(cfg))
     with pytest.raises(Exception, match="MatMulInt4"):
         og.Model(str(out))
+
+
+@pytest.mark.parametrize("share_buffer", [False, True])
+def test_genai_builder_style_gqa_model(tmp_path, share_buffer):
+    """GenAI's own model builder's graph shape: GroupQueryAttention with fused rotary, no position_ids
+    (tests/modelgen.gqa_lm); with GenAI's shared past/present buffer too."""
+    import json
+
+    from folders import ALPHABET, genai_config
+    from modelgen import char_tokenizer, gqa_lm, save
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save(gqa_lm(V=len(ALPHABET), D=64, heads=4, kv_heads=2, layers=2, context=96, seed=2), src / "model.onnx")
+    char_tokenizer(src / "tokenizer.json", ALPHABET)
+    cfg = genai_config()
+    cfg["model"]["decoder"]["inputs"].pop("position_ids")
+    cfg["model"]["decoder"].update(head_size=16, hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    cfg["search"]["past_present_share_buffer"] = share_buffer
+    (src / "genai_config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["convert", str(src), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    ours = gen.generate(out, "the cat", max_new_tokens=NEW)
+    assert len(ours.tokens) >= 8
+    assert genai_greedy(out, ours.prompt_tokens, NEW) == ours.tokens
