@@ -225,6 +225,7 @@ def convert_folder(src, out, config, progress=None, also_writes=(), ops_library=
         io.publish_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    report.output = str(out / rel_model)  # where the model is now, not the temporary folder it was written in
     result = FolderResult(out, out / rel_model, folder.kind, [str(p) for p in copied],
                           out / LIBRARY_NAME if library else None)
     return report, result

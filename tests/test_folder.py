@@ -91,6 +91,7 @@ def test_genai_folder_matmulnbits_config_untouched(tmp_path):
 def test_folder_api_and_default_output(tmp_path):
     src = llama_folder(tmp_path / "m", "optimum")
     report = int4onnx.quantize(src, tmp_path / "api", group_size=64)
+    assert report.output == str(tmp_path / "api" / "model.onnx") and report.input == str(src / "model.onnx")
     assert report.nodes_rewritten == 2 * 7 + 1  # q, k, v, o, w1, w2, w3 per layer, and the head (8-bit)
     assert (tmp_path / "api" / "model.onnx").exists()
     r = invoke("convert", src)
