@@ -19,9 +19,10 @@ def library_path() -> str:
 def quantize(input, output=None, config: QuantConfig | None = None, **options):
     """Convert an ONNX model.
 
-    input: a path to an ``.onnx`` file, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (never changed).
+    input: a path to an ``.onnx`` file or a model folder (ONNX Runtime GenAI's or optimum's: the model
+        inside; see int4onnx.folder), an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (never changed).
     output: a path: the converted model is written there atomically and a :class:`int4onnx.report.Report`
-        is returned. ``None``: nothing is written and the converted model is returned, as an
+        is returned; for a model folder, a new folder with the other files copied. ``None``: nothing is written and the converted model is returned, as an
         ``onnx_ir.Model`` for an ``onnx_ir.Model`` input and as an ``onnx.ModelProto`` otherwise (all
         initializers in memory, so it must fit protobuf's 2 GB; write larger models to a path).
     Options are the fields of :class:`QuantConfig` (``bits``, ``group_size``, ``symmetric``,
@@ -50,11 +51,13 @@ def quantize(input, output=None, config: QuantConfig | None = None, **options):
     if output is not None and not isinstance(output, (str, os.PathLike)):
         raise ConfigError(f"output must be a path or None, got {type(output).__name__}")
     if isinstance(input, (str, os.PathLike)):
+        from int4onnx import folder, io
+
+        if output is not None and os.path.isdir(input):  # a model folder in, a folder out
+            return folder.convert_folder(input, output, config)[0]
         if output is not None:
             return quantize_file(input, output, config)
-        from int4onnx import io
-
-        model = io.load_model(input)
+        model = io.load_model(folder.model_path(input))
         input = None  # the model was loaded here: return a ModelProto
     elif isinstance(input, onnx.ModelProto):
         if input.ir_version < 1:

@@ -173,7 +173,8 @@ def _progress_printer(quiet: bool):
 @_verbose_option
 @click.argument("model", type=click.Path(dir_okay=True, path_type=pathlib.Path))
 @click.option("-o", "--output", type=click.Path(path_type=pathlib.Path),
-              help="Output model (default: MODEL with .int4.onnx).")
+              help="Output model (default: MODEL with .int4.onnx); for a model folder, a new or empty folder "
+                   "(default: MODEL-int4).")
 @click.option("--bits", type=int, default=4, show_default=True, help="Weight bits: 4 or 8.")
 @click.option("--group-size", type=int, default=32, show_default=True,
               help="Weights per scale along K: 16, 32, 64, 128, 256; -1 = per-channel.")
@@ -185,8 +186,9 @@ def _progress_printer(quiet: bool):
                    "scaling; gptq: error-compensating (awq and gptq need calibration data).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="int4onnx", show_default=True,
               help="int4onnx: our MatMulInt4 op; matmulnbits: ONNX Runtime's MatMulNBits; qdq: opset-21 DequantizeLinear+MatMul.")
-@click.option("--compute", type=click.Choice(COMPUTE), default="fp32", show_default=True,
-              help="Kernel arithmetic: fp32 activations, or int8-quantized activations (faster, slightly less accurate).")
+@click.option("--compute", type=click.Choice(COMPUTE), default=None,
+              help="Kernel arithmetic: fp32 activations, or int8-quantized activations (faster, slightly less accurate). "
+                   "Default: fp32; int8 (accuracy_level 4) for --format matmulnbits.")
 @click.option("--dtype", "quant_type", type=click.Choice(["int", "nf4"]), default="int", show_default=True,
               help="Code type: uniform integers, or the NF4 codebook (symmetric 4-bit).")
 @click.option("--double-quant", is_flag=True,
@@ -223,11 +225,19 @@ def _progress_printer(quiet: bool):
               help="Language models: quantize token-embedding Gather tables (ONNX Runtime's GatherBlockQuantized).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=pathlib.Path),
               help="Write a JSON report: per-layer shapes, bits, error before/after the method; skipped nodes and why.")
+@click.option("--ops-library", type=click.Path(dir_okay=False, path_type=pathlib.Path), metavar="FILE",
+              help="GenAI folders: the custom-op library to copy in (default: this installation's, which loads only "
+                   "inside Python; give `int4onnx build-native`'s for GenAI's C or Java API).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary.")
 def convert(model, output, bits, group_size, symmetric, method, fmt, compute, quant_type, double_quant, exclude,
             calibration, calibration_text, tokenizer, calibration_samples, sequence_length, calibration_skip_chars,
-            clip_search, act_order, damp, target_bits, max_error, sensitivity_samples, lm_head, embedding, report, quiet):
-    """Quantize the MatMul/Gemm weights of MODEL and write the converted model."""
+            clip_search, act_order, damp, target_bits, max_error, sensitivity_samples, lm_head, embedding, report,
+            ops_library, quiet):
+    """Quantize the MatMul/Gemm weights of MODEL and write the converted model.
+
+    MODEL is an .onnx file or a model folder written by ONNX Runtime GenAI's model builder or by
+    optimum (genai_config.json / config.json, model.onnx, tokenizer files): the output is then a new
+    folder (-o, default MODEL-int4) with the same files and the model converted, ready to run."""
     from int4onnx.pipeline import quantize_file
 
     if symmetric is None:
@@ -241,12 +251,18 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
                          sequence_length=sequence_length, calibration_skip_chars=calibration_skip_chars,
                          target_bits=target_bits, max_error=max_error, sensitivity_samples=sensitivity_samples,
                          lm_head=lm_head, embedding=embedding)
-    name = model.name[:-5] if model.name.endswith(".onnx") else model.name
-    default_name = f"{name}.int4.onnx" if bits == 4 else f"{name}.int{bits}.onnx"
-    if output is None:
-        output = model.with_name(default_name)
-    elif output.is_dir():  # like cp: into the folder, under the default name
-        output = output / default_name
+    from int4onnx import folder as folders
+
+    is_folder = model.is_dir()
+    if is_folder:  # a model folder (GenAI, optimum) in, a folder out
+        output = output if output is not None else folders.default_output(model, bits)
+    else:
+        name = model.name[:-5] if model.name.endswith(".onnx") else model.name
+        default_name = f"{name}.int4.onnx" if bits == 4 else f"{name}.int{bits}.onnx"
+        if output is None:
+            output = model.with_name(default_name)
+        elif output.is_dir():  # like cp: into the folder, under the default name
+            output = output / default_name
     also = []
     if report is not None:
         from int4onnx.io import check_output_path
@@ -254,13 +270,28 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
         check_output_path(report, "--report")
         also.append(("--report", report))
 
-    result = quantize_file(model, output, config, progress=_progress_printer(quiet), also_writes=also)
+    written = None
+    if is_folder:
+        result, written = folders.convert_folder(model, output, config, progress=_progress_printer(quiet),
+                                                 also_writes=also, ops_library=ops_library)
+    else:
+        if ops_library is not None:
+            from int4onnx.errors import ConfigError
+
+            raise ConfigError("--ops-library is for model folders (GenAI's genai_config.json); a single .onnx "
+                              "output loads no library by itself")
+        result = quantize_file(model, output, config, progress=_progress_printer(quiet), also_writes=also)
     click.get_current_context().obj["written"] = True
     if report is not None:
         _write_atomic(report, result.to_json() + "\n")
     if quiet:
         return
-    click.echo(f"wrote {output}")
+    if written is not None:
+        click.echo(f"wrote {written.folder}/ ({written.kind} folder: {written.model.name} converted, "
+                   f"{len(written.copied)} other file(s) copied"
+                   + (f", {written.library.name} added)" if written.library else ")"))
+    else:
+        click.echo(f"wrote {output}")
     by_bits = Counter(layer["bits"] for layer in result.layers)
     mix = ", ".join(f"{n} at {b}-bit" for b, n in sorted(by_bits.items()))
     click.echo(f"  quantized {result.nodes_rewritten} MatMul/Gemm node(s), {len(result.layers)} weight(s) ({mix}), "
@@ -308,6 +339,7 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
             names = [s["name"] for s in result.skipped if s["reason"] == reason]
             shown = ", ".join(names[:4]) + (f", ... ({n - 4} more)" if n > 4 else "")
             click.echo(f"    {n} x {reason}: {shown}")
+    click.echo(f"  to run it: {folders.how_to_run(fmt, written.kind if written else None, written.folder if written else output)}")
 
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
@@ -326,10 +358,11 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 @click.argument("model", type=click.Path(path_type=pathlib.Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect(model, as_json):
-    """Show what MODEL has quantized: layers, bits per weight, sizes."""
+    """Show what MODEL (an .onnx file or a model folder) has quantized: layers, bits per weight, sizes."""
+    from int4onnx.folder import model_path
     from int4onnx.inspect import describe
 
-    info = describe(model)
+    info = describe(model_path(model))
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -385,7 +418,8 @@ def build_native(target, out_dir, cc, ort_include_dir):
 @click.option("--perplexity", "ppl_text", type=click.Path(path_type=pathlib.Path), metavar="TEXT",
               help="Also compute both models' perplexity on this text (causal LMs; needs --tokenizer).")
 @click.option("--tokenizer", type=click.Path(path_type=pathlib.Path), metavar="FILE",
-              help="tokenizer.json or sentencepiece .model (BOS is prepended when the tokenizer has one).")
+              help="tokenizer.json or sentencepiece .model (BOS is prepended when the tokenizer has one; default for a "
+                   "model folder: its own).")
 @click.option("--window", type=int, default=None,
               help="Perplexity: tokens per window (default: 512, or the model's context length when shorter).")
 @click.option("--stride", type=int, default=None,
@@ -397,11 +431,18 @@ def build_native(target, out_dir, cc, ort_include_dir):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def eval_(reference, candidate, data, text, samples, sequence_length, ppl_text, tokenizer, window, stride, skip_chars,
           max_chars, threads, as_json):
-    """Compare CANDIDATE (e.g. a converted model) with REFERENCE on the same inputs."""
+    """Compare CANDIDATE (e.g. a converted model) with REFERENCE on the same inputs (.onnx files or model folders)."""
     from int4onnx.calibrate import FeedSource
     from int4onnx.errors import ConfigError
     from int4onnx.evaluate import evaluate
+    from int4onnx.folder import model_path
 
+    folders = [m for m in (candidate, reference) if m.is_dir()]
+    reference, candidate = model_path(reference), model_path(candidate)
+    if (text or ppl_text) and not tokenizer and folders:  # a model folder's own tokenizer
+        from int4onnx.generate import find_tokenizer
+
+        tokenizer = find_tokenizer(model_path(folders[0]))
     if data and text:
         raise ConfigError("give either --data or --text, not both")
     if (text or ppl_text) and not tokenizer:
@@ -471,7 +512,9 @@ def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, as_jso
     """
     from int4onnx.bench import bench_models
     from int4onnx.errors import ConfigError
+    from int4onnx.folder import model_path
 
+    model, others = model_path(model), [model_path(m) for m in others]
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
     if batch < 1:

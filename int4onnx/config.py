@@ -23,6 +23,13 @@ COMPUTE = ("fp32", "int8")
 QUANT_TYPES = ("int", "nf4")
 
 
+def default_compute(fmt) -> str:
+    """The kernel arithmetic a format gets unless told: ONNX Runtime's MatMulNBits decodes with int8
+    activations (accuracy_level 4) typically 1.2-1.4x faster than with float ones, at +0.2% perplexity on
+    SmolLM2-135M (docs/deploy.md section 8); our op and qdq keep float activations."""
+    return "int8" if fmt == "matmulnbits" else "fp32"
+
+
 def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
@@ -85,7 +92,8 @@ class QuantConfig:
     format: "int4onnx" (our MatMulInt4 op), "matmulnbits" (com.microsoft.MatMulNBits), or "qdq"
         (opset-21 int4 DequantizeLinear + MatMul, runnable by stock runtimes).
     compute: "fp32" (dequantize and use float math) or "int8" (activations quantized per block
-        to int8 at run time; faster on VNNI/dotprod CPUs).
+        to int8 at run time; faster on VNNI/dotprod CPUs). Default (None): default_compute(format),
+        fp32 for our op, int8 (accuracy_level 4) for matmulnbits (docs/deploy.md has the numbers).
     exclude: node names or regular expressions (full match) of MatMul/Gemm nodes to leave float.
     quant_type: "int" (uniform codes) or "nf4" (normal-quantile codebook, symmetric 4-bit only).
     double_quant: store scales as int8 with float32 super-scales (int4onnx format): one per output
@@ -125,7 +133,7 @@ class QuantConfig:
     symmetric: bool = False
     method: str = _choices(METHODS, "rtn")
     format: str = _choices(FORMATS, "int4onnx")
-    compute: str = _choices(COMPUTE, "fp32")
+    compute: str | None = _choices(COMPUTE, None)  # None: default_compute(format)
     exclude: tuple[str, ...] = ()
     quant_type: str = _choices(QUANT_TYPES, "int")
     double_quant: bool = False
@@ -145,6 +153,8 @@ class QuantConfig:
     embedding: str = _choices(LAYER_CHOICES, "float")
 
     def __post_init__(self):
+        if self.compute is None:
+            object.__setattr__(self, "compute", default_compute(self.format))
         for name in ("lm_head", "embedding"):  # 8 and 4 may be given as numbers
             value = getattr(self, name)
             if _is_int(value):

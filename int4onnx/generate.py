@@ -121,11 +121,13 @@ def pick_token(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
 
 def generate(model, prompt: str, tokenizer=None, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, chat: bool = False, threads: int | None = None, seed: int = 0) -> Generation:
-    """Continue `prompt` with the causal LM at `model` (see the module docstring). `tokenizer`: a
-    tokenizer.json or sentencepiece .model (default: found beside the model)."""
+    """Continue `prompt` with the causal LM at `model`, an .onnx file or a model folder (see the module
+    docstring). `tokenizer`: a tokenizer.json or sentencepiece .model (default: found beside the model)."""
+    from int4onnx.folder import model_path
     from int4onnx.lm import LMInterface
     from int4onnx.runtime import Tokenizer, make_session
 
+    model = model_path(model)  # a model folder: the model inside
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:

@@ -365,6 +365,26 @@ def save_model_atomic(model: ir.Model, output_path, external_data: bool | None =
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def publish_folder(tmp: pathlib.Path, out) -> None:
+    """Rename the finished temporary folder `tmp` (made by make_temp_dir next to `out`) to `out`, a
+    folder that does not exist or is empty, with interrupts held back while it happens."""
+    out = pathlib.Path(out)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # a folder like mkdir's, not mkdtemp's private 0700
+    for root, _, names in os.walk(tmp):
+        for name in names:
+            _fsync(pathlib.Path(root) / name)
+    try:
+        with _signals_deferred():
+            os.replace(tmp, out)
+    except KeyboardInterrupt as exc:  # a signal held back during the rename: the output is complete
+        exc.output_written = True
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    _fsync(out.parent if str(out.parent) else pathlib.Path("."))
+
 # -- streaming a model with external data into one protobuf file ----------------------------------
 #
 # Protobuf writes a message's fields in field-number order, an embedded message as a tag, its

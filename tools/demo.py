@@ -53,7 +53,9 @@ def main(argv=None) -> int:
     nbits = OUT / "stories260K.matmulnbits.onnx"
     # every MatMul at 4 bits (lm_head included), as ONNX Runtime's own RTN quantizer does
     rep = int4onnx.quantize(src, q, group_size=args.group_size, symmetric=False, lm_head="4")
-    int4onnx.quantize(src, nbits, group_size=args.group_size, symmetric=False, format="matmulnbits", lm_head="4")
+    # float activations, like our op (matmulnbits defaults to int8 ones): the same weights give the same numbers
+    int4onnx.quantize(src, nbits, group_size=args.group_size, symmetric=False, format="matmulnbits", lm_head="4",
+                      compute="fp32")
     corpus = SHARED / "corpora" / "tinystories_Niklas6_sample.txt"
     text = corpus.read_text()[:40000]
     tok_path = SHARED / "models" / "stories260K" / "tok512.model"
