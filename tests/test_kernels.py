@@ -112,7 +112,8 @@ def test_grid_follows_the_tile(kernel):
         assert {k for k in (bs - 16, bs, bs + 16) if k > 0} <= {c["K"] for c in grid if c["block_size"] == bs}, bs
     if t["kc"]:
         assert {t["kc"] - 16, t["kc"] + 16} <= {c["K"] for c in grid}
-    assert {c["K"] for c in grid if c["block_size"] >= c["K"] > 16}, "no per-channel case"
+    tail = max(t["kr"] - 1, 1)
+    assert (272 + tail, -(-(272 + tail) // 16) * 16) in {(c["K"], c["block_size"]) for c in grid}, "per-channel"
     assert {_fmt(c) for c in grid} == {"int4-sym", "int4-asym", "nf4", "int8-sym", "int8-asym", "int4-asym-s8"}
     assert {(c["M"], c["K"], c["N"]) for c in grid} >= {(43, 500, 401)} | {(s, s, s) for s in range(1, 16)}
 
