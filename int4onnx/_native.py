@@ -179,8 +179,11 @@ def dequantize(packed, scales, zero_points, K: int, N: int, bits: int, block_siz
 
 def matmul(A: np.ndarray, packed, scales, zero_points, K: int, N: int, bits: int, block_size: int,
            quant_type: str = "int", bias: np.ndarray | None = None, kernel: str | None = None,
-           compute: str = "fp32") -> np.ndarray:
-    """A [M, K] @ W (+ bias) with a named kernel (None = automatic), single-threaded."""
+           compute: str = "fp32", threads: int | None = None) -> np.ndarray:
+    """A [M, K] @ W (+ bias) with a named kernel (None = automatic), single-threaded, tasks in order.
+
+    threads: run the threaded driver with a test schedule instead (i4o_matmul_threads): 1 = the tasks
+    in reverse order on this thread, 2..64 = on that many threads; the result must not change."""
     A = np.ascontiguousarray(A, dtype=np.float32)
     M = A.shape[0]
     if A.shape != (M, K):
@@ -192,8 +195,9 @@ def matmul(A: np.ndarray, packed, scales, zero_points, K: int, N: int, bits: int
         bias = np.ascontiguousarray(bias, dtype=np.float32)
         b = _ptr(bias, "float *")
     err = ffi.new("char[256]")
-    rc = lib.i4o_matmul(kernel.encode() if kernel else ffi.NULL, COMPUTE[compute], _ptr(A, "float *"), M, w.c, b,
-                        _ptr(out, "float *"), err, 256)
+    args = (kernel.encode() if kernel else ffi.NULL, COMPUTE[compute], _ptr(A, "float *"), M, w.c, b,
+            _ptr(out, "float *"))
+    rc = lib.i4o_matmul(*args, err, 256) if threads is None else lib.i4o_matmul_threads(*args, threads, err, 256)
     if rc != 0:
         raise NativeLibraryError(f"matmul with kernel {kernel or 'auto'}: {ffi.string(err).decode()}")
     return out
@@ -205,3 +209,25 @@ def kernels_available() -> list[str]:
 
 def kernel_selected(compute: str = "fp32") -> str:
     return ffi.string(lib.i4o_kernel_selected(COMPUTE[compute])).decode()
+
+
+def kernel_tile(kernel: str) -> dict[str, int]:
+    """A compiled-in kernel's register tile: mr rows x nr columns, K in steps of kr, panels kc deep."""
+    t = ffi.new("i4o_tile *")
+    if lib.i4o_kernel_tile(kernel.encode(), t) != 0:
+        raise NativeLibraryError(f"no kernel named {kernel!r}")
+    return {"mr": t.mr, "nr": t.nr, "kr": t.kr, "kc": t.kc}
+
+
+def kernel_grid(kernel: str) -> list[dict]:
+    """The kernel's test cases (i4o_kernel_grid, derived from its tile; the C kernel test runs the same list):
+    dicts of M, K, N, block_size, bits, quant_type ("int" or "nf4"), symmetric and int8_scales (bools)."""
+    n = lib.i4o_kernel_grid(kernel.encode(), ffi.NULL, 0)
+    if n < 0:
+        raise NativeLibraryError(f"no test grid for kernel {kernel!r}")
+    cases = ffi.new("i4o_test_case[]", n)
+    lib.i4o_kernel_grid(kernel.encode(), cases, n)
+    names = {v: k for k, v in QUANT_TYPES.items()}
+    return [{"M": c.M, "K": c.K, "N": c.N, "block_size": c.block_size, "bits": c.bits,
+             "quant_type": names[c.quant_type], "symmetric": bool(c.symmetric), "int8_scales": bool(c.int8_scales)}
+            for c in cases]

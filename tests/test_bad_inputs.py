@@ -69,6 +69,16 @@ NATIVE_CALLS = {
     "matmul nf4 8-bit": "lib.i4o_matmul(ffi.NULL, 0, fbuf, 1, weights(bits=8, quant_type=1), ffi.NULL, fbuf, err, 256)"
                         " == lib.I4O_E_ARG",
     "kernel_selected compute=9": "ffi.string(lib.i4o_kernel_selected(9)) == b''",
+    "kernel_tile unknown": "lib.i4o_kernel_tile(b'nope', ffi.new('i4o_tile *')) == lib.I4O_E_KERNEL",
+    "kernel_tile NULL": "lib.i4o_kernel_tile(ffi.NULL, ffi.NULL) == lib.I4O_E_KERNEL",
+    "kernel_tile NULL out": "lib.i4o_kernel_tile(b'scalar_fp32', ffi.NULL) == lib.I4O_E_ARG",
+    "kernel_grid unknown": "lib.i4o_kernel_grid(b'nope', ffi.NULL, 0) == -1",
+    "kernel_grid NULL cases": "lib.i4o_kernel_grid(b'scalar_fp32', ffi.NULL, 5) == -1",
+    "kernel_grid cap=-1": "lib.i4o_kernel_grid(b'scalar_fp32', ffi.NULL, -1) == -1",
+    "matmul_threads threads=0": "lib.i4o_matmul_threads(ffi.NULL, 0, fbuf, 1, weights(), ffi.NULL, fbuf, 0, err, 256)"
+                                " == lib.I4O_E_ARG",
+    "matmul_threads K=0": "lib.i4o_matmul_threads(ffi.NULL, 0, fbuf, 1, weights(K=0), ffi.NULL, fbuf, 2, err, 256)"
+                          " == lib.I4O_E_ARG",
     "RegisterCustomOps NULL options": "ops.RegisterCustomOps(None, ort_lib.OrtGetApiBase()) is not None",  # a status
     "RegisterCustomOps NULL api": "ops.RegisterCustomOps(None, None) is None",
 }

@@ -114,6 +114,39 @@ const char *i4o_kernel_selected(int compute);
 int i4o_matmul(const char *kernel, int compute, const float *A, int64_t M, const i4o_weights *w,
                const float *bias, float *Y, char *err, size_t err_len);
 
+/* ---- kernel tests (native/src/testgrid.c) ------------------------------ */
+
+/* A kernel's register tile: it computes up to mr rows x nr columns at a time, walks K in steps of
+ * kr codes (a K that is not a multiple ends in a tail step), and its many-rows path dequantizes
+ * weight panels kc deep along K (0: no panel). The kernel tests derive their shapes from it. */
+typedef struct i4o_tile {
+  int64_t mr, nr, kr, kc;
+} i4o_tile;
+
+/* The tile of a kernel compiled into this build (whether or not this CPU runs it); I4O_E_KERNEL if
+ * there is no such kernel. */
+int i4o_kernel_tile(const char *kernel, i4o_tile *out);
+
+/* One case of a kernel test: Y[M, N] = A[M, K] @ W (+ bias) for a weight in this format.
+ * int8_scales: the scales are int8 codes times a float32 super-scale per column (--double-quant). */
+typedef struct i4o_test_case {
+  int64_t M, K, N, block_size;
+  int bits, quant_type, symmetric, int8_scales;
+} i4o_test_case;
+
+/* The shape grid of a kernel, derived from its tile (the one list that the C and Python kernel tests
+ * run): writes the first min(count, cap) cases into `cases` (which may be NULL when cap is 0) and
+ * returns count, or -1 for an unknown kernel. Cases of one weight (K, N, block_size and format) are
+ * adjacent, so a test can build the weight once for its M values. */
+int64_t i4o_kernel_grid(const char *kernel, i4o_test_case *cases, int64_t cap);
+
+/* i4o_matmul through the threaded driver with a test schedule: the tasks of each phase run in
+ * reverse order on the calling thread (threads = 1), or `threads` threads (2..64) take them from a
+ * shared counter, last task first. The task partition does not depend on the schedule, so the
+ * result must equal i4o_matmul's bit for bit. */
+int i4o_matmul_threads(const char *kernel, int compute, const float *A, int64_t M, const i4o_weights *w,
+                       const float *bias, float *Y, int threads, char *err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

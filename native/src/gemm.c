@@ -319,6 +319,39 @@ static void gemm_task(void *data, size_t i) {
 
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int64_t N) {
+  const int64_t n_tile = k->n_tile > 0 ? k->n_tile : 1, m_tile = k->m_tile > 0 ? k->m_tile : 1;
+  /* A task reads its rows' activations once per column panel it has and its columns' weights once
+   * for all its rows (the fp32 panel path also dequantizes them once), so with A bytes per element
+   * (4 for fp32, 1 for int8) and ~0.6 bytes per weight, traffic is lowest with tasks about
+   * (A bytes / 0.6) times wider than tall: start from 72 x 512 (fp32) or 144 x 256 (int8). Tasks
+   * shrink, columns first, then rows, towards 64 tasks for the pool to balance (it hands tasks out
+   * dynamically, so a thread that falls behind takes fewer), but rows only while a task keeps
+   * ~4 MFLOP (at M = 1, where the weights' memory traffic is the cost, narrow tasks are cheap). */
+  const int fp32 = k->compute == I4O_COMPUTE_FP32;
+  /* fp32 activations that fit in the last-level cache (<= 16 MB) are cheap to re-read: then tall
+   * slabs (up to 516 rows) dequantize each weight fewer times (measured at M = 512, K = N = 1024 and
+   * K = N = 4096 on a quiet machine: +5-15 %; when other processes thrash the cache, wide tasks win) */
+  const int64_t m_start = fp32 ? (M * K * 4 <= ((int64_t)16 << 20) ? 516 : 72) : 144;
+  int64_t m_chunk = round_up(M < m_start ? M : m_start, m_tile);
+  int64_t n_chunk = round_up(fp32 ? 512 : 256, n_tile);
+#define TASKS(mc, nc) (((M + (mc) - 1) / (mc)) * ((N + (nc) - 1) / (nc)))
+  while (n_chunk > n_tile && TASKS(m_chunk, n_chunk) < 64) n_chunk = round_up(n_chunk / 2, n_tile);
+  while (m_chunk > 16 && TASKS(m_chunk, n_chunk) < 64) {
+    const int64_t half = round_up(m_chunk / 2, m_tile);
+    if (half >= m_chunk || 2 * half * K * n_chunk < ((int64_t)1 << 22)) break;
+    m_chunk = half;
+  }
+#undef TASKS
+  i4o_partition t;
+  t.m_chunk = m_chunk;
+  /* a remainder under half a slab joins the last slab instead of making a thin task of its own */
+  t.m_tasks = M % m_chunk && M % m_chunk < m_chunk / 2 && M > m_chunk ? M / m_chunk : (M + m_chunk - 1) / m_chunk;
+  t.n_chunk = n_chunk;
+  t.n_tasks = (N + n_chunk - 1) / n_chunk;
+  return t;
+}
+
 int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias, float *C,
             i4o_parallel_for pfor, void *pctx) {
   if (M <= 0) return I4O_OK;
@@ -334,35 +367,11 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
   s.ctx.C = C;
   s.ctx.ldc = p->w.N;
   s.ctx.M = M;
-  const int64_t n_tile = k->n_tile > 0 ? k->n_tile : 1, m_tile = k->m_tile > 0 ? k->m_tile : 1;
-  /* A task reads its rows' activations once per column panel it has and its columns' weights once
-   * for all its rows (the fp32 panel path also dequantizes them once), so with A bytes per element
-   * (4 for fp32, 1 for int8) and ~0.6 bytes per weight, traffic is lowest with tasks about
-   * (A bytes / 0.6) times wider than tall: start from 72 x 512 (fp32) or 144 x 256 (int8). Tasks
-   * shrink, columns first, then rows, towards 64 tasks for the pool to balance (it hands tasks out
-   * dynamically, so a thread that falls behind takes fewer), but rows only while a task keeps
-   * ~4 MFLOP (at M = 1, where the weights' memory traffic is the cost, narrow tasks are cheap). */
-  const int fp32 = k->compute == I4O_COMPUTE_FP32;
-  const int64_t K = p->w.K;
-  /* fp32 activations that fit in the last-level cache (<= 16 MB) are cheap to re-read: then tall
-   * slabs (up to 516 rows) dequantize each weight fewer times (measured at M = 512, K = N = 1024 and
-   * K = N = 4096 on a quiet machine: +5-15 %; when other processes thrash the cache, wide tasks win) */
-  const int64_t m_start = fp32 ? (M * K * 4 <= ((int64_t)16 << 20) ? 516 : 72) : 144;
-  int64_t m_chunk = round_up(M < m_start ? M : m_start, m_tile);
-  int64_t n_chunk = round_up(fp32 ? 512 : 256, n_tile);
-#define TASKS(mc, nc) (((M + (mc) - 1) / (mc)) * ((p->w.N + (nc) - 1) / (nc)))
-  while (n_chunk > n_tile && TASKS(m_chunk, n_chunk) < 64) n_chunk = round_up(n_chunk / 2, n_tile);
-  while (m_chunk > 16 && TASKS(m_chunk, n_chunk) < 64) {
-    const int64_t half = round_up(m_chunk / 2, m_tile);
-    if (half >= m_chunk || 2 * half * K * n_chunk < ((int64_t)1 << 22)) break;
-    m_chunk = half;
-  }
-#undef TASKS
-  s.m_chunk = m_chunk;
-  /* a remainder under half a slab joins the last slab instead of making a thin task of its own */
-  s.m_tasks = M % m_chunk && M % m_chunk < m_chunk / 2 && M > m_chunk ? M / m_chunk : (M + m_chunk - 1) / m_chunk;
-  s.n_chunk = n_chunk;
-  s.n_tasks = (p->w.N + n_chunk - 1) / n_chunk;
+  const i4o_partition t = i4o_partition_tasks(k, M, p->w.K, p->w.N);
+  s.m_chunk = t.m_chunk;
+  s.m_tasks = t.m_tasks;
+  s.n_chunk = t.n_chunk;
+  s.n_tasks = t.n_tasks;
   size_t ws_cap = 0;
   if (k->prepare_a) {
     s.a_ws = ws_take(k->a_bytes(&p->w, M), &ws_cap);
@@ -418,6 +427,11 @@ int i4o_dequantize(const i4o_weights *w, float *out) {
 
 int i4o_matmul(const char *kernel, int compute, const float *A, int64_t M, const i4o_weights *w,
                const float *bias, float *Y, char *err, size_t err_len) {
+  return i4o_matmul_pfor(kernel, compute, A, M, w, bias, Y, i4o_serial_for, NULL, err, err_len);
+}
+
+int i4o_matmul_pfor(const char *kernel, int compute, const float *A, int64_t M, const i4o_weights *w,
+                    const float *bias, float *Y, i4o_parallel_for pfor, void *pctx, char *err, size_t err_len) {
   if (!A || !w || !Y || M < 0) {
     set_err(err, err_len, "null argument or negative M");
     return I4O_E_ARG;
@@ -454,7 +468,7 @@ int i4o_matmul(const char *kernel, int compute, const float *A, int64_t M, const
     set_err(err, err_len, rc == I4O_E_NOMEM ? "out of memory" : "invalid weights for this kernel");
     return rc;
   }
-  rc = i4o_run(p, A, M, bias, Y, i4o_serial_for, NULL);
+  rc = i4o_run(p, A, M, bias, Y, pfor, pctx);
   i4o_prepared_free(p);
   if (rc) set_err(err, err_len, "out of memory");
   return rc;

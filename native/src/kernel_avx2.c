@@ -274,6 +274,7 @@ const i4o_kernel i4o_kernel_avx2_fp32 = {
     .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32,
     .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
     .gemm = avx2_fp32_gemm, .n_tile = 16, .m_tile = MR,
+    .tile = {MR, 16, 8, KC}, /* 6 x 16 micro-kernel, 8 codes a chunk, KC-deep panels */
 };
 
 /* ---- avx2_int8 ---- */
@@ -287,6 +288,6 @@ const i4o_kernel i4o_kernel_avx2_int8 = {
     .name = "avx2_int8", .isa = "avx2", .compute = I4O_COMPUTE_INT8,
     .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
     .a_bytes = avx2i8_a_bytes, .prepare_a = avx2i8_qa_prepare,
-    .gemm = avx2i8_gemm, .n_tile = 16, .m_tile = 4,
+    .gemm = avx2i8_gemm, .n_tile = 16, .m_tile = 4, .tile = I8_TILE,
 };
 #endif

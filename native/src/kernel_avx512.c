@@ -326,5 +326,6 @@ const i4o_kernel i4o_kernel_avx512_fp32 = {
     .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32,
     .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
     .gemm = avx512_fp32_gemm, .n_tile = 64, .m_tile = MR, /* tasks cover whole supergroups */
+    .tile = {MR, 16 * X86_SG, 8, KC}, /* few rows: a supergroup wide; panels: 12 x 32 */
 };
 #endif

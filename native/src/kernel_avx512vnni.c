@@ -352,5 +352,6 @@ const i4o_kernel i4o_kernel_avx512vnni_int8 = {
     .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
     .a_bytes = vnni_a_bytes, .prepare_a = qa_prepare,
     .gemm = vnni_gemm, .n_tile = 64, .m_tile = 1, /* tasks cover whole supergroups */
+    .tile = {MR8, 16 * X86_SG, 8, 0}, /* up to 4 rows x a supergroup, more rows 5 x 32 */
 };
 #endif

@@ -90,6 +90,6 @@ static void neon_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_
 
 const i4o_kernel i4o_kernel_neon_fp32 = {
     .name = "neon_fp32", .isa = "neon", .compute = I4O_COMPUTE_FP32,
-    .gemm = neon_fp32_gemm, .n_tile = 1, .m_tile = 1,
+    .gemm = neon_fp32_gemm, .n_tile = 1, .m_tile = 1, .tile = {ROWS, 1, 16, 0},
 };
 #endif

@@ -213,10 +213,11 @@ KINLINE int32x4_t acc_mull(int32x4_t acc, int8x16_t q, int8x16_t w) {
 #define TILE_TARGET
 #define TILE_ACC(acc, q, w) acc_mull((acc), (q), (w))
 #if defined(__aarch64__)
-#define TILE_ROWS 2 /* the int16 products need registers of their own */
+#define MULL_ROWS 2 /* the int16 products need registers of their own */
 #else
-#define TILE_ROWS 1 /* armv7: 16 q registers */
+#define MULL_ROWS 1 /* armv7: 16 q registers */
 #endif
+#define TILE_ROWS MULL_ROWS
 #include "neon_int8_tile.h"
 
 #if defined(__aarch64__)
@@ -230,14 +231,14 @@ KINLINE int32x4_t acc_mull(int32x4_t acc, int8x16_t q, int8x16_t w) {
 const i4o_kernel i4o_kernel_neon_int8 = {
     .name = "neon_int8", .isa = "neon", .compute = I4O_COMPUTE_INT8,
     .a_bytes = i4o_qa_bytes, .prepare_a = i4o_qa_prepare,
-    .gemm = neon_int8_gemm, .n_tile = NC, .m_tile = 1,
+    .gemm = neon_int8_gemm, .n_tile = NC, .m_tile = 1, .tile = {MULL_ROWS, NC, 32, 0}, /* 32 codes a step */
 };
 
 #if defined(__aarch64__)
 const i4o_kernel i4o_kernel_neondot_int8 = {
     .name = "neondot_int8", .isa = "neondot", .compute = I4O_COMPUTE_INT8,
     .a_bytes = i4o_qa_bytes, .prepare_a = i4o_qa_prepare,
-    .gemm = neondot_int8_gemm, .n_tile = NC, .m_tile = 1,
+    .gemm = neondot_int8_gemm, .n_tile = NC, .m_tile = 1, .tile = {4, NC, 32, 0},
 };
 
 /* ---- i8mm: smmla multiplies a 2x8 block of two activation rows by an 8x2 block of two weight
@@ -312,7 +313,7 @@ I8MM_TARGET KINLINE void i8mm_dot(const int8_t *const *q, const uint8_t *const *
 const i4o_kernel i4o_kernel_i8mm_int8 = {
     .name = "i8mm_int8", .isa = "i8mm", .compute = I4O_COMPUTE_INT8,
     .a_bytes = i4o_qa_bytes, .prepare_a = i4o_qa_prepare,
-    .gemm = i8mm_int8_gemm, .n_tile = NC, .m_tile = 1,
+    .gemm = i8mm_int8_gemm, .n_tile = NC, .m_tile = 1, .tile = {4, NC, 32, 0},
 };
 #endif /* __aarch64__ */
 #endif /* I4O_ARM_NEON_KERNELS */

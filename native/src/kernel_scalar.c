@@ -55,11 +55,11 @@ static void scalar_int8_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int6
 
 const i4o_kernel i4o_kernel_scalar_fp32 = {
     .name = "scalar_fp32", .isa = "scalar", .compute = I4O_COMPUTE_FP32,
-    .gemm = scalar_fp32_gemm, .n_tile = 1, .m_tile = 1,
+    .gemm = scalar_fp32_gemm, .n_tile = 1, .m_tile = 1, .tile = {1, 1, 1, 0},
 };
 
 const i4o_kernel i4o_kernel_scalar_int8 = {
     .name = "scalar_int8", .isa = "scalar", .compute = I4O_COMPUTE_INT8,
     .a_bytes = i4o_qa_bytes, .prepare_a = i4o_qa_prepare,
-    .gemm = scalar_int8_gemm, .n_tile = 1, .m_tile = 1,
+    .gemm = scalar_int8_gemm, .n_tile = 1, .m_tile = 1, .tile = {1, 1, 1, 0},
 };

@@ -58,6 +58,7 @@ typedef struct i4o_kernel {
   void (*gemm)(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
   int64_t n_tile;        /* task boundaries in N are multiples of this */
   int64_t m_tile;        /* task boundaries in M are multiples of this */
+  i4o_tile tile;         /* register tile (int4onnx.h): the kernel tests' shape grid derives from it */
 } i4o_kernel;
 
 /* ---- shared int8 activation layout (used by every int8 kernel that has no layout of its own) ----
@@ -142,9 +143,18 @@ I4O_HIDDEN int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o
 I4O_HIDDEN void i4o_prepared_free(i4o_prepared *p);
 I4O_HIDDEN int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias, float *C,
                        i4o_parallel_for pfor, void *pctx);
+/* i4o_run's tasks: row slabs of m_chunk rows (the last one takes the rest) x column chunks of n_chunk */
+typedef struct i4o_partition {
+  int64_t m_chunk, n_chunk, m_tasks, n_tasks;
+} i4o_partition;
+I4O_HIDDEN i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int64_t N);
 I4O_HIDDEN void *i4o_aligned_alloc(size_t bytes);
 I4O_HIDDEN void i4o_aligned_free(void *p);
 I4O_HIDDEN void i4o_serial_for(void *ctx, void (*fn)(void *, size_t), size_t n, void *data);
+/* i4o_matmul with another parallel_for (the test schedules of testgrid.c) */
+I4O_HIDDEN int i4o_matmul_pfor(const char *kernel, int compute, const float *A, int64_t M, const i4o_weights *w,
+                               const float *bias, float *Y, i4o_parallel_for pfor, void *pctx, char *err,
+                               size_t err_len);
 /* float16 <-> float32 arrays, round to nearest even (F16C where the CPU has it) */
 I4O_HIDDEN void i4o_half_to_float_n(const uint16_t *src, float *dst, int64_t n);
 I4O_HIDDEN void i4o_float_to_half_n(const float *src, uint16_t *dst, int64_t n);
