@@ -428,6 +428,7 @@ void generate(OrtSession *sess, const gen_options *o) {
   const double t0 = now_ms();
   const float *row = NULL;
   int64_t vocab = 0;
+  OrtStatus *first_error = NULL; /* of the empty past, reported if the masked past fails as well */
   for (;;) {
     for (size_t i = 0; i < cap + 1; i++) s.mask[i] = (int64_t)i >= s.masked;
     reset_past(&s);
@@ -435,16 +436,15 @@ void generate(OrtSession *sess, const gen_options *o) {
     if (!st) {
       row = last_row(outs[0], &vocab);
       if (finite_row(row, vocab) || s.masked || d.mask < 0) break;
-      fprintf(stderr, "int4onnx_run: non-finite logits with an empty past; feeding a masked one-token past\n");
-      g_ort->ReleaseValue(outs[0]);
+      g_ort->ReleaseValue(outs[0]); /* non-finite logits with an empty past: try the masked one */
+    } else if (s.masked || d.mask < 0) {
+      check(first_error ? first_error : st, "Run (prefill)");
     } else {
-      if (s.masked || d.mask < 0) check(st, "Run (prefill)");
-      fprintf(stderr, "int4onnx_run: the graph refuses an empty past (%s); feeding a masked one-token past\n",
-              g_ort->GetErrorMessage(st));
-      g_ort->ReleaseStatus(st);
+      first_error = st;
     }
     s.masked = 1;
   }
+  if (first_error) g_ort->ReleaseStatus(first_error);
   if (!finite_row(row, vocab)) die("the prefill gave non-finite logits");
   if (o->save_logits) keep_row(&book, row, vocab);
   int64_t next = argmax(row, vocab);
@@ -485,7 +485,7 @@ void generate(OrtSession *sess, const gen_options *o) {
          stopped, ttft, 1e3 * (double)o->n_prompt / (ttft > 1e-6 ? ttft : 1e-6));
   if (steps) printf("decode %.1f tokens/s\n", 1e3 * steps / (t_end - t_first > 1e-6 ? t_end - t_first : 1e-6));
   else printf("no decoding step\n");
-  if (s.masked) printf("(prefill used a masked one-token past: the graph refuses an empty one)\n");
+  if (s.masked) printf("prefill used a masked one-token past: the graph refuses an empty one\n");
 
   if (o->out_dir) {
     char file[4096], err[512];
