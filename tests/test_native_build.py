@@ -227,7 +227,7 @@ def test_example_app_generates_the_ids_of_int4onnx_generate(app, decoders, name,
     np.save(tmp_path / "ids.npy", np.array([ref.prompt_tokens], np.int32))
     for prompt in (tmp_path / "ids.txt", tmp_path / "ids.npy"):
         p = run_app(app, "--model", model, "--ops", app / "libint4onnx_ops.so", "--prompt-file", prompt,
-                    "--max-new-tokens", 20, "--eos", 99, "--eos", stop)
+                    "--max-new-tokens", 20, "--eos", 99, "--eos", stop, "--threads", 2, "--spin")
         assert p.returncode == 0, p.stderr
         assert generated(p) == ref.tokens[:ref.tokens.index(stop)] and "(eos)" in p.stdout
 

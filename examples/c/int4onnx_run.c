@@ -23,7 +23,8 @@
  * DIR/generated_ids.npy (int64) and, with --save-logits, each step's last-position logits to
  * DIR/step_logits.npy [steps, vocab].
  *
- * --out-dir is created if missing. Errors print one line and exit with status 1.
+ * --out-dir is created if missing. --threads N: ONNX Runtime's intra-op threads (default: its own choice);
+ * they sleep between runs unless --spin. Errors print one line and exit with status 1.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -119,7 +120,7 @@ static int cmp_double(const void *a, const void *b) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: int4onnx_run --model MODEL.onnx --ops libint4onnx_ops.so [--out-dir DIR] [--threads N] [--repeat R]\n"
+          "usage: int4onnx_run --model MODEL.onnx --ops libint4onnx_ops.so [--out-dir DIR] [--threads N [--spin]] [--repeat R]\n"
           "                    [NAME=]INPUT.npy ...\n"
           "       int4onnx_run --model MODEL.onnx --ops libint4onnx_ops.so (--prompt-ids 1,2,3 | --prompt-file IDS)\n"
           "                    [--max-new-tokens N] [--eos ID]... [--out-dir DIR [--save-logits]] [--threads N]\n");
@@ -208,7 +209,7 @@ static void read_ids(const char *path, ids *out) {
 
 int main(int argc, char **argv) {
   const char *model = NULL, *ops = NULL, *out_dir = NULL;
-  int threads = 0, repeat = 1, max_new = 32, save_logits = 0, generating = 0;
+  int threads = 0, repeat = 1, max_new = 32, save_logits = 0, generating = 0, spin = 0;
   const char *in_args[64];
   size_t n_args = 0;
   ids prompt = {NULL, 0, 0}, eos = {NULL, 0, 0};
@@ -225,6 +226,7 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--max-new-tokens") == 0 && has_value) max_new = (int)parse_int(a, argv[++i], 1, 1000000);
     else if (strcmp(a, "--eos") == 0 && has_value) push_id(&eos, parse_int(a, argv[++i], 0, INT64_MAX));
     else if (strcmp(a, "--save-logits") == 0) save_logits = 1;
+    else if (strcmp(a, "--spin") == 0) spin = 1;
     else if (a[0] == '-' || n_args == sizeof(in_args) / sizeof(in_args[0])) usage();
     else in_args[n_args++] = a;
   }
@@ -249,6 +251,9 @@ int main(int argc, char **argv) {
   OrtSessionOptions *so = NULL;
   check(g_ort->CreateSessionOptions(&so), "CreateSessionOptions");
   if (threads) check(g_ort->SetIntraOpNumThreads(so, threads), "SetIntraOpNumThreads");
+  /* pool threads sleep between runs unless --spin (as int4onnx's Python sessions): busy-waiting threads
+   * take the cores from the rest of the app, and on a shared or loaded CPU from the next run itself */
+  if (!spin) check(g_ort->AddSessionConfigEntry(so, "session.intra_op.allow_spinning", "0"), "AddSessionConfigEntry");
   /* 2. the custom-op library: ONNX Runtime dlopens it and calls its RegisterCustomOps */
   if (ops) check(g_ort->RegisterCustomOpsLibrary_V2(so, ops), "RegisterCustomOpsLibrary_V2");
   /* 3. the session */
