@@ -7,26 +7,40 @@
  *   3. CreateSession(env, model, options)               the MatMulInt4 nodes now resolve to our kernels
  *   4. CreateTensorWithDataAsOrtValue + Run              inputs in, outputs out
  *
- * Usage:
+ * Usage, one forward pass:
  *   int4onnx_run --model MODEL.onnx --ops libint4onnx_ops.so [--out-dir DIR] [--threads N] [--repeat R]
  *                [NAME=]INPUT.npy ...
  * Inputs are NumPy .npy files (numpy.save), given in the model's input order or as NAME=FILE. Each
  * output is written to DIR/<output name>.npy (default DIR: the current directory; characters other
  * than letters, digits, '.', '-' and '_' in the name become '_'). --repeat R runs the model R times and
- * prints the median and fastest latency. Errors print one line and exit with status 1.
+ * prints the median and fastest latency.
+ *
+ * Usage, greedy generation with the KV cache (generate.c) on a decoder with optimum's I/O:
+ *   int4onnx_run --model MODEL.onnx --ops libint4onnx_ops.so (--prompt-ids 1,2,3 | --prompt-file IDS)
+ *                [--max-new-tokens N] [--eos ID]... [--out-dir DIR [--save-logits]] [--threads N]
+ * IDS: a text file of integers (separated by spaces, commas or newlines) or an int64/int32 .npy. Prints
+ * the new token ids, time to first token and decode tokens/s; with --out-dir also writes them to
+ * DIR/generated_ids.npy (int64) and, with --save-logits, each step's last-position logits to
+ * DIR/step_logits.npy [steps, vocab].
+ *
+ * --out-dir is created if missing. --threads N: ONNX Runtime's intra-op threads (default: its own choice);
+ * they sleep between runs unless --spin. Errors print one line and exit with status 1.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
+#include "app.h"
 #include "npy.h"
 #include "onnxruntime_c_api.h"
 
-static const OrtApi *g_ort;
+const OrtApi *g_ort;
 
-__attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt, ...) {
+void die(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   fprintf(stderr, "int4onnx_run: ");
@@ -36,13 +50,30 @@ __attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt,
   exit(1);
 }
 
-/* Every OrtStatus is checked: NULL means success. */
-static void check(OrtStatus *st, const char *what) {
+void check(OrtStatus *st, const char *what) {
   if (!st) return;
   char msg[1024];
   snprintf(msg, sizeof(msg), "%s", g_ort->GetErrorMessage(st));
   g_ort->ReleaseStatus(st);
+  /* ORT's messages can span lines: keep the error on one */
+  for (char *p = msg; *p; p++)
+    if (*p == '\n' || *p == '\r') *p = ' ';
   die("%s: %s", what, msg);
+}
+
+void make_dirs(const char *path) {
+  char buf[4096];
+  if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf)) die("--out-dir %s: path too long", path);
+  for (char *p = buf + 1;; p++) {
+    if (*p != '/' && *p != '\0') continue;
+    const char c = *p;
+    *p = '\0';
+    struct stat st;
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST) die("--out-dir %s: cannot create %s: %s", path, buf, strerror(errno));
+    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) die("--out-dir %s: %s is not a folder", path, buf);
+    *p = c;
+    if (c == '\0') break;
+  }
 }
 
 static const struct {
@@ -70,13 +101,13 @@ static int type_index_of_onnx(ONNXTensorElementDataType t) {
   return -1;
 }
 
-static void shape_str(const int64_t *d, size_t n, char *out, size_t len) {
+void shape_str(const int64_t *d, size_t n, char *out, size_t len) {
   size_t off = (size_t)snprintf(out, len, "[");
   for (size_t i = 0; i < n && off < len; i++) off += (size_t)snprintf(out + off, len - off, i ? ", %lld" : "%lld", (long long)d[i]);
   if (off < len) snprintf(out + off, len - off, "]");
 }
 
-static double now_ms(void) {
+double now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
@@ -89,26 +120,122 @@ static int cmp_double(const void *a, const void *b) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: int4onnx_run --model MODEL.onnx --ops libint4onnx_ops.so [--out-dir DIR] [--threads N] [--repeat R]\n"
-          "                    [NAME=]INPUT.npy ...\n");
+          "usage: int4onnx_run --model MODEL.onnx --ops libint4onnx_ops.so [--out-dir DIR] [--threads N [--spin]] [--repeat R]\n"
+          "                    [NAME=]INPUT.npy ...\n"
+          "       int4onnx_run --model MODEL.onnx --ops libint4onnx_ops.so (--prompt-ids 1,2,3 | --prompt-file IDS)\n"
+          "                    [--max-new-tokens N] [--eos ID]... [--out-dir DIR [--save-logits]] [--threads N]\n");
   exit(2);
 }
 
+/* A whole decimal integer within [lo, hi], else a one-line error naming the option. */
+static long long parse_int(const char *option, const char *text, long long lo, long long hi) {
+  char *end = NULL;
+  errno = 0;
+  const long long v = strtoll(text, &end, 10);
+  if (end == text || *end != '\0' || errno || v < lo || v > hi)
+    die("%s: expected an integer in [%lld, %lld], got '%s'", option, lo, hi, text);
+  return v;
+}
+
+typedef struct ids {
+  int64_t *v;
+  size_t n, cap;
+} ids;
+
+static void push_id(ids *a, int64_t x) {
+  if (a->n == a->cap) {
+    a->cap = a->cap ? 2 * a->cap : 64;
+    a->v = (int64_t *)realloc(a->v, a->cap * sizeof(int64_t));
+    if (!a->v) die("out of memory");
+  }
+  a->v[a->n++] = x;
+}
+
+/* Token ids separated by commas or white space. */
+static void parse_ids(const char *where, const char *text, ids *out) {
+  char tok[32];
+  const char *p = text;
+  for (;;) {
+    while (*p == ',' || *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    if (!*p) break;
+    size_t n = 0;
+    while (*p && *p != ',' && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+      if (n + 1 < sizeof(tok)) tok[n] = *p;
+      n++, p++;
+    }
+    tok[n < sizeof(tok) ? n : sizeof(tok) - 1] = '\0';
+    push_id(out, parse_int(where, tok, 0, INT64_MAX));
+  }
+}
+
+/* --prompt-file: an int64/int32 .npy (any shape, read flat) or a text file of ids. */
+static void read_ids(const char *path, ids *out) {
+  const size_t len = strlen(path);
+  char err[512];
+  if (len > 4 && strcmp(path + len - 4, ".npy") == 0) {
+    npy_array a;
+    if (npy_read(path, &a, err, sizeof(err))) die("%s", err);
+    const int is64 = strcmp(a.descr, "<i8") == 0;
+    if (!is64 && strcmp(a.descr, "<i4") != 0) die("%s: token ids must be int64 or int32, not '%s'", path, a.descr);
+    for (size_t i = 0; i < a.count; i++) {
+      const int64_t x = is64 ? ((const int64_t *)a.data)[i] : ((const int32_t *)a.data)[i];
+      if (x < 0) die("%s: negative token id %lld", path, (long long)x);
+      push_id(out, x);
+    }
+    npy_free(&a);
+    return;
+  }
+  FILE *f = fopen(path, "rb");
+  if (!f) die("%s: %s", path, strerror(errno));
+  char *text = NULL;
+  size_t n = 0, cap = 0, got;
+  do {
+    if (cap - n < 4096) {
+      cap = cap ? 2 * cap : 8192;
+      text = (char *)realloc(text, cap + 1);
+      if (!text) die("out of memory");
+    }
+    got = fread(text + n, 1, cap - n, f);
+    n += got;
+  } while (got > 0);
+  const int bad = ferror(f);
+  fclose(f);
+  if (bad) die("%s: read error", path);
+  text[n] = '\0';
+  if (strlen(text) != n) die("%s: not a text file of token ids (use .npy for binary ids)", path);
+  parse_ids(path, text, out);
+  free(text);
+}
+
 int main(int argc, char **argv) {
-  const char *model = NULL, *ops = NULL, *out_dir = ".";
-  int threads = 0, repeat = 1;
+  const char *model = NULL, *ops = NULL, *out_dir = NULL;
+  int threads = 0, repeat = 1, max_new = 32, save_logits = 0, generating = 0, spin = 0;
   const char *in_args[64];
   size_t n_args = 0;
+  ids prompt = {NULL, 0, 0}, eos = {NULL, 0, 0};
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--model") == 0 && i + 1 < argc) model = argv[++i];
-    else if (strcmp(argv[i], "--ops") == 0 && i + 1 < argc) ops = argv[++i];
-    else if (strcmp(argv[i], "--out-dir") == 0 && i + 1 < argc) out_dir = argv[++i];
-    else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
-    else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc) repeat = atoi(argv[++i]);
-    else if (argv[i][0] == '-' || n_args == sizeof(in_args) / sizeof(in_args[0])) usage();
-    else in_args[n_args++] = argv[i];
+    const char *a = argv[i];
+    const int has_value = i + 1 < argc;
+    if (strcmp(a, "--model") == 0 && has_value) model = argv[++i];
+    else if (strcmp(a, "--ops") == 0 && has_value) ops = argv[++i];
+    else if (strcmp(a, "--out-dir") == 0 && has_value) out_dir = argv[++i];
+    else if (strcmp(a, "--threads") == 0 && has_value) threads = (int)parse_int(a, argv[++i], 0, 4096);
+    else if (strcmp(a, "--repeat") == 0 && has_value) repeat = (int)parse_int(a, argv[++i], 1, 1000000);
+    else if (strcmp(a, "--prompt-ids") == 0 && has_value) parse_ids(a, argv[++i], &prompt), generating = 1;
+    else if (strcmp(a, "--prompt-file") == 0 && has_value) read_ids(argv[++i], &prompt), generating = 1;
+    else if (strcmp(a, "--max-new-tokens") == 0 && has_value) max_new = (int)parse_int(a, argv[++i], 1, 1000000);
+    else if (strcmp(a, "--eos") == 0 && has_value) push_id(&eos, parse_int(a, argv[++i], 0, INT64_MAX));
+    else if (strcmp(a, "--save-logits") == 0) save_logits = 1;
+    else if (strcmp(a, "--spin") == 0) spin = 1;
+    else if (a[0] == '-' || n_args == sizeof(in_args) / sizeof(in_args[0])) usage();
+    else in_args[n_args++] = a;
   }
-  if (!model || repeat < 1 || threads < 0) usage();
+  if (!model) usage();
+  if (out_dir && !*out_dir) die("--out-dir: empty path");
+  if (generating && n_args) die("give either --prompt-ids/--prompt-file (generation) or .npy inputs, not both");
+  if (generating && !prompt.n) die("the prompt has no token ids");
+  if (!generating && (save_logits || eos.n)) die("--eos and --save-logits go with --prompt-ids or --prompt-file");
+  if (save_logits && !out_dir) die("--save-logits needs --out-dir");
 
   /* 1. the runtime's C API; a runtime older than the headers we were compiled with returns NULL */
   const OrtApiBase *base = OrtGetApiBase();
@@ -124,11 +251,26 @@ int main(int argc, char **argv) {
   OrtSessionOptions *so = NULL;
   check(g_ort->CreateSessionOptions(&so), "CreateSessionOptions");
   if (threads) check(g_ort->SetIntraOpNumThreads(so, threads), "SetIntraOpNumThreads");
+  /* pool threads sleep between runs unless --spin (as int4onnx's Python sessions): busy-waiting threads
+   * take the cores from the rest of the app, and on a shared or loaded CPU from the next run itself */
+  if (!spin) check(g_ort->AddSessionConfigEntry(so, "session.intra_op.allow_spinning", "0"), "AddSessionConfigEntry");
   /* 2. the custom-op library: ONNX Runtime dlopens it and calls its RegisterCustomOps */
   if (ops) check(g_ort->RegisterCustomOpsLibrary_V2(so, ops), "RegisterCustomOpsLibrary_V2");
   /* 3. the session */
   OrtSession *sess = NULL;
   check(g_ort->CreateSession(env, model, so, &sess), "CreateSession");
+
+  if (generating) {
+    const gen_options o = {prompt.v, prompt.n, max_new, eos.v, eos.n, out_dir, save_logits};
+    generate(sess, &o);
+    free(prompt.v);
+    free(eos.v);
+    g_ort->ReleaseSession(sess);
+    g_ort->ReleaseSessionOptions(so);
+    g_ort->ReleaseEnv(env);
+    return 0;
+  }
+  if (!out_dir) out_dir = ".";
 
   OrtAllocator *alloc = NULL;
   check(g_ort->GetAllocatorWithDefaultOptions(&alloc), "GetAllocatorWithDefaultOptions");
@@ -194,6 +336,7 @@ int main(int argc, char **argv) {
   }
 
   /* outputs: one .npy file each */
+  make_dirs(out_dir);
   for (size_t i = 0; i < n_out; i++) {
     OrtTensorTypeAndShapeInfo *info = NULL;
     check(g_ort->GetTensorTypeAndShape(outputs[i], &info), "GetTensorTypeAndShape");
