@@ -168,6 +168,7 @@ def quantize_model(model: ir.Model, config: QuantConfig,
     if path is not None:
         _keep_context_length(model, path)
     fixed = precision.apply_lm_policy(plan, config, lm_heads)
+    precision.check_target_bits(plan, config, fixed)  # before the costly calibration and sensitivity pass
     if not plan.targets:
         raise NothingToQuantizeError("nothing left to quantize after --lm-head float")
     feeds = None
@@ -227,10 +228,17 @@ def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress, 
     plan.stats = calibrate.collect_statistics(model, [t.node.inputs[0] for t in plan.targets], feeds, gram, progress,
                                               dtypes={name: t.dtype for name, t in inputs.items()}, lm=lm)
     plan.calibration.update({"source": source.describe(), "samples": len(feeds), "gram": gram,
-                             "statistics_bytes": int(sum(8 * (5 * s.K + (s.K * s.K if s.gram is not None else 0))
+                             "statistics_bytes": int(sum(8 * (5 * s.K + (s.K * s.K if s.has_gram else 0))
                                                          for s in plan.stats.values())),
                              "seconds": round(time.perf_counter() - start, 3)})
     return feeds
+
+
+def _release_statistics(plan: QuantPlan) -> None:
+    if plan.stats:
+        from int4onnx import calibrate
+
+        calibrate.release(plan.stats)
 
 
 def files_read(input_path, model: ir.Model | None, config: QuantConfig) -> list[tuple[str, pathlib.Path]]:
@@ -266,6 +274,7 @@ def quantize_file(input_path, output_path, config: QuantConfig,
     with io.temporaries_next_to(out):  # calibration's copy of the model too
         model, plan = quantize_model(model, config, progress, None if in_memory else input_path)
         written = io.save_model_atomic(model, out)
+        _release_statistics(plan)  # the Gram matrices spilled next to the output
     output_bytes = sum(os.path.getsize(p) for p in written)
     return Report.build(plan, config, input_path, output_path, input_bytes, output_bytes, time.perf_counter() - start)
 
