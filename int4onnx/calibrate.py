@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 HIST_BINS = 2048
 GRAM_FOLD_ROWS = 4096  # spilled activation rows of one input folded into its Gram at a time
+GRAM_PRODUCT_ROWS = 1024  # rows per product X^T X while folding
 
 
 # -- statistics ----------------------------------------------------------------------------------------
@@ -203,12 +204,14 @@ class GramStore:
         rows_path, gram_path = self._path(name, "rows"), self._path(name, "npy")
         g = np.load(gram_path) if name in self.folded else np.zeros((K, K))
         if n:
-            with open(rows_path, "rb") as f:
-                for lo in range(0, n, self.fold_rows):
-                    x = np.fromfile(f, dtype=np.float32, count=min(self.fold_rows, n - lo) * K)
+            # float64 products (float32 ones take half the time but change 0.04% of SmolLM2's GPTQ codes),
+            # one BLAS thread (faster on a loaded 2-core machine, measured: 0.63 s against 1.12 s for
+            # 4096 x 1536 rows)
+            with open(rows_path, "rb") as f, blas_threads_for(K):
+                for lo in range(0, n, GRAM_PRODUCT_ROWS):
+                    x = np.fromfile(f, dtype=np.float32, count=min(GRAM_PRODUCT_ROWS, n - lo) * K)
                     x = x.reshape(-1, K).astype(np.float64)
-                    with blas_threads_for(max(K, x.shape[0])):
-                        g += x.T @ x
+                    g += x.T @ x
             os.truncate(rows_path, 0)
         np.save(gram_path, g)
         self.folded.add(name)

@@ -94,7 +94,8 @@ def check_target_bits(plan: QuantPlan, config: QuantConfig, fixed: set[tuple]) -
         if lm_floor <= config.target_bits + 1e-9:
             hint = f"use --lm-head 4 ({lm_floor:.3f} bits per weight at 4-bit everywhere), or " + hint
         else:
-            hint = f"even --lm-head 4 needs {lm_floor:.3f}; " + hint
+            hint = (f"raise --target-bits to {floor:.3f} or more ({lm_floor:.3f} with --lm-head 4), or use a larger "
+                    "--group-size / --double-quant")
     raise ConfigError(f"--target-bits {config.target_bits} is below the {floor:.3f} bits per weight that 4-bit "
                       f"everywhere needs with --lm-head {config.lm_head}; {hint}")
 
