@@ -35,7 +35,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx._threads import blas_threads_for
-from int4onnx.errors import CalibrationError, first_line
+from int4onnx.errors import CalibrationError, OutputError, first_line
 from int4onnx.lm import InputSpec, LMInterface, is_past_input
 
 __all__ = ["ActivationStats", "FeedSource", "InputSpec", "ModelRunner", "check_feed", "collect_statistics",
@@ -193,11 +193,15 @@ class GramStore:
         if name not in self.index:
             self.index[name], self.K[name], self.pending[name] = len(self.index), int(x.shape[-1]), 0
         rows = np.ascontiguousarray(np.asarray(x).reshape(-1, self.K[name]), dtype=np.float32)
-        with open(self._path(name, "rows"), "ab") as f:
-            rows.tofile(f)
-        self.pending[name] += rows.shape[0]
-        if self.pending[name] >= self.fold_rows:
-            self._fold(name)
+        try:
+            with open(self._path(name, "rows"), "ab") as f:
+                rows.tofile(f)
+            self.pending[name] += rows.shape[0]
+            if self.pending[name] >= self.fold_rows:
+                self._fold(name)
+        except OSError as exc:  # e.g. a full disk
+            raise OutputError(f"cannot keep the calibration Gram matrices in {self.dir}: "
+                              f"{exc.strerror or exc}") from None
 
     def _fold(self, name: str) -> None:
         K, n = self.K[name], self.pending[name]
