@@ -291,5 +291,6 @@ def quantize_in_memory(model: ir.Model, config: QuantConfig,
             tensor = value.const_value
             if isinstance(tensor, ir.LazyTensor):
                 value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
+    _release_statistics(plan)
     ir.external_data.load_to_model(model)
     return model
