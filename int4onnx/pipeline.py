@@ -170,6 +170,7 @@ def quantize_model(model: ir.Model, config: QuantConfig,
         _keep_context_length(model, path)
     fixed = precision.apply_lm_policy(plan, config, lm_heads)
     fixed |= apply_tied_policy(plan, config, model.graph, tied, lm_heads)
+    precision.check_target_bits(plan, config, fixed)  # before the costly calibration and sensitivity pass
     if not plan.targets:
         raise NothingToQuantizeError("nothing left to quantize after --lm-head float")
     feeds = None
@@ -230,10 +231,17 @@ def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress, 
     plan.stats = calibrate.collect_statistics(model, [t.node.inputs[0] for t in plan.targets], feeds, gram, progress,
                                               dtypes={name: t.dtype for name, t in inputs.items()}, lm=lm)
     plan.calibration.update({"source": source.describe(), "samples": len(feeds), "gram": gram,
-                             "statistics_bytes": int(sum(8 * (5 * s.K + (s.K * s.K if s.gram is not None else 0))
+                             "statistics_bytes": int(sum(8 * (5 * s.K + (s.K * s.K if s.has_gram else 0))
                                                          for s in plan.stats.values())),
                              "seconds": round(time.perf_counter() - start, 3)})
     return feeds
+
+
+def _release_statistics(plan: QuantPlan) -> None:
+    if plan.stats:
+        from int4onnx import calibrate
+
+        calibrate.release(plan.stats)
 
 
 def files_read(input_path, model: ir.Model | None, config: QuantConfig) -> list[tuple[str, pathlib.Path]]:
@@ -269,6 +277,7 @@ def quantize_file(input_path, output_path, config: QuantConfig,
     with io.temporaries_next_to(out):  # calibration's copy of the model too
         model, plan = quantize_model(model, config, progress, None if in_memory else input_path)
         written = io.save_model_atomic(model, out)
+        _release_statistics(plan)  # the Gram matrices spilled next to the output
     output_bytes = sum(os.path.getsize(p) for p in written)
     if output_bytes > input_bytes:
         why = "the output is larger than the input" + (f" (see {', '.join(g['tensor'] for g in plan.grown)})"
@@ -291,5 +300,6 @@ def quantize_in_memory(model: ir.Model, config: QuantConfig,
             tensor = value.const_value
             if isinstance(tensor, ir.LazyTensor):
                 value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
+    _release_statistics(plan)
     ir.external_data.load_to_model(model)
     return model

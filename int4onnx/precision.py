@@ -61,6 +61,45 @@ def apply_lm_policy(plan: QuantPlan, config: QuantConfig, lm_heads: list[MatMulT
     return fixed
 
 
+def _bits_at(config: QuantConfig, t: MatMulTarget, bits: int | None = None) -> float:
+    """Storage bits of a layer quantized with the options' spec (bits overridden, e.g. 8)."""
+    return 8.0 * default_spec(config, t, bits=bits).storage_bytes(t.K, t.N)
+
+
+def _floor_bits(plan: QuantPlan, config: QuantConfig, fixed: set[tuple], lm_head: str) -> float:
+    """Fewest bits per weight a mixed-precision choice can reach: every layer at the 4-bit spec of the
+    options (its cheapest option), the lm_head as `lm_head` says; float layers are not counted."""
+    used = total = 0.0
+    for key, ts in plan.targets_by_key().items():
+        t = ts[0]
+        if key in fixed and lm_head == "float":
+            continue
+        total += t.K * t.N
+        used += _bits_at(config, t, 8 if key in fixed and lm_head == "8" else None)
+    return used / total if total else 0.0
+
+
+def check_target_bits(plan: QuantPlan, config: QuantConfig, fixed: set[tuple]) -> None:
+    """Refuse, before any calibration or sensitivity measurement, a --target-bits that no choice of layer
+    precisions reaches with these options; the message says which --lm-head (or budget) would work.
+    `fixed`: the lm_head keys apply_lm_policy decided (still in plan.targets unless kept float)."""
+    if config.target_bits is None:
+        return
+    floor = _floor_bits(plan, config, fixed, config.lm_head)
+    if floor <= config.target_bits + 1e-9:
+        return
+    hint = f"raise --target-bits to {floor:.3f} or more, or use a larger --group-size / --double-quant"
+    if fixed and config.lm_head == "8":
+        lm_floor = _floor_bits(plan, config, fixed, "4")
+        if lm_floor <= config.target_bits + 1e-9:
+            hint = f"use --lm-head 4 ({lm_floor:.3f} bits per weight at 4-bit everywhere), or " + hint
+        else:
+            hint = (f"raise --target-bits to {floor:.3f} or more ({lm_floor:.3f} with --lm-head 4), or use a larger "
+                    "--group-size / --double-quant")
+    raise ConfigError(f"--target-bits {config.target_bits} is below the {floor:.3f} bits per weight that 4-bit "
+                      f"everywhere needs with --lm-head {config.lm_head}; {hint}")
+
+
 def keep_float(plan: QuantPlan, keys: set[tuple], reason: str) -> None:
     for t in [t for t in plan.targets if t.key in keys]:
         plan.targets.remove(t)

@@ -364,3 +364,84 @@ def test_awq_and_embeddings_on_a_model_with_external_data(tmp_path, lm):
     feeds = {"input_ids": RNG.integers(0, V, (2, 24), dtype=np.int64)}
     a, b = (make_session(str(p)).run(None, feeds)[0] for p in outs)
     np.testing.assert_array_equal(a, b)
+
+
+# -- Gram matrices at LLM size: on disk, one in memory at a time ----------------------------------
+
+def test_gram_matrices_are_not_all_held_in_memory(tmp_path):
+    import tracemalloc
+
+    L, K = 12, 256
+    weights = {f"w{i}": (RNG.standard_normal((K, K)) / 16).astype(np.float32) for i in range(L)}
+    model = io.load_model(save(matmul_model(weights), tmp_path / "deep.onnx"))
+    plan = QuantPlan()
+    SelectMatMulsPass(QuantConfig(), plan)(model)
+    xs = [RNG.standard_normal((40, K)).astype(np.float32) for _ in range(3)]
+    one = 8 * K * K  # bytes of one float64 Gram; all of them would be L times that
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        stats = calibrate.collect_statistics(model, [t.node.inputs[0] for t in plan.targets], [{"x": x} for x in xs],
+                                             gram=True)
+        held = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.reset_peak()
+        read = []
+        for t in plan.targets:  # read every Gram, one after another
+            g = stats[t.node.inputs[0].name].gram
+            read.append((float(np.trace(g)), g[:, 0].copy()))
+            del g
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    X = np.concatenate(xs).astype(np.float64)
+    for i, (trace, column) in enumerate(read):  # ONNX Runtime computes the activations in float32
+        G = X.T @ X
+        assert trace == pytest.approx(np.trace(G), rel=1e-5)
+        np.testing.assert_allclose(column, G[:, 0], rtol=1e-4, atol=1e-5 * np.abs(G).max())
+        X = X @ weights[f"w{i}"].astype(np.float64)
+    store = next(iter(stats.values())).store
+    assert len(stats) == L and store.reads == L
+    assert held < 3 * one, (held, one)  # after collection: statistics only (all Grams: 12 x one), on disk
+    assert peak < held + 3 * one, (peak, held, one)  # reading them: one at a time
+    directory = store.dir
+    assert directory.is_dir()
+    calibrate.release(stats)
+    assert not directory.exists()
+
+
+def test_gram_fold_equals_one_product(tmp_path):
+    from int4onnx.io import temporaries_next_to
+
+    with temporaries_next_to(tmp_path / "out.onnx"):
+        store = calibrate.GramStore(fold_rows=7)  # folds every 7 rows: mid-feed, several times
+    xs = [RNG.standard_normal((n, 5)).astype(np.float32) for n in (3, 9, 1, 12)]
+    for x in xs:
+        store.append("a", x)
+        store.append("b", 2 * x)
+    X = np.concatenate(xs).astype(np.float64)
+    np.testing.assert_allclose(store.gram("a"), X.T @ X, rtol=1e-12)
+    np.testing.assert_allclose(store.gram("b"), 4 * X.T @ X, rtol=1e-12)
+    assert store.dir.parent == tmp_path
+    store.close()
+    assert not store.dir.exists()
+
+
+def test_target_bits_below_the_lm_head_floor_fails_before_calibrating(tmp_path, lm, monkeypatch):
+    cal = lm_feeds_dir(tmp_path)
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibration ran before the --target-bits check")
+
+    monkeypatch.setattr(calibrate, "collect_statistics", no_calibration)
+    four = int4onnx.quantize(lm, tmp_path / "four.onnx", lm_head="4", group_size=32).bits_per_weight
+    out = tmp_path / "mp.onnx"
+    r = invoke("convert", lm, "-o", out, "--method", "gptq", "--calibration", cal, "--group-size", 32,
+               "--target-bits", round(four + 0.01, 3))
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "--lm-head 8" in r.output and "use --lm-head 4" in r.output, r.output
+    assert not out.exists()
+    # below even 4-bit everywhere: the message says so and names the budget that works
+    r = invoke("convert", lm, "-o", out, "--method", "gptq", "--calibration", cal, "--group-size", 32,
+               "--target-bits", round(four - 0.2, 3), "--lm-head", "4")
+    assert r.exit_code == 2 and "--target-bits" in r.output and f"{four:.3f}" in r.output, r.output
+    assert not out.exists()

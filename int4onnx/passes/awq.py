@@ -119,7 +119,7 @@ class AwqPass(PlanPass):
         return True
 
     def _blocker(self, targets, by_key, stats) -> str | None:
-        if stats is None or stats.gram is None:
+        if stats is None or not stats.has_gram:
             return "no calibration statistics for its input"
         nodes = {id(t.node) for t in targets}
         for t in by_key.values():

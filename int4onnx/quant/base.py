@@ -103,8 +103,10 @@ def _error_sums(w: np.ndarray, wq: np.ndarray, gram: np.ndarray | None) -> np.nd
     w = w.astype(np.float64)
     err = w - wq.astype(np.float64)
     sums = [float(np.sum(w * w)), float(np.sum(err * err))]
-    if gram is not None:
-        sums += [float(np.sum((gram @ w) * w)), float(np.sum((gram @ err) * err))]
+    if gram is not None:  # report metrics: float32 products are precise enough and twice as fast
+        g = gram.astype(np.float32)
+        w32, e32 = w.astype(np.float32), err.astype(np.float32)
+        sums += [float(np.sum((g @ w32) * w32, dtype=np.float64)), float(np.sum((g @ e32) * e32, dtype=np.float64))]
     return np.array(sums)
 
 

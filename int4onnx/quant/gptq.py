@@ -51,19 +51,41 @@ def dead_channels(energy: np.ndarray) -> np.ndarray:
     return ~(diag > DEAD_CHANNEL_FRACTION * mean) | (diag <= 0)
 
 
+def _lower_inverse(L: np.ndarray, leaf: int = 128) -> np.ndarray:
+    """Inverse of a lower-triangular matrix by halves, [[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1,
+    D^-1]]: K^3 / 3 multiply-adds in matrix products (numpy has no triangular inverse; np.linalg.inv
+    would factorise it again, 2 K^3)."""
+    K = L.shape[0]
+    if K <= leaf:
+        return np.tril(np.linalg.inv(L))
+    h = K // 2
+    Ai = _lower_inverse(L[:h, :h], leaf)
+    Di = _lower_inverse(L[h:, h:], leaf)
+    out = np.zeros_like(L)
+    out[:h, :h] = Ai
+    out[h:, h:] = Di
+    out[h:, :h] = -(Di @ (L[h:, :h] @ Ai))
+    return out
+
+
 def _upper_inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
     """U (upper triangular) with U^T U = (H + damp * mean(diag H) I)^-1; more damping if H is not
-    positive definite in floating point."""
+    positive definite in floating point.
+
+    One Cholesky factorisation and one triangular inverse: with J the order-reversing permutation and
+    J H J = L L^T, H = (J L J)(J L J)^T where J L J is upper triangular, so H^-1 = U^T U with
+    U = (J L J)^-1 = J L^-1 J (half the work of inverting H and factorising the inverse)."""
     K = H.shape[0]
     mean_diag = float(np.mean(np.diag(H)))
     for extra in (1.0, 10.0, 100.0, 1000.0):
-        Hd = H + np.eye(K) * damp * extra * mean_diag
+        Hd = H[::-1, ::-1].copy()
+        Hd[np.diag_indices(K)] += damp * extra * mean_diag
         try:
             L = np.linalg.cholesky(Hd)
-            Linv = np.linalg.inv(L)
-            return np.linalg.cholesky(Linv.T @ Linv).T
         except np.linalg.LinAlgError:
             continue
+        del Hd
+        return np.ascontiguousarray(_lower_inverse(L)[::-1, ::-1])
     raise np.linalg.LinAlgError("the calibration Gram matrix is not positive definite even with damping")
 
 
@@ -113,11 +135,13 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
         ss = super_scales(raw_scales(to_blocks(W.T.astype(np.float32), bs), grid)[0], grid)
 
     scales = np.zeros((N, nb), np.float32)
+    inv_scales = np.zeros((nb, N), np.float32)  # 1 / scale per group, as quantize_values computes it
     zps = None if grid.symmetric or grid.quant_type == "nf4" else np.zeros((N, nb), np.float32)
     scodes = np.zeros((N, nb), np.int8) if ss is not None else None
 
     def set_group(g: int, p: GroupParams) -> None:
         scales[:, g] = p.scales[:, 0]
+        np.divide(1.0, p.scales[:, 0], out=inv_scales[g], where=p.scales[:, 0] != 0)
         if zps is not None:
             zps[:, g] = p.zero_points[:, 0]
         if scodes is not None:
@@ -130,15 +154,22 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
             set_group(g, _params(W[:, lo:hi], grid, bs, diag[lo:hi], clip, ss))
     else:
         perm = np.arange(K)
-    W = W[:, perm]
+    Wk = np.ascontiguousarray(W.T[perm])     # [K, N]: row i = i-th channel visited (rows are contiguous)
+    del W
     U = _upper_inverse_cholesky(H[np.ix_(perm, perm)], damp)
+    del H
+    # per-group columns of the parameters, transposed once so that each channel reads contiguous rows
+    scales_g = scales.T                       # views: set_group writes through them
+    zps_g = None if zps is None else zps.T
+    nf4 = grid.quant_type == "nf4"
+    half = float(grid.half)
 
-    codes = np.zeros((N, K), np.uint8)
+    codes = np.zeros((K, N), np.uint8)
     # without act-order, a block of columns must hold whole groups so group parameters see updated weights
     B = bs * max(1, lazy_block // bs) if not act_order else lazy_block
     for i1 in range(0, K, B):
         i2 = min(i1 + B, K)
-        W1 = W[:, i1:i2].copy()
+        W1 = Wk[i1:i2].copy()                 # [B, N]
         E1 = np.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]
         for i in range(i2 - i1):
@@ -146,14 +177,27 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
             g = k // bs
             if not act_order and k % bs == 0:
                 hi = min(i2 - i1, i + bs)
-                set_group(g, _params(W1[:, i:hi], grid, bs, diag[k:k + hi - i], clip, ss))
-            s = scales[:, g]
-            z = None if zps is None else zps[:, g]
-            w = W1[:, i]
-            c = quantize_values(w, s, z, grid)
-            codes[:, k] = c
-            err = (w - dequantize_values(c, s, z, grid)) / U1[i, i]
-            W1[:, i:] -= np.outer(err, U1[i, i:])
-            E1[:, i] = err
-        W[:, i2:] -= E1 @ U[i1:i2, i2:]
-    return make_weight(K, N, bs, grid, codes, GroupParams(scales, zps, scodes, ss))
+                set_group(g, _params(W1[i:hi].T, grid, bs, diag[k:k + hi - i], clip, ss))
+            w = W1[i]
+            if nf4:
+                s, z = scales[:, g], None
+                c = quantize_values(w, s, z, grid)
+                deq = dequantize_values(c, s, z, grid)
+            else:  # quantize_values and dequantize_values, inlined (same operations and types)
+                q = w * inv_scales[g]
+                np.rint(q, out=q)
+                if zps_g is None:
+                    np.clip(q, -half, half - 1, out=q)
+                    q += half
+                    deq = (q.astype(np.float32) - np.float32(half)) * scales_g[g]
+                else:
+                    q += zps_g[g]
+                    np.clip(q, 0, grid.qmax, out=q)
+                    deq = (q.astype(np.float32) - zps_g[g]) * scales_g[g]
+                c = q
+            codes[k] = c
+            err = (w - deq) / U1[i, i]
+            W1[i + 1:] -= U1[i, i + 1:, None] * err
+            E1[i] = err
+        Wk[i2:] -= U[i1:i2, i2:].T @ E1
+    return make_weight(K, N, bs, grid, codes.T, GroupParams(scales, zps, scodes, ss))
