@@ -198,9 +198,9 @@ def _progress_printer(quiet: bool):
 @click.option("--calibration", type=click.Path(path_type=pathlib.Path), metavar="PATH",
               help="Calibration data: an .npz (arrays keyed by input name) or a directory of .npz files.")
 @click.option("--calibration-text", type=click.Path(path_type=pathlib.Path), metavar="FILE",
-              help="Calibration text for a causal LM (needs --tokenizer).")
+              help="Calibration text for a causal LM (tokenized with --tokenizer, default: the one beside MODEL or in its folder).")
 @click.option("--tokenizer", type=click.Path(path_type=pathlib.Path), metavar="FILE",
-              help="tokenizer.json or sentencepiece .model for --calibration-text.")
+              help="tokenizer.json or sentencepiece .model for --calibration-text (default: the one beside MODEL or in its folder).")
 @click.option("--calibration-samples", type=int, default=32, show_default=True,
               help="Number of calibration samples (text windows, or .npz files of a directory).")
 @click.option("--sequence-length", type=int, default=None,
@@ -242,6 +242,11 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
 
     if symmetric is None:
         symmetric = quant_type == "nf4"
+    if calibration_text and not tokenizer:  # the tokenizer beside the model, or in its folder
+        from int4onnx.folder import model_path
+        from int4onnx.generate import find_tokenizer
+
+        tokenizer = find_tokenizer(model_path(model) if model.is_dir() else model)
     config = QuantConfig(bits=bits, group_size=group_size, symmetric=symmetric, method=method, format=fmt,
                          compute=compute, exclude=exclude, quant_type=quant_type, double_quant=double_quant,
                          clip_search=clip_search, act_order=act_order, damp=damp,

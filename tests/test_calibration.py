@@ -106,7 +106,7 @@ def test_bad_calibration_data_is_a_clear_error(tmp_path, chain, make, needle):
 @pytest.mark.parametrize("args,needle", [
     (["--method", "awq"], "--method awq needs calibration data"),
     (["--target-bits", "5"], "--target-bits needs calibration data"),
-    (["--calibration-text", "t.txt"], "--calibration-text needs --tokenizer"),
+    (["--calibration-text", "t.txt"], "no tokenizer beside it"),  # none given, none beside the model
     (["--double-quant", "--format", "matmulnbits"], "only supported by the int4onnx format"),
 ])
 def test_calibration_options_errors(tmp_path, chain, args, needle):
@@ -257,6 +257,20 @@ def test_embedding_quantization_runs_in_onnx_runtime(tmp_path, lm, bits):
 
 
 # -- text calibration with a tokenizer.json, and eval -------------------------------------------
+
+def test_text_calibration_finds_the_tokenizer_beside_the_model(tmp_path, lm):
+    """--calibration-text without --tokenizer takes tokenizer.json beside the model: the same statistics,
+    hence the same bytes, as with --tokenizer given."""
+    char_tokenizer(tmp_path / "tokenizer.json", ALPHABET)
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog.\n" * 30)
+    args = ("--method", "gptq", "--calibration-text", text, "--calibration-samples", 3, "--sequence-length", 32)
+    r = invoke("convert", lm, "-o", tmp_path / "a.onnx", *args)
+    assert r.exit_code == 0, r.output
+    r = invoke("convert", lm, "-o", tmp_path / "b.onnx", *args, "--tokenizer", tmp_path / "tokenizer.json")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
 
 def test_text_calibration_and_eval_perplexity(tmp_path, lm):
     tok = char_tokenizer(tmp_path / "tok.json", ALPHABET)
