@@ -50,6 +50,19 @@ COMPUTE = {"fp32": lib.I4O_COMPUTE_FP32, "int8": lib.I4O_COMPUTE_INT8}
 DOMAIN = ffi.string(lib.i4o_op_domain()).decode()
 OP_NAME = ffi.string(lib.i4o_op_name()).decode()
 VERSION = ffi.string(lib.i4o_version()).decode()
+# MatMulInt4's schema, read from the library (defined once in int4onnx.h): input name -> slot, in slot
+# order; the first OP_REQUIRED_INPUTS are required; attribute names in the header's order.
+OP_INPUTS = {ffi.string(lib.i4o_op_input_name(i)).decode(): i for i in range(lib.I4O_IN_COUNT)}
+OP_REQUIRED_INPUTS = lib.I4O_IN_REQUIRED
+OP_ATTRS = tuple(ffi.string(lib.i4o_op_attr_name(i)).decode() for i in range(lib.I4O_ATTR_COUNT))
+
+
+def op_inputs(**values) -> list:
+    """MatMulInt4's input list from values by input name: [value or None] * len(OP_INPUTS), slot order."""
+    unknown = set(values) - set(OP_INPUTS)
+    if unknown:
+        raise ValueError(f"MatMulInt4 has no input(s) {sorted(unknown)}; its inputs are {list(OP_INPUTS)}")
+    return [values.get(name) for name in OP_INPUTS]
 
 
 def library_path() -> str:

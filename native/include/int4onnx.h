@@ -39,6 +39,35 @@ extern "C" {
 #define I4O_OP_VERSION 1
 #define I4O_VERSION_STRING "0.1.0"
 
+/* ---- the operator's schema (the one definition; docs/format.md describes it) ---- */
+
+/* Input slots of MatMulInt4, in order. A, B and scales are required (the first I4O_IN_REQUIRED);
+ * the rest are optional: left out by an empty name or given as a zero-element tensor. */
+enum {
+  I4O_IN_A = 0,            /* float or float16 [..., K] */
+  I4O_IN_B = 1,            /* uint8 [N, n_blocks, blob_bytes]: the packed codes */
+  I4O_IN_SCALES = 2,       /* [N, n_blocks], type of A, or int8 with I4O_IN_SCALES_SCALE */
+  I4O_IN_ZERO_POINTS = 3,  /* uint8 [N, zero_point_row_bytes] (asymmetric weights) */
+  I4O_IN_BIAS = 4,         /* [N], type of A */
+  I4O_IN_SCALES_SCALE = 5, /* float [N] or [1]: super-scale of int8 scales */
+  I4O_IN_COUNT = 6,
+  I4O_IN_REQUIRED = 3
+};
+/* Attributes of MatMulInt4: K, N, bits, block_size are int64 and required; quant_type and compute are
+ * strings with defaults ("int", "fp32"). */
+enum {
+  I4O_ATTR_K = 0,
+  I4O_ATTR_N = 1,
+  I4O_ATTR_BITS = 2,
+  I4O_ATTR_BLOCK_SIZE = 3,
+  I4O_ATTR_QUANT_TYPE = 4,
+  I4O_ATTR_COMPUTE = 5,
+  I4O_ATTR_COUNT = 6
+};
+/* Their names, indexed by the enums above (the only place they are spelled). */
+#define I4O_IN_NAMES {"A", "B", "scales", "zero_points", "bias", "scales_scale"}
+#define I4O_ATTR_NAMES {"K", "N", "bits", "block_size", "quant_type", "compute"}
+
 /* How a code maps to a value. */
 enum { I4O_QUANT_INT = 0, I4O_QUANT_NF4 = 1 };
 /* Which arithmetic the kernel uses: fp32 activations, or activations quantized to int8 per block. */
@@ -57,6 +86,9 @@ enum {
 const char *i4o_version(void);     /* I4O_VERSION_STRING */
 const char *i4o_op_domain(void);   /* I4O_DOMAIN */
 const char *i4o_op_name(void);     /* I4O_OP_NAME */
+/* The name of input slot `index` (I4O_IN_*) or attribute `index` (I4O_ATTR_*); NULL out of range. */
+const char *i4o_op_input_name(int index);
+const char *i4o_op_attr_name(int index);
 
 /* ---- layout ---------------------------------------------------------- */
 

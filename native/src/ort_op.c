@@ -1,17 +1,8 @@
 /*
  * ONNX Runtime glue for com.int4onnx::MatMulInt4 (the only file that sees ORT types).
  *
- * Inputs:  0 A [..., K] (float or float16)
- *          1 B uint8 [N, n_blocks, block_size * bits / 8]   (portable layout, int4onnx.h)
- *          2 scales [N, n_blocks] (same type as A, or int8 with input 5)
- *          3 zero_points uint8 [N, ceil(n_blocks * bits / 8)]   (optional: asymmetric)
- *          4 bias [N] (same type as A, optional)
- *          5 scales_scale float [N] or [1] (optional; required when scales are int8: per-column or
- *            per-tensor super-scale)
- *          An optional input may be left out by an empty name or by a zero-element tensor.
- * Output:  0 Y [..., N] (type of A)
- * Attributes: K, N, bits (4|8), block_size (multiple of 16), quant_type ("int"|"nf4"),
- *             compute ("fp32"|"int8").
+ * Inputs and attributes: the schema in int4onnx.h (I4O_IN_* slots, I4O_ATTR_* names; docs/format.md
+ * describes them). Output 0: Y [..., N] (type of A).
  * Every problem is returned as an ORT status naming the node; nothing here aborts.
  */
 #include <limits.h>
@@ -32,7 +23,6 @@
 
 static const OrtApi *g_ort;
 
-enum { IN_A = 0, IN_B, IN_SCALES, IN_ZP, IN_BIAS, IN_SSCALE, IN_COUNT };
 
 typedef struct op_variant {
   OrtCustomOp op; /* first member: callbacks receive &variant.op */
@@ -171,7 +161,8 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
   size_t sscale_step = 0; /* 1: one super-scale per column, 0: one for the whole tensor */
   const OrtValue *sscale_val = in->sscale && !is_empty(in->sscale) ? in->sscale : NULL;
   if (stype == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
-    if (!sscale_val) return fail(ORT_INVALID_ARGUMENT, k->name, "int8 scales need input 5 (scales_scale, float [N] or [1])");
+    if (!sscale_val) return fail(ORT_INVALID_ARGUMENT, k->name, "int8 scales need input %d (%s, float [N] or [1])",
+                                 I4O_IN_SCALES_SCALE, i4o_op_input_name(I4O_IN_SCALES_SCALE));
     TRY(get_info(sscale_val, &ti));
     if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || (ti.count != k->N && ti.count != 1) || ti.rank > 2)
       return fail(ORT_INVALID_ARGUMENT, k->name, "scales_scale must be float32 [N=%lld] or [1] (got %s, %lld elements)",
@@ -324,39 +315,39 @@ static OrtStatus *ORT_API_CALL kernel_create(const OrtCustomOp *op, const OrtApi
     st = (expr);            \
     if (st) goto error;     \
   } while (0)
-  CHECK(read_int_attr(info, k, "K", &k->K));
-  CHECK(read_int_attr(info, k, "N", &k->N));
-  CHECK(read_int_attr(info, k, "bits", &k->bits));
-  CHECK(read_int_attr(info, k, "block_size", &k->block_size));
+  CHECK(read_int_attr(info, k, i4o_op_attr_name(I4O_ATTR_K), &k->K));
+  CHECK(read_int_attr(info, k, i4o_op_attr_name(I4O_ATTR_N), &k->N));
+  CHECK(read_int_attr(info, k, i4o_op_attr_name(I4O_ATTR_BITS), &k->bits));
+  CHECK(read_int_attr(info, k, i4o_op_attr_name(I4O_ATTR_BLOCK_SIZE), &k->block_size));
   if (k->bits != 4 && k->bits != 8) CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "bits=%lld, expected 4 or 8", (long long)k->bits));
   if (i4o_check_layout(k->K, k->N, (int)k->bits, k->block_size))
     CHECK(fail(ORT_INVALID_ARGUMENT, k->name,
                "invalid K=%lld N=%lld block_size=%lld (K, N in 1..2^31; block_size a multiple of 16 in 16..65536)",
                (long long)k->K, (long long)k->N, (long long)k->block_size));
   char text[32];
-  CHECK(read_str_attr(info, k, "quant_type", text, sizeof(text), "int"));
+  CHECK(read_str_attr(info, k, i4o_op_attr_name(I4O_ATTR_QUANT_TYPE), text, sizeof(text), "int"));
   if (strcmp(text, "int") == 0) k->quant_type = I4O_QUANT_INT;
   else if (strcmp(text, "nf4") == 0) k->quant_type = I4O_QUANT_NF4;
   else CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "quant_type='%s', expected 'int' or 'nf4'", text));
   if (k->quant_type == I4O_QUANT_NF4 && k->bits != 4) CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "nf4 needs bits=4"));
-  CHECK(read_str_attr(info, k, "compute", text, sizeof(text), "fp32"));
+  CHECK(read_str_attr(info, k, i4o_op_attr_name(I4O_ATTR_COMPUTE), text, sizeof(text), "fp32"));
   if (strcmp(text, "fp32") == 0) k->compute = I4O_COMPUTE_FP32;
   else if (strcmp(text, "int8") == 0) k->compute = I4O_COMPUTE_INT8;
   else CHECK(fail(ORT_INVALID_ARGUMENT, k->name, "compute='%s', expected 'fp32' or 'int8'", text));
 
   size_t n_inputs = 0;
   CHECK(g_ort->KernelInfo_GetInputCount(info, &n_inputs));
-  k->has_zp = has_input(info, n_inputs, IN_ZP);
-  k->has_bias = has_input(info, n_inputs, IN_BIAS);
-  k->has_sscale = has_input(info, n_inputs, IN_SSCALE);
+  k->has_zp = has_input(info, n_inputs, I4O_IN_ZERO_POINTS);
+  k->has_bias = has_input(info, n_inputs, I4O_IN_BIAS);
+  k->has_sscale = has_input(info, n_inputs, I4O_IN_SCALES_SCALE);
 
   /* Prepare now if every weight input is a constant initializer. */
   weight_inputs in = {NULL, NULL, NULL, NULL};
   int all_const = 1, is_const = 0;
-  const size_t idx[4] = {IN_B, IN_SCALES, IN_ZP, IN_SSCALE};
+  const size_t idx[4] = {I4O_IN_B, I4O_IN_SCALES, I4O_IN_ZERO_POINTS, I4O_IN_SCALES_SCALE};
   const OrtValue **dst[4] = {&in.b, &in.scales, &in.zp, &in.sscale};
   for (int i = 0; i < 4; i++) {
-    if ((idx[i] == IN_ZP && !k->has_zp) || (idx[i] == IN_SSCALE && !k->has_sscale)) continue;
+    if ((idx[i] == I4O_IN_ZERO_POINTS && !k->has_zp) || (idx[i] == I4O_IN_SCALES_SCALE && !k->has_sscale)) continue;
     CHECK(g_ort->KernelInfoGetConstantInput_tensor(info, idx[i], &is_const, dst[i]));
     if (!is_const) all_const = 0;
   }
@@ -395,7 +386,7 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
   int64_t dims[64];
   char s[128];
 
-  TRY(g_ort->KernelContext_GetInput(ctx, IN_A, &a_val));
+  TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_A, &a_val));
   if (!a_val) return fail(ORT_INVALID_ARGUMENT, k->name, "input A is missing");
   TRY(get_info(a_val, &ti));
   if (ti.type != k->a_type) return fail(ORT_INVALID_ARGUMENT, k->name, "A is %s, this kernel expects %s", type_name(ti.type), type_name(k->a_type));
@@ -417,7 +408,7 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
 
   const float *bias = NULL;
   if (k->has_bias) {
-    TRY(g_ort->KernelContext_GetInput(ctx, IN_BIAS, &bias_val));
+    TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_BIAS, &bias_val));
     if (bias_val && is_empty(bias_val)) bias_val = NULL;
     if (bias_val) {
       tensor_info bi;
@@ -436,10 +427,10 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
   i4o_prepared *prep = k->prep, *owned = NULL;
   if (!prep) { /* weights are graph inputs or computed: prepare for this call */
     weight_inputs in = {NULL, NULL, NULL, NULL};
-    TRY(g_ort->KernelContext_GetInput(ctx, IN_B, &in.b));
-    TRY(g_ort->KernelContext_GetInput(ctx, IN_SCALES, &in.scales));
-    if (k->has_zp) TRY(g_ort->KernelContext_GetInput(ctx, IN_ZP, &in.zp));
-    if (k->has_sscale) TRY(g_ort->KernelContext_GetInput(ctx, IN_SSCALE, &in.sscale));
+    TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_B, &in.b));
+    TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_SCALES, &in.scales));
+    if (k->has_zp) TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_ZERO_POINTS, &in.zp));
+    if (k->has_sscale) TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_SCALES_SCALE, &in.sscale));
     if (!in.b || !in.scales) return fail(ORT_INVALID_ARGUMENT, k->name, "inputs B and scales are required");
     TRY(build_prepared(k, &in, &owned));
     prep = owned;
@@ -492,9 +483,9 @@ done:
 static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferContext *ctx) {
   (void)op;
   OrtTensorTypeAndShapeInfo *in_info = NULL; /* owned by ctx: never released here */
-  TRY(g_ort->ShapeInferContext_GetInputTypeShape(ctx, 0, &in_info));
+  TRY(g_ort->ShapeInferContext_GetInputTypeShape(ctx, I4O_IN_A, &in_info));
   const OrtOpAttr *attr = NULL;
-  TRY(g_ort->ShapeInferContext_GetAttribute(ctx, "N", &attr));
+  TRY(g_ort->ShapeInferContext_GetAttribute(ctx, i4o_op_attr_name(I4O_ATTR_N), &attr));
   int64_t N = 0;
   size_t got = 0;
   if (!attr) return g_ort->CreateStatus(ORT_INVALID_ARGUMENT, "MatMulInt4: missing attribute N");
@@ -536,15 +527,15 @@ static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferC
 
 static const char *ORT_API_CALL op_name(const OrtCustomOp *op) { (void)op; return I4O_OP_NAME; }
 static const char *ORT_API_CALL op_ep(const OrtCustomOp *op) { (void)op; return NULL; }
-static size_t ORT_API_CALL op_n_inputs(const OrtCustomOp *op) { (void)op; return IN_COUNT; }
+static size_t ORT_API_CALL op_n_inputs(const OrtCustomOp *op) { (void)op; return I4O_IN_COUNT; }
 static size_t ORT_API_CALL op_n_outputs(const OrtCustomOp *op) { (void)op; return 1; }
 
 static ONNXTensorElementDataType ORT_API_CALL op_input_type(const OrtCustomOp *op, size_t i) {
   const op_variant *v = (const op_variant *)op;
   switch (i) {
-    case IN_A: case IN_BIAS: return v->a_type;
-    case IN_SCALES: return v->scale_type;
-    case IN_SSCALE: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    case I4O_IN_A: case I4O_IN_BIAS: return v->a_type;
+    case I4O_IN_SCALES: return v->scale_type;
+    case I4O_IN_SCALES_SCALE: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
   }
 }
@@ -556,7 +547,7 @@ static ONNXTensorElementDataType ORT_API_CALL op_output_type(const OrtCustomOp *
 
 static OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_input_char(const OrtCustomOp *op, size_t i) {
   (void)op;
-  return i <= IN_SCALES ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  return i < I4O_IN_REQUIRED ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
 }
 
 static OrtCustomOpInputOutputCharacteristic ORT_API_CALL op_output_char(const OrtCustomOp *op, size_t i) {

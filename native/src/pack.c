@@ -18,6 +18,18 @@ const char *i4o_version(void) { return I4O_VERSION_STRING; }
 const char *i4o_op_domain(void) { return I4O_DOMAIN; }
 const char *i4o_op_name(void) { return I4O_OP_NAME; }
 
+static const char *const kInputNames[] = I4O_IN_NAMES;
+static const char *const kAttrNames[] = I4O_ATTR_NAMES;
+_Static_assert(sizeof(kInputNames) / sizeof(kInputNames[0]) == I4O_IN_COUNT, "I4O_IN_NAMES != I4O_IN_COUNT");
+_Static_assert(sizeof(kAttrNames) / sizeof(kAttrNames[0]) == I4O_ATTR_COUNT, "I4O_ATTR_NAMES != I4O_ATTR_COUNT");
+
+const char *i4o_op_input_name(int index) {
+  return index >= 0 && index < I4O_IN_COUNT ? kInputNames[index] : NULL;
+}
+const char *i4o_op_attr_name(int index) {
+  return index >= 0 && index < I4O_ATTR_COUNT ? kAttrNames[index] : NULL;
+}
+
 static int valid_bits(int bits) { return bits == 4 || bits == 8; }
 /* block sizes are multiples of 16 in 16..65536: keeps int8-path block dot products inside int32
  * (127 * 255 * 65536 < 2^31) */
