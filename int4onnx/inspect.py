@@ -7,10 +7,16 @@ import onnx_ir as ir
 
 from int4onnx import _native, io
 from int4onnx.errors import UnsupportedModelError
+from int4onnx.passes.rewrite import MATMULNBITS_INPUTS
 
 
 def _nbytes(value) -> int:
     return 0 if value is None or value.const_value is None else int(value.const_value.nbytes)
+
+
+def _named_inputs(node, slots: dict) -> dict:
+    """A node's inputs by name (slots: name -> index, an op's schema); None for a slot it leaves out."""
+    return {name: node.inputs[i] if i < len(node.inputs) else None for name, i in slots.items()}
 
 
 def _attrs(node) -> dict:
@@ -41,18 +47,18 @@ def describe(path) -> dict:
         if (node.domain, node.op_type) in ((_native.DOMAIN, _native.OP_NAME), ("com.microsoft", "MatMulNBits")):
             a = _layout_attrs(path, node, a)
         if node.domain == _native.DOMAIN and node.op_type == _native.OP_NAME:
-            ins = list(node.inputs) + [None] * 6
-            zp = ins[3] if ins[3] is not None and _nbytes(ins[3]) > 0 else None
+            ins = _named_inputs(node, _native.OP_INPUTS)
+            zp = ins["zero_points"] if _nbytes(ins["zero_points"]) > 0 else None
             layers.append(dict(node=node.name, format="int4onnx", K=a["K"], N=a["N"], bits=a["bits"],
                                block_size=a["block_size"], symmetric=zp is None,
                                quant_type=a.get("quant_type", "int"), compute=a.get("compute", "fp32"),
-                               bytes=_nbytes(ins[1]) + _nbytes(ins[2]) + _nbytes(zp) + _nbytes(ins[5])))
+                               bytes=_nbytes(ins["B"]) + _nbytes(ins["scales"]) + _nbytes(zp) + _nbytes(ins["scales_scale"])))
         elif node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
-            ins = list(node.inputs) + [None] * 6
+            ins = _named_inputs(node, MATMULNBITS_INPUTS)
             layers.append(dict(node=node.name, format="matmulnbits", K=a["K"], N=a["N"], bits=a["bits"],
-                               block_size=a["block_size"], symmetric=ins[3] is None, quant_type="int",
+                               block_size=a["block_size"], symmetric=ins["zero_points"] is None, quant_type="int",
                                compute="int8" if a.get("accuracy_level", 0) == 4 else "fp32",
-                               bytes=_nbytes(ins[1]) + _nbytes(ins[2]) + _nbytes(ins[3])))
+                               bytes=_nbytes(ins["B"]) + _nbytes(ins["scales"]) + _nbytes(ins["zero_points"])))
         elif node.domain == "" and node.op_type == "DequantizeLinear" and node.inputs[0] is not None \
                 and node.inputs[0].const_value is not None \
                 and node.inputs[0].const_value.dtype in (ir.DataType.INT4, ir.DataType.UINT4,

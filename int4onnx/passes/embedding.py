@@ -233,7 +233,7 @@ class QuantizeEmbeddingsPass(PlanPass):
             return n.outputs[0]
 
         blocks = names.add_initializer(graph, f"{e.table.name}_blocks_shape", np.array([e.V, nb, 1], dtype=np.int64))
-        inputs = [shared["data"], e.node.inputs[1], node("Reshape", [shared["scales"], blocks])]
+        inputs = [shared["B"], e.node.inputs[1], node("Reshape", [shared["scales"], blocks])]
         if not spec.symmetric:
             inputs.append(shared["gather_zero_points"] if bits == 4 else node("Reshape", [shared["zero_points"], blocks]))
         attrs = [ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 2), ir.AttrInt64("block_size", block),

@@ -19,6 +19,10 @@ from int4onnx.passes.plan import MSFT_DOMAIN, LayerSpec, MatMulTarget, Names, Pl
 
 logger = logging.getLogger(__name__)
 
+# com.microsoft::MatMulNBits' input slots (ONNX Runtime's contrib op schema; MatMulInt4's are _native.OP_INPUTS)
+MATMULNBITS_INPUTS = {"A": 0, "B": 1, "scales": 2, "zero_points": 3, "g_idx": 4, "bias": 5}
+
+
 def _np_dtype(dtype: ir.DataType):
     return np.float16 if dtype == ir.DataType.FLOAT16 else np.float32
 
@@ -27,7 +31,7 @@ class RewriteMatMulsPass(PlanPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         self.names = Names(graph)
-        self.cache: dict[tuple, list] = {}
+        self.cache: dict[tuple, dict] = {}
         self.empties: dict[tuple, ir.Value] = {}
         # A quantized weight lives in the graph of the nodes that use it (inside an If/Loop body the
         # op then sees it as a constant); a weight shared across graphs goes to the main graph.
@@ -63,7 +67,9 @@ class RewriteMatMulsPass(PlanPass):
     def _lazy(self, base: str, shape, dtype: ir.DataType, make) -> ir.Value:
         return self.names.add_lazy(self.graph, base, shape, dtype, make)
 
-    def _weight_inputs(self, t: MatMulTarget) -> list:
+    def _weight_inputs(self, t: MatMulTarget) -> dict:
+        """The weight's initializers by op input name (B, scales, zero_points, scales_scale; None if absent),
+        and the block size the node states ("block"; None for a one-block DequantizeLinear)."""
         spec: LayerSpec = self.plan.specs[t.key]
         quant = self.plan.quantizer
         key, K, N, bits = t.key, t.K, t.N, spec.bits
@@ -83,13 +89,12 @@ class RewriteMatMulsPass(PlanPass):
             if not spec.symmetric:
                 zpv = self._lazy(f"{base}_zero_points", (N, _native.zero_point_row_bytes(nb, bits)), ir.DataType.UINT8,
                                  lambda: quant(key).packed_zero_points())
-            if key in self.plan.tied:  # a token Gather reads these too (QuantizeEmbeddingsPass)
-                gzp = None
-                if not spec.symmetric and bits == 4:  # GatherBlockQuantized: one 4-bit zero point a byte
-                    gzp = self._lazy(f"{base}_gather_zero_points", (N, nb, 1), ir.DataType.UINT8,
-                                     lambda: quant(key).zero_points.reshape(N, nb, 1))
-                self.plan.tied_inputs[key] = {"data": data, "scales": sc, "zero_points": zpv,
-                                              "gather_zero_points": gzp, "block": block}
+            gzp = None
+            if key in self.plan.tied and not spec.symmetric and bits == 4:
+                # a token Gather reads these too (QuantizeEmbeddingsPass); GatherBlockQuantized: one 4-bit
+                # zero point a byte
+                gzp = self._lazy(f"{base}_gather_zero_points", (N, nb, 1), ir.DataType.UINT8,
+                                 lambda: quant(key).zero_points.reshape(N, nb, 1))
             ssv = None
             if spec.double_quant:
                 if spec.tensor_super_scale:  # one value for the tensor (the op broadcasts a [1] super-scale)
@@ -98,7 +103,10 @@ class RewriteMatMulsPass(PlanPass):
                 else:
                     ssv = self._lazy(f"{base}_scales_scale", (N,), ir.DataType.FLOAT,
                                      lambda: quant(key).scales_scale.astype(np.float32))
-            return [data, sc, zpv, block, ssv]
+            weights = {"B": data, "scales": sc, "zero_points": zpv, "scales_scale": ssv, "block": block}
+            if key in self.plan.tied:
+                self.plan.tied_inputs[key] = {**weights, "gather_zero_points": gzp}
+            return weights
         # qdq: codes as a [K, N] int4/uint4 (or int8/uint8) tensor, scales [n_blocks, N] ([N] for one block)
         half = 1 << (bits - 1)
         one_block = nb == 1
@@ -124,7 +132,8 @@ class RewriteMatMulsPass(PlanPass):
         zv = None
         if not spec.symmetric:
             zv = self._lazy(f"{base}_zero_points", sshape, xtype, lambda: per_block(quant(key).zero_points).astype(x_np))
-        return [xv, sv, zv, None if one_block else spec.block_size, None]
+        return {"B": xv, "scales": sv, "zero_points": zv, "scales_scale": None,
+                "block": None if one_block else spec.block_size}
 
     def _empty(self, dtype: ir.DataType) -> ir.Value:
         """A shared zero-element initializer standing for an absent optional input."""
@@ -149,37 +158,39 @@ class RewriteMatMulsPass(PlanPass):
                 return self._initializer(base, np.ascontiguousarray(folded.astype(_np_dtype(t.dtype)))), None
         return None, t.bias
 
-    def _rewrite(self, t: MatMulTarget, spec: LayerSpec, w_inputs: list) -> None:
+    def _rewrite(self, t: MatMulTarget, spec: LayerSpec, w: dict) -> None:
         node, fmt, c = t.node, self.config.format, self.config
         a = node.inputs[0]
         name = node.name or "matmul"
         folded, add_after = self._bias(t)
         new_nodes: list[ir.Node] = []
         if fmt == "int4onnx":
-            data, sc, zp, block, ss = w_inputs
-            attrs = [ir.AttrInt64("K", t.K), ir.AttrInt64("N", t.N), ir.AttrInt64("bits", spec.bits),
-                     ir.AttrInt64("block_size", block), ir.AttrString("quant_type", spec.quant_type),
-                     ir.AttrString("compute", c.compute)]
-            inputs = _trim([a, data, sc, zp, folded, ss])
+            values = {"K": t.K, "N": t.N, "bits": spec.bits, "block_size": w["block"],
+                      "quant_type": spec.quant_type, "compute": c.compute}
+            attrs = [ir.AttrString(n, values[n]) if isinstance(values[n], str) else ir.AttrInt64(n, values[n])
+                     for n in _native.OP_ATTRS]
+            inputs = _trim(_native.op_inputs(A=a, B=w["B"], scales=w["scales"], zero_points=w["zero_points"],
+                                             bias=folded, scales_scale=w["scales_scale"]))
             # no inner gaps: ONNX Runtime < 1.22 crashes on them in custom-op shape inference; a
             # zero-element tensor means "absent" to the op (zero points: symmetric; bias: none)
-            gap_types = {3: ir.DataType.UINT8, 4: t.dtype}
-            for i, dtype in gap_types.items():
+            gap_types = {"zero_points": ir.DataType.UINT8, "bias": t.dtype}
+            for input_name, dtype in gap_types.items():
+                i = _native.OP_INPUTS[input_name]
                 if i < len(inputs) and inputs[i] is None:
                     inputs[i] = self._empty(dtype)
             new_nodes.append(ir.Node(_native.DOMAIN, _native.OP_NAME, inputs, attrs,
                                      name=self.names.fresh(f"{name}_MatMulInt4")))
         elif fmt == "matmulnbits":
-            data, sc, zp, block, _ = w_inputs
             attrs = [ir.AttrInt64("K", t.K), ir.AttrInt64("N", t.N), ir.AttrInt64("bits", spec.bits),
-                     ir.AttrInt64("block_size", block)]
+                     ir.AttrInt64("block_size", w["block"])]
             if c.compute == "int8":
                 attrs.append(ir.AttrInt64("accuracy_level", 4))
-            inputs = [a, data, sc, zp, None, folded]
+            values = {"A": a, "B": w["B"], "scales": w["scales"], "zero_points": w["zero_points"], "bias": folded}
+            inputs = [values.get(n) for n in MATMULNBITS_INPUTS]
             new_nodes.append(ir.Node(MSFT_DOMAIN, "MatMulNBits", _trim(inputs), attrs,
                                      name=self.names.fresh(f"{name}_MatMulNBits")))
         else:
-            x, sc, zp, block, _ = w_inputs
+            x, sc, zp, block = w["B"], w["scales"], w["zero_points"], w["block"]
             attrs = [ir.AttrInt64("axis", 0 if block else 1)]
             if block:
                 attrs.append(ir.AttrInt64("block_size", block))
