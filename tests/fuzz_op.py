@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from opcases import INPUTS, TYPES, build, check_valid, session  # noqa: E402
+from opcases import ATTRS, INPUTS, TYPES, build, check_valid, session  # noqa: E402
 
 HUGE = [2**31 - 1, 2**31, 2**31 + 1, 2**40, 2**62, 2**63 - 1]
 MAX_ELEMENTS = 1 << 20  # tensors stay small (huge dimensions only next to a zero one)
@@ -56,7 +56,7 @@ def _shape(case):
 def _mutation(case):
     names = st.sampled_from(INPUTS)
     weights = st.sampled_from(INPUTS[1:])
-    attrs = st.sampled_from(["K", "N", "bits", "block_size", "quant_type", "compute"])
+    attrs = st.sampled_from(ATTRS)
     return st.one_of(
         st.tuples(st.just("attr"), attrs, _attr_value(case)),
         st.tuples(st.just("shape"), weights, _shape(case)),

@@ -30,7 +30,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from int4onnx import _native
 
-INPUTS = ["A", "B", "scales", "zero_points", "bias", "scales_scale"]
+INPUTS = list(_native.OP_INPUTS)  # the op's input names in slot order (int4onnx.h)
+ATTRS = _native.OP_ATTRS
 TYPES = {"float": np.float32, "float16": np.float16, "int8": np.int8, "uint8": np.uint8, "int32": np.int32,
          "double": np.float64, "int64": np.int64, "bool": np.bool_}
 
@@ -79,8 +80,9 @@ def build(case: dict):
     else:
         arrays["scales"] = (rng.random((N, nb)) * 0.1 + 0.01).astype(a_np)
         scales_f = arrays["scales"].astype(np.float32)
-    attrs = {"K": K, "N": N, "bits": bits, "block_size": block, "quant_type": case["quant_type"],
-             "compute": case["compute"]}
+    values = {"K": K, "N": N, "bits": bits, "block_size": block, "quant_type": case["quant_type"],
+              "compute": case["compute"]}
+    attrs = {name: values[name] for name in ATTRS}
     names = {n: (n if arrays[n] is not None else "") for n in INPUTS}
     if names["zero_points"] == "" and (names["bias"] or names["scales_scale"]):
         arrays["zero_points"] = np.zeros((0,), np.uint8)  # as the converter writes an inner gap
@@ -133,7 +135,7 @@ def build(case: dict):
     while node_inputs and node_inputs[-1] == "":
         node_inputs.pop()
     if extra:
-        node_inputs += [""] * (6 - len(node_inputs)) + ["extra"]
+        node_inputs += [""] * (len(INPUTS) - len(node_inputs)) + ["extra"]
         arrays["extra"] = np.zeros(3, np.float32)
     node = helper.make_node("MatMulInt4", node_inputs, [f"Y{i}" for i in range(n_out)], domain=_native.DOMAIN,
                             name="fuzz_node", **attrs)
@@ -195,4 +197,4 @@ def model_proto(case: dict) -> onnx.ModelProto:
     return onnx.load_from_string(build(case)[0])
 
 
-__all__ = ["INPUTS", "TensorProto", "build", "check_valid", "model_proto", "run", "session", "valid_case"]
+__all__ = ["ATTRS", "INPUTS", "TensorProto", "build", "check_valid", "model_proto", "run", "session", "valid_case"]
