@@ -38,18 +38,18 @@ def reference(report_layers_model, x):
     h = x.astype(np.float64)
     for node in model.graph:
         a = {k: v.value for k, v in node.attributes.items()}
-        ins = list(node.inputs) + [None] * 6
+        ins = {name: node.inputs[i] if i < len(node.inputs) else None for name, i in _native.OP_INPUTS.items()}
         K, N, bits, block = a["K"], a["N"], a["bits"], a["block_size"]
-        codes = _native.unpack_weights(ins[1].const_value.numpy(), K, N, bits, block)
-        scales = ins[2].const_value.numpy().astype(np.float32)
-        if ins[2].const_value.dtype == ir.DataType.INT8:  # double-quantized: int8 times a per-column super-scale
-            scales = scales * ins[5].const_value.numpy()[:, None]
+        codes = _native.unpack_weights(ins["B"].const_value.numpy(), K, N, bits, block)
+        scales = ins["scales"].const_value.numpy().astype(np.float32)
+        if ins["scales"].const_value.dtype == ir.DataType.INT8:  # double-quantized: int8 times a super-scale
+            scales = scales * ins["scales_scale"].const_value.numpy()[:, None]
         zp = None
-        if ins[3] is not None and ins[3].const_value.nbytes:
-            zp = _native.unpack_zero_points(ins[3].const_value.numpy(), N, scales.shape[1], bits)
+        if ins["zero_points"] is not None and ins["zero_points"].const_value.nbytes:
+            zp = _native.unpack_zero_points(ins["zero_points"].const_value.numpy(), N, scales.shape[1], bits)
         h = h @ dequant_reference(codes, scales, zp, K, block, bits, a.get("quant_type", "int"))
-        if ins[4] is not None and ins[4].const_value.nbytes:
-            h = h + ins[4].const_value.numpy()
+        if ins["bias"] is not None and ins["bias"].const_value.nbytes:
+            h = h + ins["bias"].const_value.numpy()
     return h
 
 
@@ -92,7 +92,7 @@ def test_int8_scales_super_scale_per_tensor_for_small_k(tmp_path, K, per_tensor)
     path, report = convert(tmp_path, matmul_model({"w0": w(K, N, 0.1)}), double_quant=True, group_size=32)
     node = onnx.load(path).graph.node[0]
     inits = {t.name: t for t in onnx.load(path).graph.initializer}
-    assert list(inits[node.input[5]].dims) == ([1] if per_tensor else [N])
+    assert list(inits[node.input[_native.OP_INPUTS["scales_scale"]]].dims) == ([1] if per_tensor else [N])
     x = RNG.standard_normal((3, K)).astype(np.float32)
     np.testing.assert_allclose(run(path, {"x": x}), reference(path, x), rtol=1e-4, atol=1e-4)
     nb = -(-K // 32)

@@ -12,6 +12,7 @@ from int4onnx.errors import ConfigError, NothingToQuantizeError, UnsupportedMode
 from int4onnx.pipeline import quantize_model
 
 RNG = np.random.default_rng(0)
+IN = _native.OP_INPUTS  # MatMulInt4 input slots by name
 
 
 def w(K, N):
@@ -36,9 +37,9 @@ def test_chain_is_rewritten_and_dead_weights_removed():
     node = list(model.graph)[0]
     attrs = {k: a.value for k, a in node.attributes.items()}
     assert attrs == {"K": 64, "N": 48, "bits": 4, "block_size": 32, "quant_type": "int", "compute": "fp32"}
-    assert node.inputs[1].const_value.shape == (48, 2, 16)
-    assert node.inputs[2].const_value.shape == (48, 2)
-    assert node.inputs[3].const_value.shape == (48, 1)
+    assert node.inputs[IN["B"]].const_value.shape == (48, 2, 16)
+    assert node.inputs[IN["scales"]].const_value.shape == (48, 2)
+    assert node.inputs[IN["zero_points"]].const_value.shape == (48, 1)
 
 
 def test_graph_output_name_is_kept():
@@ -57,7 +58,7 @@ def test_shared_weight_is_quantized_once():
     model, plan = run(proto)
     assert len(plan.specs) == 1 and plan.rewritten == 2
     n1, n2 = list(model.graph)
-    assert n1.inputs[1] is n2.inputs[1] and n1.inputs[2] is n2.inputs[2]
+    assert n1.inputs[IN["B"]] is n2.inputs[IN["B"]] and n1.inputs[IN["scales"]] is n2.inputs[IN["scales"]]
 
 
 def test_weight_shared_with_another_op_keeps_the_float_copy():
@@ -97,7 +98,7 @@ def test_gemm(trans_b, bias):
         assert kinds == [_native.OP_NAME]
         if bias == "const":
             op = list(model.graph)[0]
-            np.testing.assert_allclose(op.inputs[4].const_value.numpy(), 2.0 * numpy_helper.to_array(inits[1]),
+            np.testing.assert_allclose(op.inputs[IN["bias"]].const_value.numpy(), 2.0 * numpy_helper.to_array(inits[1]),
                                        rtol=1e-6)
 
 
@@ -147,7 +148,7 @@ def test_constant_node_weight():
 def test_fp16_model_gets_fp16_scales():
     model, plan = run(matmul_model({"w0": w(64, 16)}, dtype=np.float16))
     node = list(model.graph)[0]
-    assert node.inputs[2].const_value.dtype == ir.DataType.FLOAT16
+    assert node.inputs[IN["scales"]].const_value.dtype == ir.DataType.FLOAT16
 
 
 def test_nothing_to_quantize_says_what_was_found():
