@@ -167,24 +167,37 @@ def nf4_codebook() -> np.ndarray:
 
 
 class _Weights:
-    """Keeps the numpy buffers alive while C holds pointers into them."""
+    """Keeps the numpy buffers alive while C holds pointers into them. int8 scales (double quantization)
+    need scales_scale, float32 [N] or [1] (the op's inputs scales and scales_scale); other scales are
+    used as float32."""
 
-    def __init__(self, packed, scales, zero_points, K, N, bits, block_size, quant_type):
+    def __init__(self, packed, scales, zero_points, K, N, bits, block_size, quant_type, scales_scale=None):
         self.packed = np.ascontiguousarray(packed, dtype=np.uint8)
-        self.scales = np.ascontiguousarray(scales, dtype=np.float32)
         self.zp = None if zero_points is None else np.ascontiguousarray(zero_points, dtype=np.uint8)
-        self.c = ffi.new("i4o_weights *")
+        self.c = ffi.new("i4o_weights *")  # zero-filled: no int8 scales unless set below
         self.c.K, self.c.N, self.c.block_size, self.c.bits = K, N, block_size, bits
         self.c.quant_type = QUANT_TYPES[quant_type]
         self.c.data = _ptr(self.packed, "uint8_t *")
-        self.c.scales = _ptr(self.scales, "float *")
+        if np.asarray(scales).dtype == np.int8:
+            if scales_scale is None:
+                raise ValueError("int8 scales need scales_scale (float32 [N] or [1])")
+            self.scales = np.ascontiguousarray(scales, dtype=np.int8)
+            self.ss = np.ascontiguousarray(scales_scale, dtype=np.float32).reshape(-1)
+            self.c.scales_int8 = _ptr(self.scales, "int8_t *")
+            self.c.scales_scale = _ptr(self.ss, "float *")
+            self.c.n_scales_scale = self.ss.size
+        else:
+            if scales_scale is not None:
+                raise ValueError("scales_scale given but the scales are not int8")
+            self.scales = np.ascontiguousarray(scales, dtype=np.float32)
+            self.c.scales = _ptr(self.scales, "float *")
         self.c.zero_points = ffi.NULL if self.zp is None else _ptr(self.zp, "uint8_t *")
 
 
 def dequantize(packed, scales, zero_points, K: int, N: int, bits: int, block_size: int,
-               quant_type: str = "int") -> np.ndarray:
-    """Portable-layout weight -> float32 [K, N] (zero_points packed, or None)."""
-    w = _Weights(packed, scales, zero_points, K, N, bits, block_size, quant_type)
+               quant_type: str = "int", scales_scale: np.ndarray | None = None) -> np.ndarray:
+    """Portable-layout weight -> float32 [K, N] (zero_points packed, or None; int8 scales with scales_scale)."""
+    w = _Weights(packed, scales, zero_points, K, N, bits, block_size, quant_type, scales_scale)
     out = np.empty((K, N), dtype=np.float32)
     _check(lib.i4o_dequantize(w.c, _ptr(out, "float *")), "dequantize")
     return out
@@ -192,16 +205,17 @@ def dequantize(packed, scales, zero_points, K: int, N: int, bits: int, block_siz
 
 def matmul(A: np.ndarray, packed, scales, zero_points, K: int, N: int, bits: int, block_size: int,
            quant_type: str = "int", bias: np.ndarray | None = None, kernel: str | None = None,
-           compute: str = "fp32", threads: int | None = None) -> np.ndarray:
+           compute: str = "fp32", threads: int | None = None, scales_scale: np.ndarray | None = None) -> np.ndarray:
     """A [M, K] @ W (+ bias) with a named kernel (None = automatic), single-threaded, tasks in order.
 
     threads: run the threaded driver with a test schedule instead (i4o_matmul_threads): 1 = the tasks
-    in reverse order on this thread, 2..64 = on that many threads; the result must not change."""
+    in reverse order on this thread, 2..64 = on that many threads; the result must not change.
+    scales_scale: the super-scale of int8 scales (double quantization), float32 [N] or [1]."""
     A = np.ascontiguousarray(A, dtype=np.float32)
     M = A.shape[0]
     if A.shape != (M, K):
         raise ValueError(f"A shape {A.shape} is not [M, {K}]")
-    w = _Weights(packed, scales, zero_points, K, N, bits, block_size, quant_type)
+    w = _Weights(packed, scales, zero_points, K, N, bits, block_size, quant_type, scales_scale)
     out = np.empty((M, N), dtype=np.float32)
     b = ffi.NULL
     if bias is not None:

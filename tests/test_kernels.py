@@ -66,9 +66,13 @@ def test_kernel_grid(kernel, fmt):
         K, N, block, _ = key
         q = _case_weights(group[0], seed=K * 7 + N + block + n_weight)
         packed, zp = q.packed(), q.packed_zero_points()
-        args = (packed, q.scales, zp, K, N, q.bits, block, q.quant_type)
+        # int8 scales go to the kernel as they are stored (int8 codes and super-scales): the library expands them
+        s8 = group[0]["int8_scales"]
+        assert not s8 or (q.stored_scales().dtype == np.int8 and q.scales_scale.shape == (N,))
+        args = (packed, q.stored_scales() if s8 else q.scales, zp, K, N, q.bits, block, q.quant_type)
+        kw = {"scales_scale": q.scales_scale} if s8 else {}
         w_ref = dequant_reference(q.codes, q.scales, q.zero_points, K, block, q.bits, q.quant_type)
-        np.testing.assert_allclose(_native.dequantize(*args), w_ref, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(_native.dequantize(*args, **kw), w_ref, rtol=1e-6, atol=1e-7)
         rng = np.random.default_rng(K * N)
         bias = rng.standard_normal(N).astype(np.float32)
         for c in group:
@@ -78,9 +82,9 @@ def test_kernel_grid(kernel, fmt):
             b = bias if M % 2 else None
             ref = A.astype(np.float64) @ w_ref + (0 if b is None else b)
             bound = np.abs(A).astype(np.float64) @ np.abs(w_ref) + 1.0
-            y = _native.matmul(A, *args, bias=b, kernel=kernel, compute=compute)
+            y = _native.matmul(A, *args, bias=b, kernel=kernel, compute=compute, **kw)
             for threads in (1, TEST_THREADS):  # 1: one thread, tasks in reverse order
-                yt = _native.matmul(A, *args, bias=b, kernel=kernel, compute=compute, threads=threads)
+                yt = _native.matmul(A, *args, bias=b, kernel=kernel, compute=compute, threads=threads, **kw)
                 np.testing.assert_array_equal(yt, y, err_msg=f"{where}: threaded driver ({threads} threads)")
             err = np.abs(y - ref) / bound
             if compute == "fp32":

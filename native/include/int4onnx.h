@@ -120,15 +120,25 @@ const float *i4o_nf4_codebook(void);
 
 /* ---- compute --------------------------------------------------------- */
 
-/* A quantized weight in the portable layout, scales already in float32. */
+/* A quantized weight in the portable layout. Its scales are float32 (`scales`), or int8 codes times a
+ * float32 super-scale (double quantization, as the op's inputs scales and scales_scale): `scales_int8`
+ * with `scales_scale`, one per column (n_scales_scale = N) or one for the tensor (n_scales_scale = 1);
+ * exactly one of `scales` and `scales_int8` is set. The value of a scale is then
+ * (float)scales_int8[n, b] * scales_scale[n or 0] in float32. */
 typedef struct i4o_weights {
   int64_t K, N, block_size;
   int bits;                     /* 4 or 8 */
   int quant_type;               /* I4O_QUANT_INT or I4O_QUANT_NF4 */
   const uint8_t *data;          /* [N, n_blocks, blob_bytes] */
-  const float *scales;          /* [N, n_blocks] */
+  const float *scales;          /* [N, n_blocks], or NULL with scales_int8 */
   const uint8_t *zero_points;   /* packed [N, zero_point_row_bytes], or NULL (symmetric) */
+  const int8_t *scales_int8;    /* [N, n_blocks], or NULL with scales */
+  const float *scales_scale;    /* [n_scales_scale], with scales_int8 */
+  int64_t n_scales_scale;       /* N or 1, with scales_int8 */
 } i4o_weights;
+
+/* Writes the float32 scales [N, n_blocks] of w (a copy, or the int8 scales expanded). */
+int i4o_weight_scales(const i4o_weights *w, float *out);
 
 /* Writes W dequantized to float32 [K, N]. */
 int i4o_dequantize(const i4o_weights *w, float *out);
@@ -160,7 +170,8 @@ typedef struct i4o_tile {
 int i4o_kernel_tile(const char *kernel, i4o_tile *out);
 
 /* One case of a kernel test: Y[M, N] = A[M, K] @ W (+ bias) for a weight in this format.
- * int8_scales: the scales are int8 codes times a float32 super-scale per column (--double-quant). */
+ * int8_scales: the scales are int8 codes times a float32 super-scale per column (--double-quant), given
+ * to the kernel as i4o_weights.scales_int8 and scales_scale. */
 typedef struct i4o_test_case {
   int64_t M, K, N, block_size;
   int bits, quant_type, symmetric, int8_scales;

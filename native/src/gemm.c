@@ -166,13 +166,33 @@ void i4o_prepared_free(i4o_prepared *p) {
   free(p);
 }
 
+/* The fields of an i4o_weights that every entry point checks: layout, pointers, code type, scales. */
+static int check_weights(const i4o_weights *w) {
+  if (!w || !w->data || i4o_check_layout(w->K, w->N, w->bits, w->block_size)) return I4O_E_ARG;
+  if (!w->scales == !w->scales_int8) return I4O_E_ARG; /* exactly one kind of scales */
+  if (w->scales_int8 && (!w->scales_scale || (w->n_scales_scale != w->N && w->n_scales_scale != 1))) return I4O_E_ARG;
+  if (w->quant_type != I4O_QUANT_INT && w->quant_type != I4O_QUANT_NF4) return I4O_E_ARG;
+  if (w->quant_type == I4O_QUANT_NF4 && (w->bits != 4 || w->zero_points)) return I4O_E_ARG;
+  return I4O_OK;
+}
+
+int i4o_weight_scales(const i4o_weights *w, float *out) {
+  if (!out || check_weights(w)) return I4O_E_ARG;
+  const int64_t nb = i4o_n_blocks(w->K, w->block_size);
+  const size_t n = (size_t)(w->N * nb);
+  if (w->scales) {
+    memcpy(out, w->scales, n * sizeof(float));
+    return I4O_OK;
+  }
+  const size_t step = w->n_scales_scale == w->N ? 1 : 0; /* per column, or one for the tensor */
+  for (size_t i = 0; i < n; i++) out[i] = (float)w->scales_int8[i] * w->scales_scale[step * (i / (size_t)nb)];
+  return I4O_OK;
+}
+
 int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared **out) {
   if (!out) return I4O_E_ARG;
   *out = NULL;
-  if (!src || !kernel || !src->data || !src->scales) return I4O_E_ARG;
-  if (i4o_check_layout(src->K, src->N, src->bits, src->block_size)) return I4O_E_ARG;
-  if (src->quant_type != I4O_QUANT_INT && src->quant_type != I4O_QUANT_NF4) return I4O_E_ARG;
-  if (src->quant_type == I4O_QUANT_NF4 && (src->bits != 4 || src->zero_points)) return I4O_E_ARG;
+  if (!kernel || check_weights(src)) return I4O_E_ARG;
   i4o_prepared *p = (i4o_prepared *)calloc(1, sizeof(*p));
   if (!p) return I4O_E_NOMEM;
   i4o_wdesc *w = &p->w;
@@ -187,7 +207,7 @@ int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared *
   const size_t n_scales = (size_t)(w->N * w->n_blocks);
   p->scales = (float *)malloc(n_scales * sizeof(float));
   if (!p->scales) goto nomem;
-  memcpy(p->scales, src->scales, n_scales * sizeof(float));
+  i4o_weight_scales(src, p->scales);
   w->scales = p->scales;
   if (src->zero_points) {
     p->zp = (uint8_t *)malloc(n_scales);
@@ -390,13 +410,6 @@ static void set_err(char *err, size_t len, const char *msg) {
   if (err && len) snprintf(err, len, "%s", msg);
 }
 
-/* The fields of an i4o_weights that every entry point checks: layout, pointers, code type. */
-static int check_weights(const i4o_weights *w) {
-  if (!w || !w->data || !w->scales || i4o_check_layout(w->K, w->N, w->bits, w->block_size)) return I4O_E_ARG;
-  if (w->quant_type != I4O_QUANT_INT && w->quant_type != I4O_QUANT_NF4) return I4O_E_ARG;
-  if (w->quant_type == I4O_QUANT_NF4 && (w->bits != 4 || w->zero_points)) return I4O_E_ARG;
-  return I4O_OK;
-}
 
 int i4o_dequantize(const i4o_weights *w, float *out) {
   if (!out || check_weights(w)) return I4O_E_ARG;
@@ -405,11 +418,18 @@ int i4o_dequantize(const i4o_weights *w, float *out) {
   memset(&d, 0, sizeof(d));
   d.K = w->K; d.N = w->N; d.bits = w->bits; d.block_size = w->block_size; d.n_blocks = nb;
   d.blob_bytes = i4o_blob_bytes(w->bits, w->block_size);
-  d.quant_type = w->quant_type; d.data = w->data; d.scales = w->scales;
+  d.quant_type = w->quant_type; d.data = w->data;
+  float *scales = (float *)malloc((size_t)(w->N * nb) * sizeof(float));
+  if (!scales) return I4O_E_NOMEM;
+  i4o_weight_scales(w, scales);
+  d.scales = scales;
   uint8_t *zp = NULL;
   if (w->zero_points) {
     zp = (uint8_t *)malloc((size_t)(w->N * nb));
-    if (!zp) return I4O_E_NOMEM;
+    if (!zp) {
+      free(scales);
+      return I4O_E_NOMEM;
+    }
     i4o_unpack_zero_points(w->zero_points, w->N, nb, w->bits, zp);
     d.zp = zp;
   }
@@ -417,11 +437,12 @@ int i4o_dequantize(const i4o_weights *w, float *out) {
   for (int64_t n = 0; n < w->N; n++)
     for (int64_t k = 0; k < w->K; k++) {
       const int64_t b = k / w->block_size;
-      const float s = w->scales[n * nb + b];
+      const float s = scales[n * nb + b];
       const int c = i4o_code(&d, n, k);
       out[k * w->N + n] = w->quant_type == I4O_QUANT_NF4 ? cb[c] * s : (float)(c - i4o_zero_point(&d, n, b)) * s;
     }
   free(zp);
+  free(scales);
   return I4O_OK;
 }
 

@@ -189,17 +189,21 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
     zp = (const uint8_t *)p;
   }
 
-  const size_t n_scales = (size_t)(k->N * nb);
-  float *fs = (float *)malloc(n_scales * sizeof(float));
-  if (!fs) return fail(ORT_FAIL, k->name, "out of memory for %zu scales", n_scales);
-  for (size_t i = 0; i < n_scales; i++) {
-    switch (stype) {
-      case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: fs[i] = ((const float *)scales_raw)[i]; break;
-      case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: fs[i] = i4o_half_to_float(((const uint16_t *)scales_raw)[i]); break;
-      default: fs[i] = (float)((const int8_t *)scales_raw)[i] * sscale[sscale_step * (i / (size_t)nb)]; break;
-    }
+  i4o_weights w = {k->K, k->N, k->block_size, (int)k->bits, k->quant_type, data, NULL, zp, NULL, NULL, 0};
+  float *fs = NULL; /* float16 scales widened to float32 */
+  if (stype == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) { /* i4o_prepare expands them */
+    w.scales_int8 = (const int8_t *)scales_raw;
+    w.scales_scale = sscale;
+    w.n_scales_scale = sscale_step ? k->N : 1;
+  } else if (stype == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) {
+    const size_t n_scales = (size_t)(k->N * nb);
+    fs = (float *)malloc(n_scales * sizeof(float));
+    if (!fs) return fail(ORT_FAIL, k->name, "out of memory for %zu scales", n_scales);
+    for (size_t i = 0; i < n_scales; i++) fs[i] = i4o_half_to_float(((const uint16_t *)scales_raw)[i]);
+    w.scales = fs;
+  } else {
+    w.scales = (const float *)scales_raw;
   }
-  i4o_weights w = {k->K, k->N, k->block_size, (int)k->bits, k->quant_type, data, fs, zp};
   i4o_wdesc d;
   memset(&d, 0, sizeof(d));
   d.K = k->K; d.N = k->N; d.bits = (int)k->bits; d.block_size = k->block_size; d.quant_type = k->quant_type;

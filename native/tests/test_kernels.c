@@ -69,6 +69,8 @@ typedef struct weights {
   i4o_weights w;
   uint8_t *packed, *zp_packed;
   float *scales;
+  int8_t *scales_int8; /* int8_scales: the int8 codes and their per-column super-scales */
+  float *scales_scale;
   double *deq; /* [K][N] */
   double *absdeq;
 } weights;
@@ -87,10 +89,14 @@ static void make_weights(weights *t, const i4o_test_case *c) {
     if (zp) zp[i] = (uint8_t)(rnd() % (uint32_t)levels);
   }
   if (N * nb > 1) t->scales[rnd() % (uint32_t)(N * nb)] *= 16.0f; /* an outlier block */
-  if (c->int8_scales) { /* int8 codes times a per-column super-scale, as the operator expands them */
+  t->scales_int8 = NULL;
+  t->scales_scale = NULL;
+  if (c->int8_scales) { /* int8 codes times a per-column super-scale: the library expands them */
+    t->scales_int8 = (int8_t *)xmalloc((size_t)(N * nb));
+    t->scales_scale = (float *)xmalloc((size_t)N * sizeof(float));
     for (int64_t n = 0; n < N; n++) {
-      const float ss = 0.001f + (float)(rnd() % 1000) * 1e-5f;
-      for (int64_t b = 0; b < nb; b++) t->scales[n * nb + b] = (float)((int)(rnd() % 255) - 127) * ss;
+      t->scales_scale[n] = 0.001f + (float)(rnd() % 1000) * 1e-5f;
+      for (int64_t b = 0; b < nb; b++) t->scales_int8[n * nb + b] = (int8_t)((int)(rnd() % 255) - 127);
     }
   }
   t->packed = (uint8_t *)xmalloc((size_t)i4o_weight_bytes(K, N, c->bits, block));
@@ -103,7 +109,13 @@ static void make_weights(weights *t, const i4o_test_case *c) {
     t->zp_packed = (uint8_t *)xmalloc((size_t)(N * i4o_zero_point_row_bytes(nb, c->bits)));
     i4o_pack_zero_points(zp, N, nb, c->bits, t->zp_packed);
   }
-  i4o_weights w = {K, N, block, c->bits, c->quant_type, t->packed, t->scales, t->zp_packed};
+  i4o_weights w = {K, N, block, c->bits, c->quant_type, t->packed, t->scales, t->zp_packed, NULL, NULL, 0};
+  if (c->int8_scales) {
+    w.scales = NULL;
+    w.scales_int8 = t->scales_int8;
+    w.scales_scale = t->scales_scale;
+    w.n_scales_scale = N;
+  }
   t->w = w;
   float *deq = (float *)xmalloc((size_t)(K * N) * sizeof(float));
   if (i4o_dequantize(&t->w, deq)) {
@@ -125,6 +137,8 @@ static void free_weights(weights *t) {
   free(t->packed);
   free(t->zp_packed);
   free(t->scales);
+  free(t->scales_int8);
+  free(t->scales_scale);
   free(t->deq);
   free(t->absdeq);
   memset(t, 0, sizeof(*t));
