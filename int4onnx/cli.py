@@ -152,21 +152,18 @@ def config_options(command):
     hints = typing.get_type_hints(QuantConfig)
     for f in reversed(dataclasses.fields(QuantConfig)):
         meta = f.metadata
-        flag = f"--{f.name.replace('_', '-')}"
-        decl = meta.get("cli") or flag
+        decl = meta.get("cli") or f"--{f.name.replace('_', '-')}"
         hint = hints[f.name]
         if type(None) in typing.get_args(hint):  # X | None
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         default = meta.get("cli_default", f.default)
         kw = {"default": default, "help": meta["help"], "metavar": meta.get("metavar"),
               "show_default": not (default is None or default is False or default == ())}
-        if hint is bool and "/" not in decl:  # --x/--no-x when on by default, else a plain flag
-            if default:
+        if hint is bool:  # a given pair (--symmetric/--asymmetric), --x/--no-x when on by default, or a flag
+            if "/" not in decl and default:
                 decl = f"{decl}/--no-{decl[2:]}"
-            else:
+            elif "/" not in decl:
                 kw["is_flag"] = True
-        elif hint is bool:
-            pass
         elif meta.get("choices"):
             kw["type"] = click.Choice(meta["choices"])
         elif meta.get("path"):
