@@ -7,6 +7,7 @@ the model has nothing to quantize); `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -15,11 +16,12 @@ import signal
 import sys
 import tempfile
 import threading
+import typing
 from collections import Counter
 
 import click
 
-from int4onnx.config import COMPUTE, FORMATS, LAYER_CHOICES, METHODS, QuantConfig
+from int4onnx.config import QuantConfig
 from int4onnx.errors import Int4OnnxError, Interrupted
 
 
@@ -143,6 +145,37 @@ def _verbose_option(command):
                         help="More logging (-v info and ONNX Runtime's warnings, -vv debug).")(command)
 
 
+def config_options(command):
+    """Every QuantConfig field as a click option of `command`, in field order, with the name, help,
+    choices, metavar and default its metadata gives (config.option); the option's value arrives under
+    the field's name."""
+    hints = typing.get_type_hints(QuantConfig)
+    for f in reversed(dataclasses.fields(QuantConfig)):
+        meta = f.metadata
+        decl = meta.get("cli") or f"--{f.name.replace('_', '-')}"
+        hint = hints[f.name]
+        if type(None) in typing.get_args(hint):  # X | None
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        default = meta.get("cli_default", f.default)
+        kw = {"default": default, "help": meta["help"], "metavar": meta.get("metavar"),
+              "show_default": not (default is None or default is False or default == ())}
+        if hint is bool:  # a given pair (--symmetric/--asymmetric), --x/--no-x when on by default, or a flag
+            if "/" not in decl and default:
+                decl = f"{decl}/--no-{decl[2:]}"
+            elif "/" not in decl:
+                kw["is_flag"] = True
+        elif meta.get("choices"):
+            kw["type"] = click.Choice(meta["choices"])
+        elif meta.get("path"):
+            kw["type"] = click.Path(path_type=pathlib.Path)
+        elif typing.get_origin(hint) is tuple:
+            kw["multiple"] = True
+        else:
+            kw["type"] = hint
+        command = click.option(decl, f.name, **kw)(command)
+    return command
+
+
 def _progress_printer(quiet: bool):
     """A progress callback drawing one bar per phase (calibrating, measuring sensitivity, quantizing)."""
     state = {"bar": None, "label": None}
@@ -175,64 +208,14 @@ def _progress_printer(quiet: bool):
 @click.option("-o", "--output", type=click.Path(path_type=pathlib.Path),
               help="Output model (default: MODEL with .int4.onnx); for a model folder, a new or empty folder "
                    "(default: MODEL-int4).")
-@click.option("--bits", type=int, default=4, show_default=True, help="Weight bits: 4 or 8.")
-@click.option("--group-size", type=int, default=32, show_default=True,
-              help="Weights per scale along K: 16, 32, 64, 128, 256; -1 = per-channel.")
-@click.option("--symmetric/--asymmetric", default=None,
-              help="Symmetric codes (no zero points) or asymmetric (uint codes with zero points). "
-                   "Default: asymmetric, symmetric for --dtype nf4.")
-@click.option("--method", type=click.Choice(METHODS), default="rtn", show_default=True,
-              help="rtn: round to nearest; clip: RTN with a per-group clipping search; awq: activation-aware "
-                   "scaling; gptq: error-compensating (awq and gptq need calibration data).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="int4onnx", show_default=True,
-              help="int4onnx: our MatMulInt4 op; matmulnbits: ONNX Runtime's MatMulNBits; qdq: opset-21 DequantizeLinear+MatMul.")
-@click.option("--compute", type=click.Choice(COMPUTE), default=None,
-              help="Kernel arithmetic: fp32 activations, or int8-quantized activations (faster, slightly less accurate). "
-                   "Default: fp32; int8 (accuracy_level 4) for --format matmulnbits.")
-@click.option("--dtype", "quant_type", type=click.Choice(["int", "nf4"]), default="int", show_default=True,
-              help="Code type: uniform integers, or the NF4 codebook (symmetric 4-bit).")
-@click.option("--double-quant", is_flag=True,
-              help="Store scales as int8 with a float32 super-scale per output column (int4onnx format).")
-@click.option("--exclude", multiple=True, metavar="NAME|REGEX",
-              help="Leave these MatMul/Gemm nodes float (repeatable; full-match regex).")
-@click.option("--calibration", type=click.Path(path_type=pathlib.Path), metavar="PATH",
-              help="Calibration data: an .npz (arrays keyed by input name) or a directory of .npz files.")
-@click.option("--calibration-text", type=click.Path(path_type=pathlib.Path), metavar="FILE",
-              help="Calibration text for a causal LM (tokenized with --tokenizer, default: the one beside MODEL or in its folder).")
-@click.option("--tokenizer", type=click.Path(path_type=pathlib.Path), metavar="FILE",
-              help="tokenizer.json or sentencepiece .model for --calibration-text (default: the one beside MODEL or in its folder).")
-@click.option("--calibration-samples", type=int, default=32, show_default=True,
-              help="Number of calibration samples (text windows, or .npz files of a directory).")
-@click.option("--sequence-length", type=int, default=None,
-              help="Tokens per text sample (default: 512, or the model's context length when shorter).")
-@click.option("--calibration-skip-chars", type=int, default=0, show_default=True,
-              help="Start reading the calibration text after this many characters (keep evaluation text out).")
-@click.option("--clip-search/--no-clip-search", default=True, show_default=True,
-              help="awq and gptq also search each group's clipping range.")
-@click.option("--act-order", is_flag=True, help="gptq: quantize input channels by decreasing activation energy.")
-@click.option("--damp", type=float, default=0.01, show_default=True,
-              help="gptq: damping added to the Gram matrix diagonal (fraction of its mean).")
-@click.option("--target-bits", type=float, metavar="B",
-              help="Mixed precision: promote the most sensitive layers to 8-bit or float while the average bits "
-                   "per weight stay within B.")
-@click.option("--max-error", type=float, metavar="E",
-              help="Mixed precision: promote layers until the estimated relative output error is at most E.")
-@click.option("--sensitivity-samples", type=int, default=16, show_default=True,
-              help="Mixed precision: calibration samples used to measure each layer's sensitivity.")
-@click.option("--lm-head", type=click.Choice(LAYER_CHOICES), default="8", show_default=True,
-              help="Language models: bits of the final vocabulary projection (4 = like the other layers).")
-@click.option("--embedding", type=click.Choice(("float", "8", "4")), default="float", show_default=True,
-              help="Language models: quantize token-embedding Gather tables (ONNX Runtime's GatherBlockQuantized).")
+@config_options
 @click.option("--report", type=click.Path(dir_okay=False, path_type=pathlib.Path),
               help="Write a JSON report: per-layer shapes, bits, error before/after the method; skipped nodes and why.")
 @click.option("--ops-library", type=click.Path(dir_okay=False, path_type=pathlib.Path), metavar="FILE",
               help="GenAI folders: the custom-op library to copy in (default: this installation's, which loads only "
                    "inside Python; give `int4onnx build-native`'s for GenAI's C or Java API).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary.")
-def convert(model, output, bits, group_size, symmetric, method, fmt, compute, quant_type, double_quant, exclude,
-            calibration, calibration_text, tokenizer, calibration_samples, sequence_length, calibration_skip_chars,
-            clip_search, act_order, damp, target_bits, max_error, sensitivity_samples, lm_head, embedding, report,
-            ops_library, quiet):
+def convert(model, output, report, ops_library, quiet, **options):
     """Quantize the MatMul/Gemm weights of MODEL and write the converted model.
 
     MODEL is an .onnx file or a model folder written by ONNX Runtime GenAI's model builder or by
@@ -240,22 +223,15 @@ def convert(model, output, bits, group_size, symmetric, method, fmt, compute, qu
     folder (-o, default MODEL-int4) with the same files and the model converted, ready to run."""
     from int4onnx.pipeline import quantize_file
 
-    if symmetric is None:
-        symmetric = quant_type == "nf4"
-    if calibration_text and not tokenizer:  # the tokenizer beside the model, or in its folder
+    if options["symmetric"] is None:
+        options["symmetric"] = options["quant_type"] == "nf4"
+    if options["calibration_text"] and not options["tokenizer"]:  # the tokenizer beside the model, or in its folder
         from int4onnx.folder import model_path
         from int4onnx.generate import find_tokenizer
 
-        tokenizer = find_tokenizer(model_path(model) if model.is_dir() else model)
-    config = QuantConfig(bits=bits, group_size=group_size, symmetric=symmetric, method=method, format=fmt,
-                         compute=compute, exclude=exclude, quant_type=quant_type, double_quant=double_quant,
-                         clip_search=clip_search, act_order=act_order, damp=damp,
-                         calibration=str(calibration) if calibration else None,
-                         calibration_text=str(calibration_text) if calibration_text else None,
-                         tokenizer=str(tokenizer) if tokenizer else None, calibration_samples=calibration_samples,
-                         sequence_length=sequence_length, calibration_skip_chars=calibration_skip_chars,
-                         target_bits=target_bits, max_error=max_error, sensitivity_samples=sensitivity_samples,
-                         lm_head=lm_head, embedding=embedding)
+        options["tokenizer"] = find_tokenizer(model_path(model) if model.is_dir() else model)
+    config = QuantConfig(**options)
+    bits, method, fmt = config.bits, config.method, config.format
     from int4onnx import folder as folders
 
     is_folder = model.is_dir()

@@ -11,12 +11,13 @@ import typing
 
 import numpy as np
 
+from int4onnx import methods
 from int4onnx.errors import ConfigError
 
 GROUP_SIZES = (16, 32, 64, 128, 256)
-METHODS = ("rtn", "clip", "awq", "gptq", "awq-gptq")
-CALIBRATED_METHODS = ("awq", "gptq", "awq-gptq")
-AWQ_METHODS = ("awq", "awq-gptq")  # methods that scale input channels first (AwqPass)  # need calibration data (Gram matrices)
+METHODS = methods.NAMES
+CALIBRATED_METHODS = methods.CALIBRATED  # need calibration data (Gram matrices)
+AWQ_METHODS = methods.SCALES_INPUTS  # methods that scale input channels first (AwqPass)
 LAYER_CHOICES = ("4", "8", "float")
 FORMATS = ("int4onnx", "matmulnbits", "qdq")
 COMPUTE = ("fp32", "int8")
@@ -34,9 +35,19 @@ def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _choices(values, default):
-    """A str field restricted to `values` (checked by QuantConfig._check_types, listed for the CLI)."""
-    return dataclasses.field(default=default, metadata={"choices": tuple(values)})
+def option(default, help: str, *, choices=None, cli: str | None = None, metavar: str | None = None,
+           path: bool = False, cli_default=dataclasses.MISSING):
+    """A QuantConfig field with what the CLI needs to offer it (cli.config_options builds the click
+    options from these): its help, its `choices` (also checked by QuantConfig._check_types), its
+    spelling when not --field-name (an option name, or a flag pair such as "--symmetric/--asymmetric"),
+    a metavar, whether it is a file path, and a CLI default when it differs from the field's (None: the
+    command works it out)."""
+    metadata = {"help": help, "cli": cli, "metavar": metavar, "path": path}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if cli_default is not dataclasses.MISSING:
+        metadata["cli_default"] = cli_default
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _coerce(name: str, value, hint):
@@ -128,29 +139,49 @@ class QuantConfig:
         Runtime's com.microsoft.GatherBlockQuantized).
     """
 
-    bits: int = 4
-    group_size: int = 32
-    symmetric: bool = False
-    method: str = _choices(METHODS, "rtn")
-    format: str = _choices(FORMATS, "int4onnx")
-    compute: str | None = _choices(COMPUTE, None)  # None: default_compute(format)
-    exclude: tuple[str, ...] = ()
-    quant_type: str = _choices(QUANT_TYPES, "int")
-    double_quant: bool = False
-    clip_search: bool = True
-    act_order: bool = False
-    damp: float = 0.01
-    calibration: str | None = None
-    calibration_text: str | None = None
-    tokenizer: str | None = None
-    calibration_samples: int = 32
-    sequence_length: int | None = None  # None: 512, or the model's context length when shorter
-    calibration_skip_chars: int = 0
-    target_bits: float | None = None
-    max_error: float | None = None
-    sensitivity_samples: int = 16
-    lm_head: str = _choices(LAYER_CHOICES, "8")
-    embedding: str = _choices(LAYER_CHOICES, "float")
+    bits: int = option(4, "Weight bits: 4 or 8.")
+    group_size: int = option(32, "Weights per scale along K: 16, 32, 64, 128, 256; -1 = per-channel.")
+    symmetric: bool = option(False, "Symmetric codes (no zero points) or asymmetric (uint codes with zero points). "
+                                    "Default: asymmetric, symmetric for --dtype nf4.",
+                             cli="--symmetric/--asymmetric", cli_default=None)
+    method: str = option("rtn", methods.cli_help(), choices=METHODS)
+    format: str = option("int4onnx", "int4onnx: our MatMulInt4 op; matmulnbits: ONNX Runtime's MatMulNBits; "
+                                     "qdq: opset-21 DequantizeLinear+MatMul.", choices=FORMATS)
+    compute: str | None = option(None, "Kernel arithmetic: fp32 activations, or int8-quantized activations (faster, "
+                                       "slightly less accurate). Default: fp32; int8 (accuracy_level 4) for --format "
+                                       "matmulnbits.", choices=COMPUTE)  # None: default_compute(format)
+    exclude: tuple[str, ...] = option((), "Leave these MatMul/Gemm nodes float (repeatable; full-match regex).",
+                                      metavar="NAME|REGEX")
+    quant_type: str = option("int", "Code type: uniform integers, or the NF4 codebook (symmetric 4-bit).",
+                             choices=QUANT_TYPES, cli="--dtype")
+    double_quant: bool = option(False, "Store scales as int8 with a float32 super-scale per output column (int4onnx "
+                                       "format).")
+    clip_search: bool = option(True, "awq and gptq also search each group's clipping range.")
+    act_order: bool = option(False, "gptq: quantize input channels by decreasing activation energy.")
+    damp: float = option(0.01, "gptq: damping added to the Gram matrix diagonal (fraction of its mean).")
+    calibration: str | None = option(None, "Calibration data: an .npz (arrays keyed by input name) or a directory of "
+                                           ".npz files.", metavar="PATH", path=True)
+    calibration_text: str | None = option(None, "Calibration text for a causal LM (tokenized with --tokenizer, "
+                                                "default: the one beside MODEL or in its folder).",
+                                          metavar="FILE", path=True)
+    tokenizer: str | None = option(None, "tokenizer.json or sentencepiece .model for --calibration-text (default: the "
+                                         "one beside MODEL or in its folder).", metavar="FILE", path=True)
+    calibration_samples: int = option(32, "Number of calibration samples (text windows, or .npz files of a "
+                                          "directory).")
+    sequence_length: int | None = option(None, "Tokens per text sample (default: 512, or the model's context length "
+                                               "when shorter).")  # None: 512, or the context length when shorter
+    calibration_skip_chars: int = option(0, "Start reading the calibration text after this many characters (keep "
+                                            "evaluation text out).")
+    target_bits: float | None = option(None, "Mixed precision: promote the most sensitive layers to 8-bit or float "
+                                             "while the average bits per weight stay within B.", metavar="B")
+    max_error: float | None = option(None, "Mixed precision: promote layers until the estimated relative output "
+                                           "error is at most E.", metavar="E")
+    sensitivity_samples: int = option(16, "Mixed precision: calibration samples used to measure each layer's "
+                                          "sensitivity.")
+    lm_head: str = option("8", "Language models: bits of the final vocabulary projection (4 = like the other "
+                               "layers).", choices=LAYER_CHOICES)
+    embedding: str = option("float", "Language models: quantize token-embedding Gather tables (ONNX Runtime's "
+                                     "GatherBlockQuantized).", choices=LAYER_CHOICES)
 
     def __post_init__(self):
         if self.compute is None:

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
+from int4onnx import methods
 from int4onnx.config import QuantConfig
 from int4onnx.errors import CalibrationError, UnsupportedModelError
 from int4onnx.passes.plan import LayerResult, LayerSpec, MatMulTarget, PlanPass, QuantPlan
@@ -76,8 +77,6 @@ rtn_method.column_independent = True
 clip_method.column_independent = True
 CHUNK_ELEMENTS = 1 << 22
 
-METHODS: dict[str, Method] = {"rtn": rtn_method, "clip": clip_method, "awq": awq_method, "gptq": gptq_method,
-                              "awq-gptq": gptq_method}  # AwqPass scaled the graph and statistics first
 
 
 def _run_method(method, w: np.ndarray, ctx, independent: bool | None = None) -> QuantizedWeight:
@@ -133,7 +132,7 @@ class WeightQuantizer:
         self.config = config
         self.plan = plan
         self.progress = progress
-        self.method = method or METHODS[config.method]
+        self.method = method or methods.BY_NAME[config.method].load()  # the one registry: int4onnx/methods.py
         self.by_key = plan.targets_by_key()
         # the MatMul input each weight multiplies (read now: the rewrite detaches the original nodes)
         self.input_name = {key: ts[0].node.inputs[0].name for key, ts in self.by_key.items()}
