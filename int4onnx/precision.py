@@ -212,6 +212,8 @@ def mixed_precision(model: ir.Model, plan: QuantPlan, config: QuantConfig, feeds
     total_weights = sum(by_key[k][0].K * by_key[k][0].N for k in by_key)
     fixed_bits = 0.0
     for k in fixed:
+        if k not in by_key:  # no longer a target (a tied table both of whose readers stay float, e.g. qdq)
+            continue
         t = by_key[k][0]
         spec = plan.specs.get(k)
         fixed_bits += 8.0 * spec.storage_bytes(t.K, t.N) if spec is not None else float_bits(t)

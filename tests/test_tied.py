@@ -201,3 +201,18 @@ def test_smollm2_tied_table_stored_once(tmp_path, shared_data):
     res = evaluate(src, out, perplexity_text=text, tokenizer=src.parent / "tokenizer.json", max_chars=4000, window=512)
     p = res["perplexity"]
     assert p["candidate"] < 1.3 * p["reference"], p
+
+
+def test_mixed_precision_with_a_tied_table_left_float(tmp_path):
+    """--format qdq keeps a tied table float in both readers (no quantized Gather to share with): mixed
+    precision then works on the other weights (it raised KeyError on the dropped table)."""
+    src, _ = tied_lm(tmp_path / "m.onnx")
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    for i in range(4):
+        np.savez(cal / f"{i}.npz", input_ids=RNG.integers(0, V, (1, 5)), x=RNG.standard_normal((8, 64)).astype(np.float32))
+    r = int4onnx.quantize(src, tmp_path / "q.onnx", format="qdq", method="gptq", calibration=str(cal),
+                          target_bits=7.5, sensitivity_samples=2)
+    assert [layer["weight"] for layer in r.layers] == ["W"] and r.layers[0]["bits"] in (4, 8)
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    assert "E" in [i.name for i in proto.graph.initializer]  # the table, float, read by both
