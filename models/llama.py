@@ -320,10 +320,11 @@ def export_stories260k(out=ROOT / "models" / "stories260K.onnx", checkpoint=STOR
 
 
 def export_synthetic(out, dim=1024, layers=4, heads=16, kv_heads=8, hidden=None, vocab=4096, seq_len=512,
-                     seed=0, optimum=False, kv_cache=False) -> pathlib.Path:
-    """optimum / kv_cache: build_model's I/O (without / with the KV cache); else build_onnx's."""
+                     seed=0, optimum=False, kv_cache=False, tied=False) -> pathlib.Path:
+    """optimum / kv_cache: build_model's I/O (without / with the KV cache); else build_onnx's. tied: the
+    classifier reads the token table (as SmolLM2's does)."""
     hidden = hidden or int(8 * dim / 3 + 255) // 256 * 256
-    cfg = LlamaConfig(dim, hidden, layers, heads, kv_heads, vocab, seq_len)
+    cfg = LlamaConfig(dim, hidden, layers, heads, kv_heads, vocab, seq_len, tied_embeddings=tied)
     w = synthetic_weights(cfg, seed)
     return save(build_model(cfg, w, kv_cache) if optimum or kv_cache else build_onnx(cfg, w), out)
 
@@ -345,12 +346,15 @@ def main(argv=None):
     y.add_argument("--seed", type=int, default=0)
     y.add_argument("--optimum", action="store_true", help="optimum's inputs (attention_mask, position_ids), no cache")
     y.add_argument("--kv-cache", action="store_true", help="optimum's inputs with past_key_values.* / present.*")
+    y.add_argument("--tied", action="store_true", help="the classifier reads the token table (tied embeddings)")
+    y.add_argument("--seq-len", type=int, default=512, help="context length (rotary table)")
     a = ap.parse_args(argv)
     if a.what == "stories260k":
         print(export_stories260k(a.output, a.checkpoint))
     else:
         print(export_synthetic(a.output, a.dim, a.layers, a.heads, a.kv_heads, a.hidden, a.vocab, seed=a.seed,
-                               optimum=a.optimum, kv_cache=a.kv_cache))
+                               optimum=a.optimum, kv_cache=a.kv_cache, tied=a.tied,
+                               seq_len=a.seq_len))
 
 
 if __name__ == "__main__":
