@@ -19,6 +19,9 @@ values, float16 scales as Q4_0 has; each round timed inside that process):
   ggml_q4_0      q4_0 weights in ggml-cpu's CPU_REPACK buffer (what llama.cpp runs on x86 without AMX)
   ggml_q4_0_amx  q4_0 weights in the AMX buffer (llama.cpp's choice where the CPU has AMX; only if present)
   ggml_f32       the same weights dequantized, plain CPU buffer (only when named in --variants)
+  ggml_q4_0_passive  ggml_q4_0 with OMP_WAIT_POLICY=passive: its threads sleep at once instead of spinning
+                 (only when named; for machines whose cores are shared, where spinning threads wait for
+                 preempted ones)
 Every round runs each variant once, in turn (int4onnx.bench.time_alternating); medians per variant.
 ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/bench.py); ggml
 keeps its OpenMP threads' default spinning, and the benchmark waits 5 ms (untimed) after each ggml round so
@@ -59,8 +62,10 @@ from int4onnx.runtime import make_session
 
 CASES = {"dram": (4096, 4096, 16), "cache": (1024, 1024, 4)}  # dram: at least 16 layers, more if the LLC asks
 VARIANTS = ("fp32", "nbits_acc0", "nbits_acc4", "i4o_fp32", "i4o_int8")
-# ggml's CPU backend through tools/ggml_chain.c (--ggml): weight type and buffer type
-GGML_VARIANTS = {"ggml_q4_0": ("q4_0", "repack"), "ggml_q4_0_amx": ("q4_0", "amx"), "ggml_f32": ("f32", "cpu")}
+# ggml's CPU backend through tools/ggml_chain.c (--ggml): weight type, buffer type, environment
+PASSIVE = {"OMP_WAIT_POLICY": "passive"}
+GGML_VARIANTS = {"ggml_q4_0": ("q4_0", "repack", {}), "ggml_q4_0_amx": ("q4_0", "amx", {}),
+                 "ggml_f32": ("f32", "cpu", {}), "ggml_q4_0_passive": ("q4_0", "repack", PASSIVE)}
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 BLOCK = 32
 OPSET = 17
@@ -190,7 +195,7 @@ def regime(nbytes: int, llc: int) -> str:
 # resident bytes per byte of stored weights while a variant's session lives (ONNX Runtime keeps the
 # initializers and a prepacked copy; tools/session_memory.py), plus the model being built
 MEM_FACTOR = {"fp32": 2.5, "nbits_acc0": 3.0, "nbits_acc4": 3.0, "i4o_fp32": 3.0, "i4o_int8": 3.0,
-              "ggml_q4_0": 1.2, "ggml_q4_0_amx": 1.2, "ggml_f32": 1.2}
+              **{v: 1.2 for v in GGML_VARIANTS}}
 
 
 def dram_layers(llc: int, variants, available: int, log=print) -> int:
@@ -285,8 +290,8 @@ class GgmlChain:
     one round inside the process and returns it as SelfTimed, so the pipe's round trip is not counted."""
 
     def __init__(self, exe: str, variant: str, K: int, N: int, L: int, threads: int, spin: bool = True):
-        wtype, buft = GGML_VARIANTS[variant]
-        env = dict(os.environ)
+        wtype, buft, extra_env = GGML_VARIANTS[variant]
+        env = {**os.environ, **extra_env}
         self.settle = 0.0
         if not spin:
             # ggml (OpenMP) keeps its threads spinning for a while after each graph, as llama.cpp runs it;
@@ -403,7 +408,7 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
 def _session(model: onnx.ModelProto, threads: int, spin: bool):
     """A session of `model`; models past protobuf's 2 GB limit go through a temporary file with external data."""
     config = SPIN if spin else NO_SPIN
-    if model.ByteSize() < 1_800_000_000:
+    if sum(t.ByteSize() for t in model.graph.initializer) < 1_800_000_000:
         return make_session(model.SerializeToString(), threads=threads, config=config)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "chain.onnx")
@@ -421,6 +426,7 @@ def _get(rows, v):
 RATIOS = {"int8/acc4": ("i4o_int8", "nbits_acc4"), "fp32/acc0": ("i4o_fp32", "nbits_acc0"),
           "int8/fp32MM": ("i4o_int8", "fp32"), "fp32/fp32MM": ("i4o_fp32", "fp32"),
           "int8/ggml": ("i4o_int8", "ggml_q4_0"), "int8/ggml_amx": ("i4o_int8", "ggml_q4_0_amx"),
+          "int8/ggml_passive": ("i4o_int8", "ggml_q4_0_passive"),
           "ggml_f32/fp32MM": ("ggml_f32", "fp32")}
 
 
