@@ -17,7 +17,7 @@ With --ggml PREFIX (a ggml build, tools/build_ggml.sh), ggml's CPU backend, i.e.
 tools/ggml_chain.c (one process per variant holding the weights; same sizes and distribution, own random
 values, float16 scales as Q4_0 has; each round timed inside that process):
   ggml_q4_0      q4_0 weights in ggml-cpu's CPU_REPACK buffer (what llama.cpp runs on x86 without AMX)
-  ggml_q4_0_amx  q4_0 weights in the AMX buffer (llama.cpp's choice where the CPU has AMX; only if present)
+  ggml_q4_0_amx  q4_0 weights in the AMX buffer (llama.cpp's choice where the CPU has AMX; left out elsewhere)
   ggml_f32       the same weights dequantized, plain CPU buffer (only when named in --variants)
   ggml_q4_0_passive  ggml_q4_0 with OMP_WAIT_POLICY=passive: its threads sleep at once instead of spinning
                  (only when named; for machines whose cores are shared, where spinning threads wait for
@@ -443,12 +443,12 @@ def ratios(rows_m: list[dict]) -> dict[str, float]:
 def format_block(rows_m: list[dict]) -> str:
     r0 = rows_m[0]
     head = f"{r0['case']} {r0['layers']}x{r0['K']}x{r0['N']}, M={r0['M']}, {r0['threads']} thread(s)"
-    lines = [head, f"  {'variant':<13} {'median ms':>10} {'us/layer':>9} {'weight GB/s':>11} {'GFLOP/s':>8} {'rel.err':>8}"
+    lines = [head, f"  {'variant':<17} {'median ms':>10} {'us/layer':>9} {'weight GB/s':>11} {'GFLOP/s':>8} {'rel.err':>8}"
                    f"  weights"]
     for r in rows_m:
         err = f"{r['rel_err_vs_fp32']:.1e}" if r["rel_err_vs_fp32"] is not None else ""
         where = f"{r['weight_bytes'] / 1e6:.0f} MB" + (f", {r['regime']}" if r.get("regime") else "")
-        lines.append(f"  {r['variant']:<13} {r['median_ms']:>10.3f} {r['us_per_layer']:>9.1f} {r['weight_GBps']:>11.1f} "
+        lines.append(f"  {r['variant']:<17} {r['median_ms']:>10.3f} {r['us_per_layer']:>9.1f} {r['weight_GBps']:>11.1f} "
                      f"{r['GFLOPs']:>8.1f} {err:>8}  {where}")
     rs = ratios(rows_m)
     if rs:
@@ -534,14 +534,13 @@ def main(argv=None) -> int:
             except (GgmlError, subprocess.CalledProcessError, json.JSONDecodeError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-        optional = ()
+        optional = ("ggml_q4_0_amx",)  # left out, with a message, where ggml has no AMX buffer or cannot use it
         if args.variants is None:
             variants = list(VARIANTS)
             if ggml_info:
                 variants.append("ggml_q4_0")
                 if "AMX" in ggml_info["bufts"]:
                     variants.append("ggml_q4_0_amx")
-                    optional = ("ggml_q4_0_amx",)
         else:
             variants = [v for v in args.variants.split(",") if v]
         bad = set(variants) - set(VARIANTS) - set(GGML_VARIANTS)
