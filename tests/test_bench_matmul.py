@@ -73,6 +73,14 @@ def test_ggml_variants_need_ggml(bm):
         bm.main(["--variants", "i4o_int8,ggml_q4_0", "--case", "cache", "--m", "1", "--no-stream"])
 
 
+def test_build_ggml_refuses_what_is_not_a_ggml_source(tmp_path):
+    script = os.path.join(TOOLS, "build_ggml.sh")
+    for src in (tmp_path / "missing", tmp_path):
+        r = subprocess.run(["bash", script, str(src), str(tmp_path / "build")], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "build").exists()
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_stream_read(bm, tmp_path):
     res = bm.stream_bandwidth(str(tmp_path), 64 << 20, 1, rounds=3)

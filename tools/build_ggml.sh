@@ -13,6 +13,10 @@ if [ $# -lt 2 ]; then
     echo "usage: $0 GGML_OR_LLAMA_CPP_SOURCE BUILD_DIR [extra cmake args]" >&2
     exit 2
 fi
+if [ ! -d "$1" ]; then
+    echo "$0: no folder $1" >&2
+    exit 2
+fi
 src=$(cd "$1" && pwd)
 [ -f "$src/ggml/CMakeLists.txt" ] && src="$src/ggml"         # a llama.cpp checkout
 if [ ! -f "$src/include/ggml-cpu.h" ]; then
