@@ -47,13 +47,22 @@ class Timing:
         return s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
 
 
+@dataclasses.dataclass(frozen=True)
+class SelfTimed:
+    """What a runner returns when it timed its own work (e.g. in another process, where the wall
+    time of the call would add the round trip): `seconds` replaces the call's wall-clock time."""
+
+    seconds: float
+
+
 def time_alternating(runners: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2,
                      min_seconds: float = 0.0) -> dict[str, Timing]:
     """Call every runner `warmup` times, then `repeats` rounds of one call each, in turn.
 
     With min_seconds > 0, rounds continue past `repeats` until every variant has run that long in
     total (short kernels get more samples). The order inside a round rotates so no variant always
-    runs right after the same neighbour.
+    runs right after the same neighbour. A runner that returns a `SelfTimed` is credited with its
+    seconds instead of the call's wall-clock time.
     """
     if not runners:
         raise ConfigError("nothing to time")
@@ -68,8 +77,9 @@ def time_alternating(runners: dict[str, Callable[[], object]], repeats: int = 20
         shift = rounds % len(names)
         for name in names[shift:] + names[:shift]:
             t = time.perf_counter()
-            runners[name]()
-            samples[name].append(time.perf_counter() - t)
+            result = runners[name]()
+            elapsed = time.perf_counter() - t
+            samples[name].append(result.seconds if isinstance(result, SelfTimed) else elapsed)
         rounds += 1
     return {n: Timing(n, samples[n]) for n in names}
 

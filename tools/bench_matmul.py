@@ -1,8 +1,10 @@
-"""MatMul benchmark: fp32 MatMul vs ONNX Runtime's MatMulNBits vs int4onnx's MatMulInt4, in one process.
+"""MatMul benchmark: fp32 MatMul vs ONNX Runtime's MatMulNBits vs int4onnx's MatMulInt4 (vs ggml), in one process.
 
 Each case is a chain of L MatMuls [K, N] (x -> x @ W1 -> ... -> x @ WL) built in code:
-  dram   16 x 4096 x 4096 (int4 weights 168 MB, fp32 1.07 GB: far larger than the caches)
+  dram   L x 4096 x 4096, L sized from this machine: int4 weights >= 4x the last-level cache (sysfs),
+         at least 16 layers (168 MB), capped by the memory available (--dram-layers overrides)
   cache  4 x 1024 x 1024 (int4 weights 2.6 MB, fp32 16.8 MB: resident in L2/L3)
+Every row says where its weights were read from: "DRAM" (>= 4x the LLC), "cache" (<= the LLC), "mixed".
 All variants compute with the very same quantized weights: random 4-bit codes, block 32, symmetric,
 float32 scales; the fp32 model holds those weights dequantized, MatMulNBits and MatMulInt4 the same
 packed bytes (the layouts are byte-identical). Variants:
@@ -11,23 +13,43 @@ packed bytes (the layouts are byte-identical). Variants:
   nbits_acc4  com.microsoft.MatMulNBits, accuracy_level 4 (int8 activations)
   i4o_fp32    com.int4onnx.MatMulInt4, compute "fp32"
   i4o_int8    com.int4onnx.MatMulInt4, compute "int8"
+With --ggml PREFIX (a ggml build, tools/build_ggml.sh), ggml's CPU backend, i.e. llama.cpp's kernels, through
+tools/ggml_chain.c (one process per variant holding the weights; same sizes and distribution, own random
+values, float16 scales as Q4_0 has; each round timed inside that process):
+  ggml_q4_0      q4_0 weights in ggml-cpu's CPU_REPACK buffer (what llama.cpp runs on x86 without AMX)
+  ggml_q4_0_amx  q4_0 weights in the AMX buffer (llama.cpp's choice where the CPU has AMX; left out elsewhere)
+  ggml_f32       the same weights dequantized, plain CPU buffer (only when named in --variants)
+  ggml_q4_0_passive  ggml_q4_0 with OMP_WAIT_POLICY=passive: its threads sleep at once instead of spinning
+                 (only when named; for machines whose cores are shared, where spinning threads wait for
+                 preempted ones)
 Every round runs each variant once, in turn (int4onnx.bench.time_alternating); medians per variant.
-ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/bench.py).
+ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/bench.py); ggml
+keeps its OpenMP threads' default spinning, and the benchmark waits 5 ms (untimed) after each ggml round so
+they are asleep before the next variant runs.
 Reported per variant: median ms per chain, effective weight GB/s (bytes of the weights as stored --
 codes + scales, or fp32 -- divided by the time), GFLOP/s (2*M*K*N*L / time); per M the speed-ups
-i4o_int8/nbits_acc4, i4o_fp32/nbits_acc0 and i4o_*/fp32 (peer median / our median).
+i4o_int8/nbits_acc4, i4o_fp32/nbits_acc0, i4o_*/fp32 and i4o_int8/ggml_* (peer median / our median);
+and, per thread count, the stream read bandwidth of a buffer >= 4x the LLC (tools/stream_read.c): the
+physical limit of the weight GB/s in the DRAM regime.
 
     python tools/bench_matmul.py                                 # 2 threads (or all cores), both cases
     python tools/bench_matmul.py --threads 1,2,4,8,16 --m 1,128 --case dram --json scaling.json
+    tools/build_ggml.sh ~/src/ggml /tmp/ggml-build               # prints /tmp/ggml-build/install
+    python tools/bench_matmul.py --ggml /tmp/ggml-build/install --m 1,16,128,512 --threads 1,2
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import math
 import os
 import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import onnx
@@ -35,11 +57,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 import int4onnx
 from int4onnx import _native
-from int4onnx.bench import NO_SPIN, SPIN, time_alternating
+from int4onnx.bench import NO_SPIN, SPIN, SelfTimed, time_alternating
 from int4onnx.runtime import make_session
 
-CASES = {"dram": (4096, 4096, 16), "cache": (1024, 1024, 4)}
+CASES = {"dram": (4096, 4096, 16), "cache": (1024, 1024, 4)}  # dram: at least 16 layers, more if the LLC asks
 VARIANTS = ("fp32", "nbits_acc0", "nbits_acc4", "i4o_fp32", "i4o_int8")
+# ggml's CPU backend through tools/ggml_chain.c (--ggml): weight type, buffer type, environment
+PASSIVE = {"OMP_WAIT_POLICY": "passive"}
+GGML_VARIANTS = {"ggml_q4_0": ("q4_0", "repack", {}), "ggml_q4_0_amx": ("q4_0", "amx", {}),
+                 "ggml_f32": ("f32", "cpu", {}), "ggml_q4_0_passive": ("q4_0", "repack", PASSIVE)}
+TOOLS = os.path.dirname(os.path.abspath(__file__))
 BLOCK = 32
 OPSET = 17
 
@@ -93,42 +120,300 @@ def chain_model(variant: str, weights, K: int, N: int) -> onnx.ModelProto:
 
 
 def weight_bytes(variant: str, K: int, N: int, layers: int) -> int:
-    if variant == "fp32":
+    """Bytes of the weights as stored: fp32, codes + float32 scales (ONNX), or q4_0 (codes + float16 scales)."""
+    if variant in ("fp32", "ggml_f32"):
         return K * N * 4 * layers
     nb = _native.n_blocks(K, BLOCK)
-    return (N * nb * _native.blob_bytes(4, BLOCK) + N * nb * 4) * layers
+    scale_bytes = 2 if variant.startswith("ggml") else 4
+    return (N * nb * _native.blob_bytes(4, BLOCK) + N * nb * scale_bytes) * layers
 
 
-def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log=print, spin: bool = False) -> list[dict]:
+# ---- the machine: last-level cache, memory, read bandwidth -------------------------------------------
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMGB") or 0) * mult
+
+
+def llc_bytes() -> tuple[int, str]:
+    """Total last-level cache of the machine (size of the highest-level cache of cpu0 times its instances,
+    from sysfs; os.sysconf's L3 or L2 size where sysfs has nothing) and a description."""
+    best = None
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(f"{d}/level") as f:
+                level = int(f.read())
+            with open(f"{d}/type") as f:
+                kind = f.read().strip()
+            with open(f"{d}/size") as f:
+                size = _parse_size(f.read())
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction" and size and (best is None or level > best[0]):
+            best = (level, size, os.path.basename(d))
+    if best:
+        level, size, index = best
+        shared = set()
+        for f in glob.glob(f"/sys/devices/system/cpu/cpu*/cache/{index}/shared_cpu_list"):
+            try:
+                with open(f) as fh:
+                    shared.add(fh.read().strip())
+            except OSError:
+                pass
+        n = max(1, len(shared))
+        return size * n, f"L{level} {size / 2**20:g} MiB x {n} (sysfs)"
+    for name, level in (("SC_LEVEL3_CACHE_SIZE", 3), ("SC_LEVEL2_CACHE_SIZE", 2)):
+        try:
+            size = os.sysconf(name)
+        except (ValueError, OSError):
+            size = 0
+        if size and size > 0:
+            return size, f"L{level} {size / 2**20:g} MiB (sysconf)"
+    return 32 << 20, "unknown, 32 MiB assumed"
+
+
+def mem_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def regime(nbytes: int, llc: int) -> str:
+    """What a chain reading `nbytes` of weights per run measures on a machine with `llc` bytes of LLC."""
+    if nbytes >= 4 * llc:
+        return "DRAM"
+    return "cache" if nbytes <= llc else "mixed"
+
+
+# resident bytes per byte of stored weights while a variant's session lives (ONNX Runtime keeps the
+# initializers and a prepacked copy; tools/session_memory.py), plus the model being built
+MEM_FACTOR = {"fp32": 2.5, "nbits_acc0": 3.0, "nbits_acc4": 3.0, "i4o_fp32": 3.0, "i4o_int8": 3.0,
+              **{v: 1.2 for v in GGML_VARIANTS}}
+
+
+def dram_layers(llc: int, variants, available: int, log=print) -> int:
+    """Layers of the 4096 x 4096 DRAM chain: int4 weights >= 4x the LLC (at least 16 layers), capped so that
+    every variant's session fits in 60 % of the available memory."""
+    K, N, L0 = CASES["dram"]
+    layers = max(L0, math.ceil(4 * llc / weight_bytes("i4o_int8", K, N, 1)))
+    per_layer = sum(MEM_FACTOR[v] * weight_bytes(v, K, N, 1) for v in variants)
+    cap = max(1, int(0.6 * available // per_layer))
+    if cap < layers:
+        log(f"dram case: {layers} layers would make the int4 weights 4x the LLC, but the variants' sessions "
+            f"fit {cap} layers in memory: using {cap} (fewer variants fit more)")
+        layers = cap
+    return layers
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    return cc if cc and shutil.which(cc) else None
+
+
+def stream_bandwidth(workdir: str, nbytes: int, threads: int, rounds: int = 10) -> dict | None:
+    """Read bandwidth with `threads` threads over `nbytes` (tools/stream_read.c, compiled once into `workdir`);
+    None (and why, on stderr) when there is no C compiler with OpenMP."""
+    exe = os.path.join(workdir, "stream_read")
+    if not os.path.exists(exe):
+        cc = _compiler()
+        if cc is None:
+            print("stream read bandwidth: not measured (no C compiler; set CC)", file=sys.stderr)
+            return None
+        r = subprocess.run([cc, "-O3", "-march=native", "-fopenmp", os.path.join(TOOLS, "stream_read.c"), "-o", exe],
+                           capture_output=True, text=True)
+        if r.returncode:
+            print(f"stream read bandwidth: not measured ({cc} failed: {r.stderr.strip()[:200]})", file=sys.stderr)
+            return None
+    r = subprocess.run([exe, str(nbytes), str(threads), str(rounds)], capture_output=True, text=True)
+    if r.returncode:
+        print(f"stream read bandwidth: not measured ({r.stderr.strip()[:200]})", file=sys.stderr)
+        return None
+    return json.loads(r.stdout)
+
+
+# ---- ggml's CPU backend (--ggml) ---------------------------------------------------------------------
+
+
+class GgmlError(RuntimeError):
+    pass
+
+
+def _ggml_paths(root: str) -> tuple[str, str]:
+    """(include dir, library dir) of a ggml install prefix (tools/build_ggml.sh prints one) or build folder."""
+    inc = os.path.join(root, "include")
+    if not os.path.exists(os.path.join(inc, "ggml-cpu.h")):
+        inc = None
+        cache = os.path.join(root, "CMakeCache.txt")
+        if os.path.exists(cache):
+            with open(cache) as f:
+                for line in f:
+                    if line.startswith(("ggml_SOURCE_DIR:", "CMAKE_HOME_DIRECTORY:")):
+                        src = line.split("=", 1)[1].strip()
+                        for cand in (os.path.join(src, "include"), os.path.join(src, "ggml", "include")):
+                            if os.path.exists(os.path.join(cand, "ggml-cpu.h")):
+                                inc = cand
+    libs = sorted(glob.glob(os.path.join(root, "**", "libggml-base.*"), recursive=True), key=len)
+    if inc is None or not libs:
+        raise GgmlError(f"--ggml {root}: not a ggml build or install prefix (need include/ggml-cpu.h and "
+                        "libggml-base; tools/build_ggml.sh SRC BUILD prints the prefix to pass)")
+    return inc, os.path.dirname(libs[0])
+
+
+def build_ggml_chain(root: str, workdir: str) -> str:
+    """Compile tools/ggml_chain.c against the ggml at `root` into `workdir`; the executable's path."""
+    inc, lib = _ggml_paths(root)
+    cc = _compiler()
+    if cc is None:
+        raise GgmlError("--ggml needs a C compiler (cc, or set CC)")
+    exe = os.path.join(workdir, "ggml_chain")
+    cmd = [cc, "-O2", "-std=c11", os.path.join(TOOLS, "ggml_chain.c"), f"-I{inc}", f"-L{lib}", f"-Wl,-rpath,{lib}",
+           "-lggml", "-lggml-cpu", "-lggml-base", "-lm", "-o", exe]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise GgmlError(f"cannot compile tools/ggml_chain.c against {root}: {r.stderr.strip()[:500]}")
+    return exe
+
+
+def ggml_list(exe: str) -> dict:
+    return json.loads(subprocess.run([exe, "--list"], capture_output=True, text=True, check=True).stdout)
+
+
+class GgmlChain:
+    """A ggml_chain process holding one chain's weights (loaded, and repacked, once); each `run(M)` times
+    one round inside the process and returns it as SelfTimed, so the pipe's round trip is not counted."""
+
+    def __init__(self, exe: str, variant: str, K: int, N: int, L: int, threads: int, spin: bool = True):
+        wtype, buft, extra_env = GGML_VARIANTS[variant]
+        env = {**os.environ, **extra_env}
+        self.settle = 0.0
+        if not spin:
+            # ggml (OpenMP) keeps its threads spinning for a while after each graph, as llama.cpp runs it;
+            # let them fall asleep (outside the timed part) before the next variant runs
+            self.settle = 0.005
+        self.proc = subprocess.Popen([exe, "--k", str(K), "--n", str(N), "--layers", str(L), "--threads", str(threads),
+                                      "--type", wtype, "--buft", buft], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        self.variant = variant
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise GgmlError(f"{self.variant}: ggml_chain exited with status {self.proc.wait()}")
+        out = json.loads(line)
+        if "error" in out:
+            raise GgmlError(f"{self.variant}: {out['error']}")
+        return out
+
+    def _cmd(self, text: str) -> dict:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def run(self, M: int) -> SelfTimed:
+        out = self._cmd(f"run {M} 1")
+        if self.settle:
+            import time
+
+            time.sleep(self.settle)
+        return SelfTimed(out["median_ms"] / 1e3)
+
+    def check(self, M: int) -> float:
+        return self._cmd(f"check {M}")["rel_err"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.proc.wait(timeout=60)
+
+
+def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log=print, spin: bool = False,
+             layers: int | None = None, ggml_exe: str | None = None, llc: int | None = None,
+             optional=()) -> list[dict]:
+    """Time `variants` on one case (ONNX Runtime sessions and, with `ggml_exe`, ggml_chain processes) for every M,
+    alternating per round. `layers` overrides the case's chain length; `llc` (bytes) labels each row's regime;
+    ggml variants in `optional` are left out (with a message) when ggml cannot run them."""
     K, N, L = CASES[case]
-    weights = make_weights(K, N, L, seed=1)
-    sessions = {}
-    for v in variants:
-        sessions[v] = make_session(chain_model(v, weights, K, N).SerializeToString(), threads=threads,
-                                   config=SPIN if spin else NO_SPIN)
-    del weights
-    rows = []
-    rng = np.random.default_rng(2)
-    for M in ms:
-        x = rng.standard_normal((M, K)).astype(np.float32)
-        feeds = {"x": x}
-        outs = {v: s.run(None, feeds)[0] for v, s in sessions.items()}
-        ref = outs.get("fp32")
-        # short chains get more rounds so that every variant runs at least ~0.5 s in total
-        timings = time_alternating({v: (lambda s=s, f=feeds: s.run(None, f)) for v, s in sessions.items()},
-                                   repeats=repeats, warmup=2, min_seconds=0.5)
-        flops = 2.0 * M * K * N * L
-        for v in variants:
-            t = timings[v].median
-            err = None
-            if ref is not None and v != "fp32":
-                err = float(np.linalg.norm(outs[v] - ref) / np.linalg.norm(ref))
-            rows.append({"case": case, "K": K, "N": N, "layers": L, "threads": threads, "M": M, "variant": v,
-                         "median_ms": t * 1e3, "best_ms": timings[v].best * 1e3, "rounds": len(timings[v].seconds),
-                         "us_per_layer": t * 1e6 / L, "weight_GBps": weight_bytes(v, K, N, L) / t / 1e9,
-                         "GFLOPs": flops / t / 1e9, "rel_err_vs_fp32": err})
-        log(format_block([r for r in rows if r["M"] == M]))
-    return rows
+    L = layers or L
+    ort_variants = [v for v in variants if v in VARIANTS]
+    runners_ggml = {}
+    try:
+        for v in list(variants):
+            if v in GGML_VARIANTS:
+                if ggml_exe is None:
+                    raise GgmlError(f"{v} needs --ggml")
+                try:
+                    runners_ggml[v] = GgmlChain(ggml_exe, v, K, N, L, threads, spin=spin)
+                    err = runners_ggml[v].check(1)
+                except GgmlError as exc:
+                    if v not in optional:
+                        raise
+                    log(f"left out: {exc}")
+                    if v in runners_ggml:
+                        runners_ggml.pop(v).close()
+                    variants = [u for u in variants if u != v]
+                    continue
+                if err is None or not err < 0.1:
+                    raise GgmlError(f"{v}: output does not match the float64 reference (rel. err {err})")
+                log(f"{v}: weights in ggml's {runners_ggml[v].info['buft']} buffer "
+                    f"({runners_ggml[v].info['weight_bytes'] / 1e6:.1f} MB, loaded in {runners_ggml[v].info['load_s']:.1f} s); "
+                    f"M = 1 output vs a float64 chain with the same weights: rel. err {err:.1e}")
+        weights = make_weights(K, N, L, seed=1) if ort_variants else None
+        sessions = {}
+        for v in ort_variants:
+            sessions[v] = _session(chain_model(v, weights, K, N), threads, spin)
+        del weights
+        rows = []
+        rng = np.random.default_rng(2)
+        for M in ms:
+            x = rng.standard_normal((M, K)).astype(np.float32)
+            feeds = {"x": x}
+            outs = {v: s.run(None, feeds)[0] for v, s in sessions.items()}
+            ref = outs.get("fp32")
+            runners = {v: (lambda s=s, f=feeds: s.run(None, f)) for v, s in sessions.items()}
+            runners.update({v: (lambda g=g, m=M: g.run(m)) for v, g in runners_ggml.items()})
+            runners = {v: runners[v] for v in variants}
+            # short chains get more rounds so that every variant runs at least ~0.5 s in total
+            timings = time_alternating(runners, repeats=repeats, warmup=2, min_seconds=0.5)
+            flops = 2.0 * M * K * N * L
+            for v in variants:
+                t = timings[v].median
+                err = None
+                if ref is not None and v in outs and v != "fp32":
+                    err = float(np.linalg.norm(outs[v] - ref) / np.linalg.norm(ref))
+                nbytes = weight_bytes(v, K, N, L)
+                rows.append({"case": case, "K": K, "N": N, "layers": L, "threads": threads, "M": M, "variant": v,
+                             "median_ms": t * 1e3, "best_ms": timings[v].best * 1e3, "rounds": len(timings[v].seconds),
+                             "us_per_layer": t * 1e6 / L, "weight_bytes": nbytes, "weight_GBps": nbytes / t / 1e9,
+                             "GFLOPs": flops / t / 1e9, "rel_err_vs_fp32": err,
+                             "regime": regime(nbytes, llc) if llc else None})
+            log(format_block([r for r in rows if r["M"] == M]))
+        return rows
+    finally:
+        for g in runners_ggml.values():
+            g.close()
+
+
+def _session(model: onnx.ModelProto, threads: int, spin: bool):
+    """A session of `model`; models past protobuf's 2 GB limit go through a temporary file with external data."""
+    config = SPIN if spin else NO_SPIN
+    if sum(t.ByteSize() for t in model.graph.initializer) < 1_800_000_000:
+        return make_session(model.SerializeToString(), threads=threads, config=config)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "chain.onnx")
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="chain.bin")
+        return make_session(path, threads=threads, config=config)
 
 
 def _get(rows, v):
@@ -138,12 +423,17 @@ def _get(rows, v):
     return None
 
 
+RATIOS = {"int8/acc4": ("i4o_int8", "nbits_acc4"), "fp32/acc0": ("i4o_fp32", "nbits_acc0"),
+          "int8/fp32MM": ("i4o_int8", "fp32"), "fp32/fp32MM": ("i4o_fp32", "fp32"),
+          "int8/ggml": ("i4o_int8", "ggml_q4_0"), "int8/ggml_amx": ("i4o_int8", "ggml_q4_0_amx"),
+          "int8/ggml_passive": ("i4o_int8", "ggml_q4_0_passive"),
+          "ggml_f32/fp32MM": ("ggml_f32", "fp32")}
+
+
 def ratios(rows_m: list[dict]) -> dict[str, float]:
     """Speed-ups (peer median / our median) for one (case, threads, M)."""
-    pairs = {"int8/acc4": ("i4o_int8", "nbits_acc4"), "fp32/acc0": ("i4o_fp32", "nbits_acc0"),
-             "int8/fp32MM": ("i4o_int8", "fp32"), "fp32/fp32MM": ("i4o_fp32", "fp32")}
     out = {}
-    for label, (ours, peer) in pairs.items():
+    for label, (ours, peer) in RATIOS.items():
         a, b = _get(rows_m, ours), _get(rows_m, peer)
         if a and b:
             out[label] = b["median_ms"] / a["median_ms"]
@@ -153,28 +443,36 @@ def ratios(rows_m: list[dict]) -> dict[str, float]:
 def format_block(rows_m: list[dict]) -> str:
     r0 = rows_m[0]
     head = f"{r0['case']} {r0['layers']}x{r0['K']}x{r0['N']}, M={r0['M']}, {r0['threads']} thread(s)"
-    lines = [head, f"  {'variant':<11} {'median ms':>10} {'us/layer':>9} {'weight GB/s':>11} {'GFLOP/s':>8} {'rel.err':>8}"]
+    lines = [head, f"  {'variant':<17} {'median ms':>10} {'us/layer':>9} {'weight GB/s':>11} {'GFLOP/s':>8} {'rel.err':>8}"
+                   f"  weights"]
     for r in rows_m:
         err = f"{r['rel_err_vs_fp32']:.1e}" if r["rel_err_vs_fp32"] is not None else ""
-        lines.append(f"  {r['variant']:<11} {r['median_ms']:>10.3f} {r['us_per_layer']:>9.1f} {r['weight_GBps']:>11.1f} "
-                     f"{r['GFLOPs']:>8.1f} {err:>8}")
+        where = f"{r['weight_bytes'] / 1e6:.0f} MB" + (f", {r['regime']}" if r.get("regime") else "")
+        lines.append(f"  {r['variant']:<17} {r['median_ms']:>10.3f} {r['us_per_layer']:>9.1f} {r['weight_GBps']:>11.1f} "
+                     f"{r['GFLOPs']:>8.1f} {err:>8}  {where}")
     rs = ratios(rows_m)
     if rs:
         lines.append("  speed-up: " + ", ".join(f"{k} {v:.2f}x" for k, v in rs.items()))
     return "\n".join(lines)
 
 
-def markdown(rows: list[dict]) -> str:
-    """One table per (case, threads): M down, medians and speed-ups across."""
+def markdown(rows: list[dict], stream: dict | None = None) -> str:
+    """One table per (case, threads): M down, medians and speed-ups across; `stream`: {threads: stream_read result}."""
     out = []
+    if stream:
+        out.append("Stream read bandwidth (tools/stream_read.c): " + ", ".join(
+            f"{t} thread(s) {r['median_GBps']:.1f} GB/s" for t, r in sorted(stream.items())) + "\n")
     keys = sorted({(r["case"], r["threads"]) for r in rows}, key=lambda k: (list(CASES).index(k[0]), k[1]))
     for case, threads in keys:
         sel = [r for r in rows if r["case"] == case and r["threads"] == threads]
         K, N, L = sel[0]["K"], sel[0]["N"], sel[0]["layers"]
-        variants = [v for v in VARIANTS if any(r["variant"] == v for r in sel)]
+        variants = [v for v in (*VARIANTS, *GGML_VARIANTS) if any(r["variant"] == v for r in sel)]
+        where = {v: r["regime"] for v in variants for r in [_get(sel, v)] if r.get("regime")}
+        regimes = next(iter(where.values())) if len(set(where.values())) == 1 else \
+            ", ".join(f"{v} {g}" for v, g in where.items())
         out.append(f"**{case}**: {L} x MatMul {K}x{N}, {threads} thread(s); median ms per chain "
-                   f"(weight GB/s | GFLOP/s)\n")
-        ratio_keys = ["int8/acc4", "fp32/acc0", "int8/fp32MM", "fp32/fp32MM"]
+                   f"(weight GB/s | GFLOP/s)" + (f"; weights read from: {regimes}" if regimes else "") + "\n")
+        ratio_keys = [k for k in RATIOS if any(k in ratios([r for r in sel if r["M"] == M]) for M in {r["M"] for r in sel})]
         out.append("| M | " + " | ".join(variants) + " | " + " | ".join(ratio_keys) + " |")
         out.append("|---" * (1 + len(variants) + len(ratio_keys)) + "|")
         for M in sorted({r["M"] for r in sel}):
@@ -206,35 +504,93 @@ def main(argv=None) -> int:
                     help="comma-separated thread counts (intra_op_num_threads), e.g. 1,2,4,8,16")
     ap.add_argument("--m", type=_ints, default=[1, 4, 16, 128, 512], help="rows of activations (tokens)")
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    ap.add_argument("--variants", help=f"subset of {','.join(VARIANTS)} (default: all of them) and, with --ggml, "
+                    f"of {','.join(GGML_VARIANTS)} (default: the q4_0 ones this ggml build has)")
     ap.add_argument("--repeats", type=int, default=15, help="rounds (at least; short runs get more)")
     ap.add_argument("--spin", action="store_true",
                     help="keep ONNX Runtime's thread spinning on (off by default: idle sessions' spinning threads "
                          "would compete with the session being timed)")
+    ap.add_argument("--ggml", metavar="PREFIX",
+                    help="also time ggml's CPU backend (llama.cpp's kernels): an install prefix or build folder of "
+                         "ggml, as printed by tools/build_ggml.sh")
+    ap.add_argument("--dram-layers", type=int,
+                    help="layers of the dram chain (default: enough for int4 weights of 4x the last-level cache, "
+                         "at least 16, as many as memory allows)")
+    ap.add_argument("--no-stream", action="store_true", help="skip the stream read bandwidth measurement")
     ap.add_argument("--json", help="also write the rows as JSON to this file")
     ap.add_argument("--markdown", help="also write markdown tables to this file")
     args = ap.parse_args(argv)
-    variants = [v for v in args.variants.split(",") if v]
-    bad = set(variants) - set(VARIANTS)
-    if bad:
-        ap.error(f"unknown variants {sorted(bad)}")
+    if args.dram_layers is not None and args.dram_layers < 1:
+        ap.error("--dram-layers must be at least 1")
     cases = list(CASES) if args.case == "all" else [args.case]
     import onnxruntime as ort
 
-    print(f"int4onnx {int4onnx.__version__} (kernels: {', '.join(_native.kernels_available())}; selected "
-          f"{_native.kernel_selected('fp32')} / {_native.kernel_selected('int8')}), onnxruntime {ort.__version__}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs")
-    rows = []
-    for threads in args.threads:
+    with tempfile.TemporaryDirectory(prefix="bench_matmul_") as workdir:
+        ggml_exe, ggml_info = None, None
+        if args.ggml:
+            try:
+                ggml_exe = build_ggml_chain(os.path.abspath(args.ggml), workdir)
+                ggml_info = ggml_list(ggml_exe)
+            except (GgmlError, subprocess.CalledProcessError, json.JSONDecodeError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        optional = ("ggml_q4_0_amx",)  # left out, with a message, where ggml has no AMX buffer or cannot use it
+        if args.variants is None:
+            variants = list(VARIANTS)
+            if ggml_info:
+                variants.append("ggml_q4_0")
+                if "AMX" in ggml_info["bufts"]:
+                    variants.append("ggml_q4_0_amx")
+        else:
+            variants = [v for v in args.variants.split(",") if v]
+        bad = set(variants) - set(VARIANTS) - set(GGML_VARIANTS)
+        if bad:
+            ap.error(f"unknown variants {sorted(bad)}")
+        if not variants:
+            ap.error("no variants")
+        if not args.ggml and set(variants) & set(GGML_VARIANTS):
+            ap.error(f"{sorted(set(variants) & set(GGML_VARIANTS))} need --ggml PREFIX")
+        llc, llc_text = llc_bytes()
+        avail = mem_available()
+        layers = {"dram": args.dram_layers or dram_layers(llc, variants, avail), "cache": CASES["cache"][2]}
+
+        print(f"int4onnx {int4onnx.__version__} (kernels: {', '.join(_native.kernels_available())}; selected "
+              f"{_native.kernel_selected('fp32')} / {_native.kernel_selected('int8')}), onnxruntime {ort.__version__}, "
+              f"{platform.machine()}, {os.cpu_count()} CPUs, last-level cache {llc_text}, "
+              f"{avail / 2**30:.0f} GiB memory available")
+        if ggml_info:
+            print(f"ggml at {args.ggml}: buffer types {', '.join(ggml_info['bufts'])}; AVX-512 {ggml_info['avx512']}, "
+                  f"VNNI {ggml_info['avx512_vnni']}, AMX-INT8 {ggml_info['amx_int8']}")
         for case in cases:
-            rows += run_case(case, threads, args.m, args.repeats, variants, spin=args.spin)
-            print()
-    md = markdown(rows)
+            K, N, _ = CASES[case]
+            nbytes = weight_bytes("i4o_int8", K, N, layers[case])
+            print(f"{case}: {layers[case]} x {K} x {N}, int4 weights {nbytes / 1e6:.0f} MB = {nbytes / llc:.1f}x the "
+                  f"last-level cache: {regime(nbytes, llc)} regime at M = 1")
+        rows, stream = [], {}
+        for threads in args.threads:
+            if not args.no_stream:
+                sbytes = int(min(max(4 * llc, 512 << 20), 0.25 * avail))
+                res = stream_bandwidth(workdir, sbytes, threads)
+                if res:
+                    stream[threads] = res
+                    print(f"stream read, {threads} thread(s), {sbytes / 1e6:.0f} MB ({regime(sbytes, llc)}): "
+                          f"{res['median_GBps']:.1f} GB/s median of {len(res['GBps'])} (the physical limit of the "
+                          "weight GB/s columns in the DRAM regime)")
+            for case in cases:
+                try:
+                    rows += run_case(case, threads, args.m, args.repeats, variants, spin=args.spin,
+                                     layers=layers[case], ggml_exe=ggml_exe, llc=llc, optional=optional)
+                except GgmlError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
+                print()
+    md = markdown(rows, stream)
     print(md)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"onnxruntime": ort.__version__, "int4onnx": int4onnx.__version__,
-                       "kernels": _native.kernels_available(), "rows": rows}, f, indent=1)
+                       "kernels": _native.kernels_available(), "llc_bytes": llc, "llc": llc_text,
+                       "ggml": ggml_info, "stream": stream, "rows": rows}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(md + "\n")

@@ -1,0 +1,107 @@
+"""tools/bench_matmul.py's machine sizing, self-timed rounds, and (where a ggml build is given in
+INT4ONNX_GGML, e.g. the path tools/build_ggml.sh prints) the ggml harness against its float64 reference."""
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from int4onnx.bench import SelfTimed, time_alternating
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+
+
+@pytest.fixture(scope="module")
+def bm():
+    spec = importlib.util.spec_from_file_location("bench_matmul", os.path.join(TOOLS, "bench_matmul.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_self_timed_rounds_are_credited_with_their_own_seconds():
+    calls = []
+    t = time_alternating({"a": lambda: calls.append("a") or SelfTimed(0.25), "b": lambda: calls.append("b")},
+                         repeats=3, warmup=1)
+    assert t["a"].seconds == [0.25] * 3
+    assert all(s < 0.25 for s in t["b"].seconds)
+    assert calls.count("a") == 4 and calls.count("b") == 4
+
+
+def test_sizes_and_regimes(bm):
+    assert bm._parse_size("32768K") == 32 << 20
+    assert bm._parse_size("2M") == 2 << 20
+    assert bm._parse_size("512") == 512
+    llc, text = bm.llc_bytes()
+    assert llc >= 256 << 10 and "L" in text
+    assert bm.regime(4 * llc, llc) == "DRAM"
+    assert bm.regime(4 * llc - 1, llc) == "mixed"
+    assert bm.regime(llc, llc) == "cache"
+    assert bm.mem_available() > 0
+
+
+def test_dram_layers_follow_the_llc_and_the_memory(bm):
+    per_layer = bm.weight_bytes("i4o_int8", 4096, 4096, 1)
+    assert bm.dram_layers(32 << 20, ["i4o_int8"], 1 << 40, log=lambda _: None) == 16  # 16 layers are 5x 32 MiB
+    big = 300 << 20
+    L = bm.dram_layers(big, ["i4o_int8", "ggml_q4_0"], 1 << 40, log=lambda _: None)
+    assert L == math.ceil(4 * big / per_layer) and L * per_layer >= 4 * big > (L - 1) * per_layer
+    msgs = []
+    capped = bm.dram_layers(big, ["fp32", "i4o_int8"], 8 << 30, log=msgs.append)
+    assert capped < L and msgs and "fit" in msgs[0]
+    # the cap keeps every variant's estimated sessions within 60 % of the memory
+    assert capped * sum(bm.MEM_FACTOR[v] * bm.weight_bytes(v, 4096, 4096, 1) for v in ("fp32", "i4o_int8")) <= 0.6 * (8 << 30)
+
+
+def test_ggml_q4_0_bytes_are_4_5_bits_per_weight(bm):
+    assert bm.weight_bytes("ggml_q4_0", 4096, 4096, 2) * 8 == 4.5 * 4096 * 4096 * 2
+    assert bm.weight_bytes("i4o_int8", 4096, 4096, 1) * 8 == 5.0 * 4096 * 4096
+
+
+def test_not_a_ggml_build_is_a_one_line_error(bm, tmp_path, capsys):
+    assert bm.main(["--ggml", str(tmp_path), "--case", "cache", "--m", "1", "--no-stream"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --ggml") and "build_ggml.sh" in err and "\n" not in err
+
+
+def test_ggml_variants_need_ggml(bm):
+    with pytest.raises(SystemExit):
+        bm.main(["--variants", "i4o_int8,ggml_q4_0", "--case", "cache", "--m", "1", "--no-stream"])
+
+
+def test_build_ggml_refuses_what_is_not_a_ggml_source(tmp_path):
+    script = os.path.join(TOOLS, "build_ggml.sh")
+    for src in (tmp_path / "missing", tmp_path):
+        r = subprocess.run(["bash", script, str(src), str(tmp_path / "build")], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "build").exists()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_stream_read(bm, tmp_path):
+    res = bm.stream_bandwidth(str(tmp_path), 64 << 20, 1, rounds=3)
+    assert res["bytes"] == 64 << 20 and len(res["GBps"]) == 3 and res["median_GBps"] > 0.1
+
+
+GGML = os.environ.get("INT4ONNX_GGML")
+
+
+@pytest.mark.skipif(not GGML, reason="set INT4ONNX_GGML to a ggml build (tools/build_ggml.sh prints it)")
+def test_ggml_chain_matches_its_float64_reference(bm, tmp_path):
+    exe = bm.build_ggml_chain(GGML, str(tmp_path))
+    assert "CPU_REPACK" in bm.ggml_list(exe)["bufts"]
+    for variant, tol in (("ggml_q4_0", 0.03), ("ggml_f32", 1e-5)):
+        for threads in (1, 2):
+            g = bm.GgmlChain(exe, variant, 256, 256, 3, threads, spin=True)
+            try:
+                for M in (1, 5):
+                    assert g.check(M) < tol
+                assert g.run(3).seconds > 0
+            finally:
+                g.close()
+    r = subprocess.run([exe, "--buft", "nonsense"], capture_output=True, text=True)
+    assert r.returncode == 2 and "error" in json.loads(r.stdout)
