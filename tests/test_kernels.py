@@ -22,6 +22,12 @@ GRIDS = {k: _native.kernel_grid(k) for k in KERNELS}
 TEST_THREADS = 3  # the threaded schedule's threads (the C test's default too)
 
 
+@pytest.fixture(autouse=True)
+def finest_split(monkeypatch):
+    """The threaded driver's finest split (no minimum work per task), so small shapes run many tasks."""
+    monkeypatch.setenv("INT4ONNX_MIN_TASK_MACS", "0")
+
+
 def _fmt(case) -> str:
     """A weight format's name: int4-sym, int4-asym, nf4, int8-sym, int8-asym; -s8 = int8 scales."""
     name = "nf4" if case["quant_type"] == "nf4" else f"int{case['bits']}-{'sym' if case['symmetric'] else 'asym'}"

@@ -64,6 +64,9 @@ CASES = {"dram": (4096, 4096, 16), "cache": (1024, 1024, 4)}  # dram: at least 1
 VARIANTS = ("fp32", "nbits_acc0", "nbits_acc4", "i4o_fp32", "i4o_int8")
 # ggml's CPU backend through tools/ggml_chain.c (--ggml): weight type, buffer type, environment
 PASSIVE = {"OMP_WAIT_POLICY": "passive"}
+# after a ggml round: its OpenMP threads spin for a while (libgomp's default spin count is ~10 ms and
+# more) and, on a machine with no spare core, slow down whichever variant runs next; wait that out
+SETTLE_S = 0.05
 GGML_VARIANTS = {"ggml_q4_0": ("q4_0", "repack", {}), "ggml_q4_0_amx": ("q4_0", "amx", {}),
                  "ggml_f32": ("f32", "cpu", {}), "ggml_q4_0_passive": ("q4_0", "repack", PASSIVE)}
 TOOLS = os.path.dirname(os.path.abspath(__file__))
@@ -385,7 +388,7 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
             runners.update({v: (lambda g=g, m=M: g.run(m)) for v, g in runners_ggml.items()})
             runners = {v: runners[v] for v in variants}
             # short chains get more rounds so that every variant runs at least ~0.5 s in total
-            timings = time_alternating(runners, repeats=repeats, warmup=2, min_seconds=0.5)
+            timings = time_alternating(runners, repeats=repeats, warmup=2, min_seconds=0.5, settle_s=SETTLE_S)
             flops = 2.0 * M * K * N * L
             for v in variants:
                 t = timings[v].median

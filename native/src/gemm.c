@@ -339,6 +339,17 @@ static void gemm_task(void *data, size_t i) {
 
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+/* Least multiply-adds per task (2^17: ~64 KB of 4-bit weights at M = 1, a few microseconds on one
+ * core); INT4ONNX_MIN_TASK_MACS overrides it (0: split as finely as the tiles allow). */
+static int64_t min_task_macs(void) {
+  const char *env = getenv("INT4ONNX_MIN_TASK_MACS");
+  if (env && *env) {
+    const long long v = atoll(env);
+    return v > 0 ? (int64_t)v : 0;
+  }
+  return (int64_t)1 << 17;
+}
+
 i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int64_t N) {
   const int64_t n_tile = k->n_tile > 0 ? k->n_tile : 1, m_tile = k->m_tile > 0 ? k->m_tile : 1;
   /* A task reads its rows' activations once per column panel it has and its columns' weights once
@@ -361,6 +372,16 @@ i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int
     const int64_t half = round_up(m_chunk / 2, m_tile);
     if (half >= m_chunk || 2 * half * K * n_chunk < ((int64_t)1 << 22)) break;
     m_chunk = half;
+  }
+  /* Waking a pool thread costs microseconds (ONNX Runtime's threads sleep when spinning is off), so
+   * a task gets at least min_task_macs() multiply-adds: small products (M = 1 on a 576 x 576 layer of
+   * a 135M-parameter LLM is 2-3 tasks, a 576 x 192 one a single task that the pool runs inline) no
+   * longer wake every thread for microseconds of work each. */
+  const int64_t min_macs = min_task_macs();
+  while (TASKS(m_chunk, n_chunk) > 1 && (m_chunk < M ? m_chunk : M) * (n_chunk < N ? n_chunk : N) * K < min_macs) {
+    if (n_chunk < N) n_chunk = round_up(n_chunk * 2, n_tile);
+    else if (m_chunk < M) m_chunk = round_up(m_chunk * 2, m_tile);
+    else break;
   }
 #undef TASKS
   i4o_partition t;

@@ -23,6 +23,7 @@
  * Prints the CPU's ISA rungs, the kernels available and selected, one line per kernel with its tile,
  * case count and worst error, and exits 0 only if every check passed.
  */
+#define _POSIX_C_SOURCE 200112L /* setenv */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -318,6 +319,8 @@ int main(int argc, char **argv) {
   const char *expect = NULL, *only = NULL;
   int64_t max_k = INT64_MAX;
   int threads = 3;
+  /* the driver's finest split (no minimum work per task), so that small shapes run as many tasks too */
+  setenv("INT4ONNX_MIN_TASK_MACS", "0", 1);
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--expect") == 0 && i + 1 < argc) expect = argv[++i];
     else if (strcmp(argv[i], "--max-k") == 0 && i + 1 < argc) max_k = atoll(argv[++i]);
