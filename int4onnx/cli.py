@@ -273,7 +273,7 @@ def convert(model, output, report, ops_library, quiet, **options):
                    + (f", {written.library.name} added)" if written.library else ")"))
     else:
         click.echo(f"wrote {output}")
-    by_bits = Counter(layer["bits"] for layer in result.layers)
+    by_bits = Counter(layer.bits for layer in result.layers)
     mix = ", ".join(f"{n} at {b}-bit" for b, n in sorted(by_bits.items()))
     click.echo(f"  quantized {result.nodes_rewritten} MatMul/Gemm node(s), {len(result.layers)} weight(s) ({mix}), "
                f"{result.bits_per_weight:.2f} bits/weight (scales and zero points included)")
@@ -281,8 +281,8 @@ def convert(model, output, report, ops_library, quiet, **options):
     change = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
     click.echo(f"  size {_mb(result.input_bytes)} -> {_mb(result.output_bytes)} ({change}) in {result.seconds:.1f} s")
     cal = result.calibration
-    if cal.get("samples"):
-        click.echo(f"  calibration: {cal['samples']} sample(s) from {cal['source']} in {cal['seconds']:.1f} s")
+    if cal is not None and cal.samples:
+        click.echo(f"  calibration: {cal.samples} sample(s) from {cal.source} in {cal.seconds:.1f} s")
     before, after = result.mean_metric("rtn_output_rel_error"), result.mean_metric("output_rel_error")
     if after is not None and method == "rtn":
         click.echo(f"  layer output error on calibration data (mean relative): {after:.4f}")
@@ -291,33 +291,33 @@ def convert(model, output, report, ops_library, quiet, **options):
     elif method != "rtn":
         click.echo(f"  weight error (mean relative): rtn {result.mean_metric('rtn_rel_error'):.4f} -> "
                    f"{method} {result.mean_metric('rel_error'):.4f}")
-    dead = [layer for layer in result.layers if layer.get("dead_input_channels")]
+    dead = [layer for layer in result.layers if layer.dead_input_channels]
     if dead:
-        n = sum(layer["dead_input_channels"] for layer in dead)
+        n = sum(layer.dead_input_channels for layer in dead)
         click.echo(f"  {len(dead)} weight(s) have input channels ({n} in all) that are (near) zero in every calibration "
                    f"sample: the output error above does not measure their weights (GPTQ rounds them to nearest) "
                    f"(weight error: rtn {result.mean_metric('rtn_rel_error'):.4f} -> {method} "
                    f"{result.mean_metric('rel_error'):.4f}); calibrate on more representative data")
-    mp = cal.get("mixed_precision")
+    mp = cal.mixed_precision if cal is not None else None
     if mp:
-        click.echo(f"  mixed precision: {mp['layers']['4']} layer(s) 4-bit, {mp['layers']['8']} 8-bit, "
-                   f"{mp['layers']['float']} float; estimated output error {mp['estimated_output_rel_error']:.4f}, "
-                   f"{mp['estimated_bits_per_weight_all_selected']:.2f} bits/weight with float layers counted")
+        click.echo(f"  mixed precision: {mp.layers_4bit} layer(s) 4-bit, {mp.layers_8bit} 8-bit, "
+                   f"{mp.layers_float} float; estimated output error {mp.estimated_output_rel_error:.4f}, "
+                   f"{mp.estimated_bits_per_weight_all_selected:.2f} bits/weight with float layers counted")
     for e in result.embeddings:
-        if e["quantized"]:
-            shared = f", one table with {', '.join(e['shared_with'])} (tied)" if e.get("shared_with") else ""
-            click.echo(f"  embedding {e['table']} [{e['V']} x {e['D']}]: {e['bits']}-bit, {e['bits_per_weight']:.2f} "
+        if e.quantized:
+            shared = f", one table with {', '.join(e.shared_with)} (tied)" if e.shared_with else ""
+            click.echo(f"  embedding {e.table} [{e.V} x {e.D}]: {e.bits}-bit, {e.bits_per_weight:.2f} "
                        f"bits/weight{shared}")
         else:
-            click.echo(f"  embedding {e['table']} left float: {e['reason']}")
-    decided = Counter(layer["decision"] for layer in result.layers if "decision" in layer and
-                      not layer["decision"].startswith("mixed precision"))
+            click.echo(f"  embedding {e.table} left float: {e.reason}")
+    decided = Counter(layer.decision for layer in result.layers if layer.decision is not None and
+                      not layer.decision.startswith("mixed precision"))
     for reason, n in decided.items():
         click.echo(f"  {n} x {reason}")
     if result.skipped:
         click.echo(f"  left float: {len(result.skipped)} MatMul/Gemm node(s)")
-        for reason, n in Counter(s["reason"] for s in result.skipped).most_common():
-            names = [s["name"] for s in result.skipped if s["reason"] == reason]
+        for reason, n in Counter(s.reason for s in result.skipped).most_common():
+            names = [s.name for s in result.skipped if s.reason == reason]
             shown = ", ".join(names[:4]) + (f", ... ({n - 4} more)" if n > 4 else "")
             click.echo(f"    {n} x {reason}: {shown}")
     click.echo(f"  to run it: {folders.how_to_run(fmt, written.kind if written else None, written.folder if written else output)}")

@@ -1,8 +1,13 @@
-"""Options -> pass pipeline -> atomic save. No click and no ONNX Runtime here."""
+"""Options -> analysis (a frozen QuantPlan) -> rewrite passes -> atomic save. No click and no ONNX Runtime here.
+
+The order of the steps lives here only (quantize_model): selection, LM and tied-table policy,
+calibration, AWQ, mixed precision each return their part of the plan; the plan is assembled from
+them and the rewrite passes read it."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import pathlib
@@ -15,46 +20,18 @@ import onnx_ir.passes.common as common_passes
 
 from int4onnx import _native, io, precision
 from int4onnx.config import AWQ_METHODS, CALIBRATED_METHODS, QuantConfig
-from int4onnx.errors import Int4OnnxError, NothingToQuantizeError, UnsupportedModelError, first_line
+from int4onnx.errors import Int4OnnxError, NothingToQuantizeError, UnsupportedModelError
 from int4onnx.passes.awq import AwqPass
 from int4onnx.passes.embedding import QuantizeEmbeddingsPass, apply_tied_policy, find_lm_heads, find_tied
-from int4onnx.passes.plan import QuantPlan
-from int4onnx.passes.quantize import PlanLayersPass, WeightQuantizer, default_spec
+from int4onnx.passes.opset import QDQ_MIN_OPSET, UpgradeOpsetPass
+from int4onnx.passes.plan import CalibrationInfo, MatMulTarget, QuantPlan
+from int4onnx.passes.quantize import WeightQuantizer, default_spec
+from int4onnx.passes.results import Growth, RewriteRecord
 from int4onnx.passes.rewrite import RewriteMatMulsPass, check_growth
 from int4onnx.passes.select import SelectMatMulsPass
 from int4onnx.report import Report
 
 logger = logging.getLogger(__name__)
-
-QDQ_MIN_OPSET = 21  # int4 DequantizeLinear with block_size
-
-
-class UpgradeOpsetPass(ir.passes.FunctionalPass):
-    """Convert the default-domain opset to `target` with ONNX's version converter (for --format qdq)."""
-
-    def __init__(self, target: int):
-        super().__init__()
-        self.target = target
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        current = model.opset_imports.get("", 1)
-        if current >= self.target:
-            return ir.passes.PassResult(model.clone(), modified=False)
-        try:
-            proto = onnx.version_converter.convert_version(ir.serde.serialize_model(model), self.target)
-        except Exception as exc:
-            raise UnsupportedModelError(
-                f"the model uses opset {current}; the qdq format needs opset {self.target} and ONNX's version "
-                f"converter failed ({type(exc).__name__}: {first_line(exc, '')}). "
-                "Use --format int4onnx or --format matmulnbits, which work with any opset"
-            ) from exc
-        upgraded = ir.serde.deserialize_model(proto)
-        # external data stays where it was: the serialised model only kept its relative locations
-        base_dirs = {t.base_dir for _, t in io.external_tensors(model)}
-        if base_dirs:
-            ir.external_data.set_base_dir(upgraded.graph, base_dirs.pop())
-        return ir.passes.PassResult(upgraded, modified=True)
-
 
 _LOW_BIT = (ir.DataType.INT4, ir.DataType.UINT4, ir.DataType.INT8, ir.DataType.UINT8)
 # integer matrix products of other quantizers: a model made of these has nothing left for us
@@ -136,14 +113,30 @@ def _run(pass_, model: ir.Model) -> ir.Model:
         raise
 
 
+@dataclasses.dataclass
+class Conversion:
+    """What quantize_model returns beside the model: the frozen plan, the quantizer (whose ``results``
+    fill up as the saver reads the lazy weights) and the rewrite's record."""
+
+    plan: QuantPlan
+    quantizer: WeightQuantizer
+    record: RewriteRecord
+
+    @property
+    def layers(self) -> dict:
+        """The LayerResults recorded so far, by weight key."""
+        return self.quantizer.results.layers
+
+
 def quantize_model(model: ir.Model, config: QuantConfig,
                    progress: Callable[[int, int, str], None] | None = None,
-                   path=None) -> tuple[ir.Model, QuantPlan]:
-    """Rewrite an in-memory model; returns it and the plan (what was done). `path`: the model's file,
-    whose folder may hold config.json / genai_config.json (the context length of a causal LM).
+                   path=None) -> tuple[ir.Model, Conversion]:
+    """Rewrite an in-memory model; returns it and the Conversion (plan, quantizer, rewrite record).
+    `path`: the model's file, whose folder may hold config.json / genai_config.json (the context
+    length of a causal LM).
 
     The new initializers are lazy: each weight is quantized when its bytes are first read (normally
-    while the model is saved), and ``plan.layers`` fills up then. ``plan.quantizer.quantize_all()``
+    while the model is saved), and ``conversion.layers`` fills up then. ``conversion.quantizer.quantize_all()``
     forces them all.
     """
     done = _already_quantized(model)
@@ -154,43 +147,63 @@ def quantize_model(model: ir.Model, config: QuantConfig,
     _initializers_as_constants(model)
     if config.format == "qdq" and model.opset_imports.get("", 1) < QDQ_MIN_OPSET:
         model = _run(UpgradeOpsetPass(QDQ_MIN_OPSET), model)
-    plan = QuantPlan()
-    model = _run(SelectMatMulsPass(config, plan), model)
-    if not plan.targets:
-        found = len(plan.skipped)
-        detail = "; ".join(f"{s.name}: {s.reason}" for s in plan.skipped[:5])
+    model, plan = analyse(model, config, progress, path)
+    quantizer = WeightQuantizer(config, plan, progress)
+    record = RewriteRecord()
+    steps = ir.passes.Sequential(
+        RewriteMatMulsPass(config, plan, quantizer, record),
+        QuantizeEmbeddingsPass(config, plan, record),  # after the rewrite: tied tables read its initializers
+        common_passes.RemoveUnusedNodesPass(),
+    )
+    model = _run(steps, model)
+    check_growth(plan, record)
+    return model, Conversion(plan, quantizer, record)
+
+
+def analyse(model: ir.Model, config: QuantConfig, progress=None, path=None) -> tuple[ir.Model, QuantPlan]:
+    """The analysis phase: returns the model (AWQ's scaling applied, nothing else changed) and the plan."""
+    select = SelectMatMulsPass(config)
+    model = _run(select, model)
+    selection = select.selection
+    if not selection.targets:
+        found = len(selection.skipped)
+        detail = "; ".join(f"{s.name}: {s.reason}" for s in selection.skipped[:5])
         more = f" (and {found - 5} more)" if found > 5 else ""
         raise NothingToQuantizeError(
             "no MatMul/Gemm with a constant float weight to quantize"
             + (f"; found {found} MatMul/Gemm node(s): {detail}{more}" if found else f"; {_what_is_there(model)}")
         )
-    lm_heads = find_lm_heads(model.graph, plan.targets)
-    tied = find_tied(model.graph, plan.targets)  # before the LM policy may drop targets
+    lm_heads = find_lm_heads(model.graph, list(selection.targets))
+    tied = find_tied(model.graph, selection.targets)  # before the LM policy may drop targets
     if path is not None:
         _keep_context_length(model, path)
-    fixed = precision.apply_lm_policy(plan, config, lm_heads)
-    fixed |= apply_tied_policy(plan, config, model.graph, tied, lm_heads)
-    precision.check_target_bits(plan, config, fixed)  # before the costly calibration and sensitivity pass
-    if not plan.targets:
+    lm_policy = precision.apply_lm_policy(config, lm_heads)
+    selection = selection.drop(lm_policy.floats)
+    tied_policy = apply_tied_policy(selection, config, model.graph, tied, lm_heads)
+    selection = selection.drop(tied_policy.floats)
+    choices = lm_policy.then(tied_policy)
+    fixed = set(lm_policy.fixed | tied_policy.fixed)
+    precision.check_target_bits(selection, config, fixed)  # before the costly calibration and sensitivity pass
+    if not selection.targets:
         raise NothingToQuantizeError("nothing left to quantize after --lm-head float")
-    feeds = None
+
+    def spec(t: MatMulTarget):
+        return default_spec(config, t)
+
+    feeds, stats, calibration, awq = None, {}, None, None
     if config.has_calibration:
-        feeds = _calibrate(model, plan, config, progress, path)
+        calibration, stats, feeds = _calibrate(model, selection.targets, config, progress, path)
     if config.method in AWQ_METHODS:
-        model = _run(AwqPass(config, plan, lambda t: plan.specs.get(t.key) or default_spec(config, t)), model)
-    if config.mixed_precision:
-        plan.calibration["mixed_precision"] = precision.mixed_precision(model, plan, config, feeds, fixed, progress)
+        step = AwqPass(config, selection.targets, stats, lambda t: choices.specs.get(t.key) or spec(t))
+        model = _run(step, model)
+        awq = step.result
+    plan = QuantPlan.assemble(config.method, selection, choices, spec, stats, calibration, awq)
+    if config.mixed_precision:  # reads the plan without mixed precision; the plan with its choices replaces it
+        mixed, summary = precision.mixed_precision(model, plan, config, feeds, fixed, progress)
+        calibration = dataclasses.replace(calibration, mixed_precision=summary)
+        plan = QuantPlan.assemble(config.method, selection, choices.then(mixed), spec, stats, calibration, awq)
         if not plan.targets:
             raise NothingToQuantizeError("mixed precision kept every layer float; raise --max-error or --target-bits")
-    plan.quantizer = WeightQuantizer(config, plan, progress)
-    steps = ir.passes.Sequential(
-        PlanLayersPass(config, plan),
-        RewriteMatMulsPass(config, plan),
-        QuantizeEmbeddingsPass(config, plan),  # after the rewrite: tied tables read its initializers
-        common_passes.RemoveUnusedNodesPass(),
-    )
-    model = _run(steps, model)
-    check_growth(plan)
     return model, plan
 
 
@@ -216,8 +229,10 @@ def _feed_source(config: QuantConfig):
                                 skip_chars=config.calibration_skip_chars)
 
 
-def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress, path=None) -> list[dict]:
-    """Run the model on the calibration data and put the statistics of every MatMul input in plan.stats."""
+def _calibrate(model: ir.Model, targets, config: QuantConfig, progress,
+               path=None) -> tuple[CalibrationInfo, dict, list[dict]]:
+    """Run the model on the calibration data: what it ran on, the statistics of every target's input (by
+    value name), and the feeds."""
     from int4onnx import calibrate
     from int4onnx.lm import LMInterface
 
@@ -225,16 +240,16 @@ def _calibrate(model: ir.Model, plan: QuantPlan, config: QuantConfig, progress, 
     source = _feed_source(config)
     lm = LMInterface.from_model(model, path)
     feeds = source.feeds(calibrate.model_inputs(model), lm)
-    inputs = {t.node.inputs[0].name: t for t in plan.targets}
+    inputs = {t.node.inputs[0].name: t for t in targets}
     gram_bytes = sum(8 * t.K * t.K for t in inputs.values())
     gram = config.method in CALIBRATED_METHODS or config.mixed_precision or gram_bytes <= GRAM_REPORT_BYTES
-    plan.stats = calibrate.collect_statistics(model, [t.node.inputs[0] for t in plan.targets], feeds, gram, progress,
-                                              dtypes={name: t.dtype for name, t in inputs.items()}, lm=lm)
-    plan.calibration.update({"source": source.describe(), "samples": len(feeds), "gram": gram,
-                             "statistics_bytes": int(sum(8 * (5 * s.K + (s.K * s.K if s.has_gram else 0))
-                                                         for s in plan.stats.values())),
-                             "seconds": round(time.perf_counter() - start, 3)})
-    return feeds
+    stats = calibrate.collect_statistics(model, [t.node.inputs[0] for t in targets], feeds, gram, progress,
+                                         dtypes={name: t.dtype for name, t in inputs.items()}, lm=lm)
+    info = CalibrationInfo(source=source.describe(), samples=len(feeds), gram=gram,
+                           statistics_bytes=int(sum(8 * (5 * s.K + (s.K * s.K if s.has_gram else 0))
+                                                    for s in stats.values())),
+                           seconds=round(time.perf_counter() - start, 3))
+    return info, stats, feeds
 
 
 def _release_statistics(plan: QuantPlan) -> None:
@@ -275,17 +290,18 @@ def quantize_file(input_path, output_path, config: QuantConfig,
         input_bytes = io.model_file_bytes(input_path, model)
     io.check_overwrites(outputs, files_read(None if in_memory else input_path, model, config))  # + external data
     with io.temporaries_next_to(out):  # calibration's copy of the model too
-        model, plan = quantize_model(model, config, progress, None if in_memory else input_path)
+        model, done = quantize_model(model, config, progress, None if in_memory else input_path)
         written = io.save_model_atomic(model, out)
-        _release_statistics(plan)  # the Gram matrices spilled next to the output
+        _release_statistics(done.plan)  # the Gram matrices spilled next to the output
     output_bytes = sum(os.path.getsize(p) for p in written)
     if output_bytes > input_bytes:
-        why = "the output is larger than the input" + (f" (see {', '.join(g['tensor'] for g in plan.grown)})"
-                                                        if plan.grown else "")
-        plan.grown.append({"tensor": "(the whole model)", "float_bytes": int(input_bytes),
-                           "stored_bytes": int(output_bytes), "reason": why})
+        grown = done.record.grown
+        why = "the output is larger than the input" + (f" (see {', '.join(g.tensor for g in grown)})"
+                                                        if grown else "")
+        grown.append(Growth(tensor="(the whole model)", float_bytes=int(input_bytes), stored_bytes=int(output_bytes),
+                            reason=why))
         logger.warning("%s: %d -> %d bytes", why, input_bytes, output_bytes)
-    return Report.build(plan, config, input_path, output_path, input_bytes, output_bytes, time.perf_counter() - start)
+    return Report.build(done, config, input_path, output_path, input_bytes, output_bytes, time.perf_counter() - start)
 
 
 def quantize_in_memory(model: ir.Model, config: QuantConfig,
@@ -294,12 +310,12 @@ def quantize_in_memory(model: ir.Model, config: QuantConfig,
     ir.Model with every initializer in memory (quantized weights computed, external data read)."""
     io.check_tensors(model, "the model")
     model = model.clone()
-    model, plan = quantize_model(model, config, progress)
+    model, done = quantize_model(model, config, progress)
     for graph in model.graphs():
         for value in graph.initializers.values():
             tensor = value.const_value
             if isinstance(tensor, ir.LazyTensor):
                 value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
-    _release_statistics(plan)
+    _release_statistics(done.plan)
     ir.external_data.load_to_model(model)
     return model

@@ -25,7 +25,7 @@ import onnx_ir as ir
 
 from int4onnx.config import GROUP_SIZES, QuantConfig
 from int4onnx.errors import ConfigError
-from int4onnx.passes.plan import LayerSpec, MatMulTarget, QuantPlan, SkippedNode
+from int4onnx.passes.plan import LayerChoices, LayerSpec, MatMulTarget, MixedPrecisionSummary, QuantPlan, Selection
 from int4onnx.passes.quantize import WeightQuantizer, default_spec
 
 logger = logging.getLogger(__name__)
@@ -44,21 +44,19 @@ def float_bits(t: MatMulTarget) -> int:
     return t.K * t.N * (16 if t.dtype == ir.DataType.FLOAT16 else 32)
 
 
-def apply_lm_policy(plan: QuantPlan, config: QuantConfig, lm_heads: list[MatMulTarget]) -> set[tuple]:
-    """Fix the lm_head's precision from config.lm_head; returns the keys decided."""
-    fixed = set()
+def apply_lm_policy(config: QuantConfig, lm_heads: list[MatMulTarget]) -> LayerChoices:
+    """The lm_head's precision from config.lm_head (its ``fixed`` keys: the lm_heads decided)."""
+    specs, decisions, floats = {}, {}, {}
     if config.lm_head == "4":
-        return fixed
+        return LayerChoices()
     for t in lm_heads:
         if config.lm_head == "8":
-            plan.specs[t.key] = default_spec(config, t, bits=8)
-            plan.decisions[t.key] = "lm_head kept at 8-bit (--lm-head 8)"
+            specs[t.key] = default_spec(config, t, bits=8)
+            decisions[t.key] = "lm_head kept at 8-bit (--lm-head 8)"
         else:
-            plan.decisions[t.key] = "lm_head kept float (--lm-head float)"
-        fixed.add(t.key)
-    if config.lm_head == "float":
-        keep_float(plan, fixed, "lm_head kept float (--lm-head float)")
-    return fixed
+            decisions[t.key] = "lm_head kept float (--lm-head float)"
+            floats[t.key] = "lm_head kept float (--lm-head float)"
+    return LayerChoices(specs=specs, decisions=decisions, floats=floats)
 
 
 def _bits_at(config: QuantConfig, t: MatMulTarget, bits: int | None = None) -> float:
@@ -66,7 +64,7 @@ def _bits_at(config: QuantConfig, t: MatMulTarget, bits: int | None = None) -> f
     return 8.0 * default_spec(config, t, bits=bits).storage_bytes(t.K, t.N)
 
 
-def _floor_bits(plan: QuantPlan, config: QuantConfig, fixed: set[tuple], lm_head: str) -> float:
+def _floor_bits(plan: Selection, config: QuantConfig, fixed: set[tuple], lm_head: str) -> float:
     """Fewest bits per weight a mixed-precision choice can reach: every layer at the 4-bit spec of the
     options (its cheapest option), the lm_head as `lm_head` says; float layers are not counted."""
     used = total = 0.0
@@ -79,10 +77,10 @@ def _floor_bits(plan: QuantPlan, config: QuantConfig, fixed: set[tuple], lm_head
     return used / total if total else 0.0
 
 
-def check_target_bits(plan: QuantPlan, config: QuantConfig, fixed: set[tuple]) -> None:
+def check_target_bits(plan: Selection, config: QuantConfig, fixed: set[tuple]) -> None:
     """Refuse, before any calibration or sensitivity measurement, a --target-bits that no choice of layer
     precisions reaches with these options; the message says which --lm-head (or budget) would work.
-    `fixed`: the lm_head keys apply_lm_policy decided (still in plan.targets unless kept float)."""
+    `fixed`: the keys the LM and tied-table policies decided (still in plan.targets unless kept float)."""
     if config.target_bits is None:
         return
     floor = _floor_bits(plan, config, fixed, config.lm_head)
@@ -98,13 +96,6 @@ def check_target_bits(plan: QuantPlan, config: QuantConfig, fixed: set[tuple]) -
                     "--group-size / --double-quant")
     raise ConfigError(f"--target-bits {config.target_bits} is below the {floor:.3f} bits per weight that 4-bit "
                       f"everywhere needs with --lm-head {config.lm_head}; {hint}")
-
-
-def keep_float(plan: QuantPlan, keys: set[tuple], reason: str) -> None:
-    for t in [t for t in plan.targets if t.key in keys]:
-        plan.targets.remove(t)
-        plan.skipped.append(SkippedNode(t.node.name or "", t.node.op_type, reason))
-        plan.specs.pop(t.key, None)
 
 
 def _stored(t: MatMulTarget, w_kn: np.ndarray) -> np.ndarray:
@@ -188,9 +179,9 @@ def choose(options: dict[tuple, list[Option]], target_bits: float | None, max_er
 
 
 def mixed_precision(model: ir.Model, plan: QuantPlan, config: QuantConfig, feeds: list[dict],
-                    fixed: set[tuple], progress=None) -> dict:
-    """Decide 4-bit / 8-bit / float per layer; fills plan.specs, plan.decisions, plan.sensitivity and
-    moves float layers to plan.skipped. Returns a summary for the report."""
+                    fixed: set[tuple], progress=None) -> tuple[LayerChoices, MixedPrecisionSummary]:
+    """Decide 4-bit / 8-bit / float for each layer of `plan` (the plan without mixed precision) not in
+    `fixed`; returns those choices (specs, decisions, sensitivity, float layers) and a summary."""
     start = time.perf_counter()
     by_key = plan.targets_by_key()
     keys = [k for k in by_key if k not in fixed]
@@ -218,27 +209,27 @@ def mixed_precision(model: ir.Model, plan: QuantPlan, config: QuantConfig, feeds
         spec = plan.specs.get(k)
         fixed_bits += 8.0 * spec.storage_bytes(t.K, t.N) if spec is not None else float_bits(t)
     choice = choose(options, config.target_bits, config.max_error, total_weights, fixed_bits)
-    floats = set()
+    specs, decisions, floats, sensitivity = {}, {}, {}, {}
     for k, o in choice.items():
-        plan.sensitivity[k] = {f"error_{x.name}" if x.spec else "error_float": round(float(np.sqrt(x.error2)), 6)
-                               for x in options[k]}
+        sensitivity[k] = {f"error_{x.name}" if x.spec else "error_float": round(float(np.sqrt(x.error2)), 6)
+                          for x in options[k]}
         if o.spec is None:
-            floats.add(k)
-            plan.decisions[k] = f"mixed precision: kept float (output error at 4-bit {np.sqrt(options[k][0].error2):.4f})"
+            floats[k] = "kept float by mixed precision (most sensitive layer)"
+            decisions[k] = f"mixed precision: kept float (output error at 4-bit {np.sqrt(options[k][0].error2):.4f})"
         else:
-            plan.specs[k] = o.spec
-            plan.decisions[k] = f"mixed precision: {o.spec.describe()}"
-    keep_float(plan, floats, "kept float by mixed precision (most sensitive layer)")
+            specs[k] = o.spec
+            decisions[k] = f"mixed precision: {o.spec.describe()}"
     est = float(np.sqrt(sum(o.error2 for o in choice.values())))
     used = sum(o.bits for o in choice.values()) + fixed_bits
-    summary = {
-        "target_bits": config.target_bits, "max_error": config.max_error,
-        "estimated_output_rel_error": round(est, 6),
-        "estimated_bits_per_weight_all_selected": round(used / total_weights, 4),
-        "layers": {name: sum(1 for o in choice.values() if o.name.split("/")[0] == name) for name in ("4", "8", "float")},
-        "choices": {o.spec.describe() if o.spec else "float": sum(1 for x in choice.values() if x is o or
-                                                                   (x.spec == o.spec)) for o in choice.values()},
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+    count = {name: sum(1 for o in choice.values() if o.name.split("/")[0] == name) for name in ("4", "8", "float")}
+    summary = MixedPrecisionSummary(
+        target_bits=config.target_bits, max_error=config.max_error,
+        estimated_output_rel_error=round(est, 6),
+        estimated_bits_per_weight_all_selected=round(used / total_weights, 4),
+        layers_4bit=count["4"], layers_8bit=count["8"], layers_float=count["float"],
+        choices={o.spec.describe() if o.spec else "float": sum(1 for x in choice.values() if x is o or
+                                                               (x.spec == o.spec)) for o in choice.values()},
+        seconds=round(time.perf_counter() - start, 3),
+    )
     logger.info("mixed precision: %s", summary)
-    return summary
+    return LayerChoices(specs=specs, decisions=decisions, floats=floats, sensitivity=sensitivity), summary

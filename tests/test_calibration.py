@@ -18,9 +18,8 @@ from int4onnx.errors import CalibrationError
 from int4onnx.evaluate import evaluate
 from int4onnx.passes import awq as awq_pass
 from int4onnx.passes.awq import AwqPass
-from int4onnx.passes.plan import QuantPlan
 from int4onnx.passes.quantize import default_spec
-from int4onnx.passes.select import SelectMatMulsPass
+from int4onnx.passes.select import select_matmuls
 from int4onnx.pipeline import _calibrate
 from int4onnx.runtime import make_session
 
@@ -57,8 +56,7 @@ def lm_feeds_dir(tmp_path, n=6, seq=24, name="cal"):
 def test_collected_statistics_equal_numpy(chain, tmp_path):
     weights, path = chain
     model = io.load_model(path)
-    plan = QuantPlan()
-    SelectMatMulsPass(QuantConfig(), plan)(model)
+    plan = select_matmuls(model, QuantConfig())
     xs = [RNG.standard_normal((3, 64)).astype(np.float32) for _ in range(4)]
     stats = calibrate.collect_statistics(model, [t.node.inputs[0] for t in plan.targets], [{"x": x} for x in xs], gram=True)
     X0 = np.concatenate(xs).astype(np.float64)
@@ -144,11 +142,11 @@ def test_awq_folds_scales_exactly(tmp_path, lm, monkeypatch):
     monkeypatch.setattr(awq_pass, "search_scales", fixed_alpha)
     model = io.load_model(lm)
     config = QuantConfig(method="awq", calibration=str(lm_feeds_dir(tmp_path)), lm_head="4")
-    plan = QuantPlan()
-    SelectMatMulsPass(config, plan)(model)
-    _calibrate(model, plan, config, None)
-    AwqPass(config, plan, lambda t: default_spec(config, t))(model)
-    where = {k[0]: v.get("input_scale", v.get("reason")) for k, v in plan.awq.items()}
+    plan = select_matmuls(model, config)
+    _, stats, _ = _calibrate(model, plan.targets, config, None)
+    awq = AwqPass(config, plan.targets, stats, lambda t: default_spec(config, t))
+    awq(model)
+    where = {k[0]: v.input_scale or v.reason for k, v in awq.result.decisions.items()}
     assert where["W1"] == where["W3"] == "folded into gamma (Mul)"
     assert where["W2"] == "folded into the columns of W3 (MatMul)"
     assert where["W4"] == "folded into ln_s (LayerNormalization)"
@@ -388,8 +386,7 @@ def test_gram_matrices_are_not_all_held_in_memory(tmp_path):
     L, K = 12, 256
     weights = {f"w{i}": (RNG.standard_normal((K, K)) / 16).astype(np.float32) for i in range(L)}
     model = io.load_model(save(matmul_model(weights), tmp_path / "deep.onnx"))
-    plan = QuantPlan()
-    SelectMatMulsPass(QuantConfig(), plan)(model)
+    plan = select_matmuls(model, QuantConfig())
     xs = [RNG.standard_normal((40, K)).astype(np.float32) for _ in range(3)]
     one = 8 * K * K  # bytes of one float64 Gram; all of them would be L times that
     tracemalloc.start()

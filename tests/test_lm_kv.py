@@ -18,8 +18,7 @@ from int4onnx import generate as gen
 from int4onnx.cli import main
 from int4onnx.config import QuantConfig
 from int4onnx.lm import LMInterface
-from int4onnx.passes.plan import QuantPlan
-from int4onnx.passes.select import SelectMatMulsPass
+from int4onnx.passes.select import select_matmuls
 from int4onnx.runtime import log_softmax, make_session
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"
@@ -119,8 +118,7 @@ def test_calibration_from_text_and_from_npz_with_an_empty_past(genai, tmp_path):
         np.savez(data / f"{i}.npz", **hand_feed(ids[i * L:(i + 1) * L]))
     model = ir.load(str(path))
     lm = LMInterface.from_model(model, path)
-    plan = QuantPlan()
-    SelectMatMulsPass(QuantConfig(), plan)(model)
+    plan = select_matmuls(model, QuantConfig())
     values = [t.node.inputs[0] for t in plan.targets]
     inputs = calibrate.model_inputs(model)
     from_text = calibrate.FeedSource(text=str(text), tokenizer=str(tok), samples=3, sequence_length=L).feeds(inputs, lm)
@@ -220,8 +218,7 @@ def test_kv_and_no_cache_exports_give_the_same_calibration_statistics(optimum, e
         model = ir.load(str(path))
         lm = LMInterface.from_model(model, path)
         lm.empty_past = None if path == nocache else empty_past
-        plan = QuantPlan()
-        SelectMatMulsPass(QuantConfig(), plan)(model)
+        plan = select_matmuls(model, QuantConfig())
         feeds = calibrate.FeedSource(text=str(text), tokenizer=tok, samples=3).feeds(calibrate.model_inputs(model), lm)
         if path == kv:
             assert feeds[0]["past_key_values.0.key"].shape[2] == (0 if empty_past else 1)

@@ -29,11 +29,11 @@ def ops(model):
 
 
 def test_chain_is_rewritten_and_dead_weights_removed():
-    model, plan = run(matmul_model({"w0": w(64, 48), "w1": w(48, 33)}))
+    model, done = run(matmul_model({"w0": w(64, 48), "w1": w(48, 33)}))
     assert ops(model) == [(_native.DOMAIN, _native.OP_NAME)] * 2
     assert "w0" not in model.graph.initializers and "w1" not in model.graph.initializers
     assert model.opset_imports[_native.DOMAIN] == 1
-    assert plan.rewritten == 2 and not plan.skipped
+    assert done.record.nodes_rewritten == 2 and not done.plan.skipped
     node = list(model.graph)[0]
     attrs = {k: a.value for k, a in node.attributes.items()}
     assert attrs == {"K": 64, "N": 48, "bits": 4, "block_size": 32, "quant_type": "int", "compute": "fp32"}
@@ -55,8 +55,8 @@ def test_shared_weight_is_quantized_once():
     proto = make_model(nodes, [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["s", 64]) for n in ("x", "x2")],
                        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b")],
                        [numpy_helper.from_array(W, "W")])
-    model, plan = run(proto)
-    assert len(plan.specs) == 1 and plan.rewritten == 2
+    model, done = run(proto)
+    assert len(done.plan.specs) == 1 and done.record.nodes_rewritten == 2
     n1, n2 = list(model.graph)
     assert n1.inputs[IN["B"]] is n2.inputs[IN["B"]] and n1.inputs[IN["scales"]] is n2.inputs[IN["scales"]]
 
@@ -87,8 +87,8 @@ def test_gemm(trans_b, bias):
         gemm_in.append("C")
     node = helper.make_node("Gemm", gemm_in, ["y"], name="g", transB=trans_b, alpha=0.5, beta=2.0)
     proto = make_model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model, plan = run(proto)
-    t = plan.targets[0]
+    model, done = run(proto)
+    t = done.plan.targets[0]
     assert (t.K, t.N, t.transposed, t.alpha) == (K, N, bool(trans_b), 0.5)
     np.testing.assert_allclose(t.weight_kn(), 0.5 * (B.T if trans_b else B))
     kinds = [n.op_type for n in model.graph]
@@ -124,15 +124,15 @@ def test_reasons_for_skipped_nodes():
            helper.make_tensor_value_info("xi", TensorProto.INT32, [K, K])]
     outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT if n != "d" else TensorProto.INT32, None)
             for n in "abcdefg"]
-    model, plan = run(make_model(nodes, ins, outs, inits), exclude=("skip_.*",))
-    reasons = {s.name: s.reason for s in plan.skipped}
+    model, done = run(make_model(nodes, ins, outs, inits), exclude=("skip_.*",))
+    reasons = {s.name: s.reason for s in done.plan.skipped}
     assert "not a constant" in reasons["dynamic"]
     assert "left one" in reasons["const_left"]
     assert "rank 3" in reasons["rank3"]
     assert "INT32" in reasons["int_weight"]
     assert "--exclude" in reasons["skip_me"]
     assert "NaN" in reasons["nan_weight"]
-    assert [t.node.name for t in plan.targets] == ["ok"]
+    assert [t.node.name for t in done.plan.targets] == ["ok"]
 
 
 def test_constant_node_weight():
@@ -141,12 +141,12 @@ def test_constant_node_weight():
              helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")]
     proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [])
-    model, plan = run(proto)
+    model, done = run(proto)
     assert [n.op_type for n in model.graph] == [_native.OP_NAME]
 
 
 def test_fp16_model_gets_fp16_scales():
-    model, plan = run(matmul_model({"w0": w(64, 16)}, dtype=np.float16))
+    model, done = run(matmul_model({"w0": w(64, 16)}, dtype=np.float16))
     node = list(model.graph)[0]
     assert node.inputs[IN["scales"]].const_value.dtype == ir.DataType.FLOAT16
 
@@ -204,10 +204,10 @@ def test_weights_are_quantized_lazily_once_each(tmp_path):
         calls.append(ctx.target.weight.name)
         return qmod.rtn_method(w_, ctx)
 
-    model, plan = run(matmul_model({"w0": w(64, 48), "w1": w(48, 33)}))
-    plan.quantizer.method = counting
-    assert plan.layers == {}  # nothing quantized until the bytes are needed
+    model, done = run(matmul_model({"w0": w(64, 48), "w1": w(48, 33)}))
+    done.quantizer.method = counting
+    assert done.layers == {}  # nothing quantized until the bytes are needed
     proto = ir.serde.serialize_model(model)
     assert sorted(calls) == ["w0", "w1"]  # codes, scales and zero points of a weight share one run
-    assert len(plan.layers) == 2 and all(layer.metrics["rel_error"] > 0 for layer in plan.layers.values())
+    assert len(done.layers) == 2 and all(layer.error.rel_error > 0 for layer in done.layers.values())
     assert len(proto.graph.initializer) == 6

@@ -12,8 +12,9 @@ by s and divides the activation by s, so the float model computes the same funct
   multiply per row at run time).
 
 Weight scaling is lazy (the initializer becomes an ir.LazyTensor over the original), so memory stays
-bounded by the largest layer. The statistics of the scaled activation replace the original ones in
-``plan.stats``; ``plan.input_scales[key]`` keeps s for the report's before/after comparison.
+bounded by the largest layer. The pass's ``result`` (an AwqResult, for the plan) holds the statistics
+with those of each scaled activation replaced, s by weight key (for the report's before/after
+comparison) and the decision for each weight.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx.config import QuantConfig
-from int4onnx.passes.plan import MatMulTarget, Names, PlanPass, QuantPlan, read_float32
+from int4onnx.passes.plan import AwqDecision, AwqResult, MatMulTarget, Names, read_float32
 from int4onnx.quant.awq import search_scales
 from int4onnx.quant.rtn import quantize_grid
 
@@ -65,17 +66,28 @@ def scale_initializer(value: ir.Value, scale: np.ndarray, axis: int) -> None:
     value.const_value = ir.LazyTensor(make, dtype=dtype, shape=shape, name=name, cache=False)
 
 
-class AwqPass(PlanPass):
-    def __init__(self, config: QuantConfig, plan: QuantPlan, spec_for: Callable[[MatMulTarget], object]):
-        super().__init__(config, plan)
+class AwqPass(ir.passes.InPlacePass):
+    """Scales the inputs of `targets` (calibration statistics `stats` by input name); ``result`` after the run."""
+
+    def __init__(self, config: QuantConfig, targets, stats, spec_for: Callable[[MatMulTarget], object]):
+        super().__init__()
+        self.config = config
+        self.targets = tuple(targets)
+        self.stats = dict(stats)
+        self.input_scales: dict[tuple, np.ndarray] = {}
+        self.awq: dict[tuple, AwqDecision] = {}
         self.spec_for = spec_for  # target -> LayerSpec used for the search
+
+    @property
+    def result(self) -> AwqResult:
+        return AwqResult(input_scales=dict(self.input_scales), decisions=dict(self.awq), stats=dict(self.stats))
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.graph = model.graph
         self.names = Names(self.graph)
-        self.target_nodes = {id(t.node): t for t in self.plan.targets}
+        self.target_nodes = {id(t.node): t for t in self.targets}
         groups: dict[str, list[MatMulTarget]] = {}
-        for t in self.plan.targets:
+        for t in self.targets:
             groups.setdefault(t.node.inputs[0].name, []).append(t)
         modified = False
         for name, targets in groups.items():
@@ -85,14 +97,14 @@ class AwqPass(PlanPass):
     # -- one activation and the MatMuls it feeds ----------------------------------------------------
 
     def _group(self, name: str, targets: list[MatMulTarget]) -> bool:
-        stats = self.plan.stats.get(name)
+        stats = self.stats.get(name)
         by_key: dict[tuple, MatMulTarget] = {}
         for t in targets:
             by_key.setdefault(t.key, t)
         blocker = self._blocker(targets, by_key, stats)
         if blocker:
             for key in by_key:
-                self.plan.awq[key] = {"applied": False, "reason": blocker}
+                self.awq[key] = AwqDecision(applied=False, reason=blocker)
             logger.info("awq: %s left unscaled: %s", name, blocker)
             return False
         weights = [t.weight_kn() for t in by_key.values()]
@@ -104,17 +116,17 @@ class AwqPass(PlanPass):
         gain = losses[alpha] / losses[0.0] if losses[0.0] > 0 else 1.0
         if alpha == 0.0:
             for key in by_key:
-                self.plan.awq[key] = {"applied": False, "reason": "the search kept alpha = 0 (no scaling helps)"}
+                self.awq[key] = AwqDecision(applied=False, reason="the search kept alpha = 0 (no scaling helps)")
             return False
         value = targets[0].node.inputs[0]
         where = self._divide_input(value, targets, s)
         for key, t in by_key.items():
             scale_initializer(t.weight, s, axis=1 if t.transposed else 0)
-            self.plan.input_scales[key] = s
-            self.plan.awq[key] = {"applied": True, "alpha": round(alpha, 3), "input_scale": where,
-                                  "calibration_output_error_ratio": round(float(gain), 4)}
+            self.input_scales[key] = s
+            self.awq[key] = AwqDecision(applied=True, alpha=round(alpha, 3), input_scale=where,
+                                        calibration_output_error_ratio=round(float(gain), 4))
         new_value = targets[0].node.inputs[0]
-        self.plan.stats[new_value.name] = stats.scaled(1.0 / s)
+        self.stats[new_value.name] = stats.scaled(1.0 / s)
         logger.info("awq: %s alpha %.2f, output error x%.3f, input scale %s", name, alpha, gain, where)
         return True
 

@@ -26,8 +26,18 @@ import onnx_ir as ir
 
 from int4onnx import _native
 from int4onnx.config import QuantConfig
-from int4onnx.passes.plan import MSFT_DOMAIN, MatMulTarget, Names, PlanPass, QuantPlan, read_float32
+from int4onnx.passes.plan import (
+    MSFT_DOMAIN,
+    LayerChoices,
+    MatMulTarget,
+    Names,
+    PlanPass,
+    QuantPlan,
+    Selection,
+    read_float32,
+)
 from int4onnx.passes.quantize import default_spec
+from int4onnx.passes.results import EmbeddingResult, RewriteRecord
 from int4onnx.quant.clip import quantize_clip
 from int4onnx.quant.grid import Grid
 
@@ -36,7 +46,7 @@ logger = logging.getLogger(__name__)
 _PASS_THROUGH = {"Identity", "Reshape", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Add", "Transpose"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Embedding:
     node: ir.Node
     table: ir.Value
@@ -107,19 +117,18 @@ def _gather_block(block: int, K: int) -> int:
     return 1 << (block - 1).bit_length()
 
 
-def apply_tied_policy(plan: QuantPlan, config: QuantConfig, graph: ir.Graph, tied: dict[tuple, list[Embedding]],
-                      lm_heads: list[MatMulTarget]) -> set[tuple]:
-    """One precision for each tied table (run after the LM policy; returns the keys it fixed).
+def apply_tied_policy(plan: Selection, config: QuantConfig, graph: ir.Graph, tied: dict[tuple, list[Embedding]],
+                      lm_heads: list[MatMulTarget]) -> LayerChoices:
+    """One precision for each tied table (run on the selection after the LM policy; its choices override
+    the LM policy's).
 
     The table is stored at the finer of --lm-head (for a lm_head; --bits for another MatMul) and
     --embedding ("float", the default of --embedding, leaves the choice to --lm-head): 8-bit by
     default. Both readers then use one int (not nf4) code with float scales of the table's type, so
     that GatherBlockQuantized can read it. When the table cannot be shared that way, the MatMul stays
     float too: a quantized copy beside the float table would make the output larger than the input."""
-    from int4onnx.precision import keep_float
-
     heads = {t.key for t in lm_heads}
-    fixed = set()
+    specs, decisions, floats, tied_keys, tied_float = {}, {}, {}, {}, {}
     for key, embs in tied.items():
         table, gathers = embs[0].table, ", ".join(e.node.name or "Gather" for e in embs)
         targets = [t for t in plan.targets if t.key == key]
@@ -139,9 +148,9 @@ def apply_tied_policy(plan: QuantPlan, config: QuantConfig, graph: ir.Graph, tie
         elif any(t.alpha != 1.0 or t.node.graph is not graph for t in targets):
             why = f"{what}: Gemm alpha != 1 or a node inside a subgraph; the table stays float"
         if why is not None:
-            plan.tied_float[table.name] = why
+            tied_float[table.name] = why
             if targets:
-                keep_float(plan, {key}, why)
+                floats[key] = why
             logger.info("%s", why)
             continue
         t = targets[0]
@@ -149,15 +158,25 @@ def apply_tied_policy(plan: QuantPlan, config: QuantConfig, graph: ir.Graph, tie
         block = _gather_block(spec.block_size, t.K)
         spec = dataclasses.replace(spec, quant_type="int", tensor_super_scale=False, block_size=block,
                                    scale_dtype="float16" if t.dtype == ir.DataType.FLOAT16 else "float32")
-        plan.specs[key] = spec
-        plan.tied[key] = embs
+        specs[key] = spec
+        tied_keys[key] = tuple(embs)
         source = option + (f", --embedding {emb}" if emb != "float" else "")
-        plan.decisions[key] = f"{what}: one {spec.describe()} table for both ({source})"
-        fixed.add(key)
-    return fixed
+        decisions[key] = f"{what}: one {spec.describe()} table for both ({source})"
+    return LayerChoices(specs=specs, decisions=decisions, floats=floats, tied=tied_keys, tied_float=tied_float)
 
 
 class QuantizeEmbeddingsPass(PlanPass):
+    """Token Gathers -> GatherBlockQuantized (--embedding; tied tables read RewriteMatMulsPass's
+    initializers from `record`); records every table in ``record.embeddings``."""
+
+    def __init__(self, config: QuantConfig, plan: QuantPlan, record: RewriteRecord):
+        super().__init__(config, plan)
+        self.record = record
+
+    def requires(self, model: ir.Model) -> None:
+        if any(key not in self.record.tied_inputs for key in self.plan.tied):
+            raise ir.passes.PreconditionError("tied tables need the rewrite's initializers (run RewriteMatMulsPass first)")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         plan = self.plan
         if self.config.embedding == "float" and not plan.tied and not plan.tied_float:
@@ -169,10 +188,10 @@ class QuantizeEmbeddingsPass(PlanPass):
         for e in find_embeddings(graph):
             name = e.node.name or "Gather"
             if e.table.name in plan.tied_float:
-                plan.embeddings.append({"node": name, "table": e.table.name, "quantized": False,
-                                        "reason": plan.tied_float[e.table.name]})
+                self.record.embeddings.append(EmbeddingResult(node=name, table=e.table.name, quantized=False,
+                                                              reason=plan.tied_float[e.table.name]))
                 continue
-            if id(e.node) in tied and tied[id(e.node)] in plan.tied_inputs:
+            if id(e.node) in tied and tied[id(e.node)] in self.record.tied_inputs:
                 self._tied(e, tied[id(e.node)], graph, names)
                 done += 1
                 continue
@@ -181,7 +200,7 @@ class QuantizeEmbeddingsPass(PlanPass):
             bits = int(self.config.embedding)
             reason = self._why_not(e, graph)
             if reason:
-                self.plan.embeddings.append({"node": name, "table": e.table.name, "quantized": False, "reason": reason})
+                self.record.embeddings.append(EmbeddingResult(node=name, table=e.table.name, quantized=False, reason=reason))
                 logger.info("embedding %s left float: %s", name, reason)
                 continue
             block = self._block(e.D)
@@ -210,9 +229,9 @@ class QuantizeEmbeddingsPass(PlanPass):
                           name=names.fresh(f"{name}_GatherBlockQuantized"))
             ir.convenience.replace_nodes_and_values(graph, e.node, [e.node], [new], [e.node.outputs[0]], [new.outputs[0]])
             storage = e.V * row + e.V * nb * np.dtype(dtype.numpy()).itemsize + e.V * _native.zero_point_row_bytes(nb, bits)
-            self.plan.embeddings.append({"node": name, "table": e.table.name, "quantized": True, "bits": bits,
-                                         "block_size": block, "V": e.V, "D": e.D, "bytes": int(storage),
-                                         "bits_per_weight": round(8 * storage / (e.V * e.D), 4)})
+            self.record.embeddings.append(EmbeddingResult(
+                node=name, table=e.table.name, quantized=True, bits=bits, block_size=block, V=e.V, D=e.D,
+                bytes=int(storage), bits_per_weight=round(8 * storage / (e.V * e.D), 4)))
             done += 1
         if done:
             model.opset_imports.setdefault(MSFT_DOMAIN, 1)
@@ -220,7 +239,7 @@ class QuantizeEmbeddingsPass(PlanPass):
 
     def _tied(self, e: Embedding, key: tuple, graph: ir.Graph, names: Names) -> None:
         """Gather rows of a table the rewrite quantized as a MatMul weight, from the same initializers."""
-        shared, spec = self.plan.tied_inputs[key], self.plan.specs[key]
+        shared, spec = self.record.tied_inputs[key], self.plan.specs[key]
         block, bits = shared["block"], spec.bits
         nb = _native.n_blocks(e.D, block)
         name = e.node.name or "Gather"
@@ -250,10 +269,10 @@ class QuantizeEmbeddingsPass(PlanPass):
         t = self.plan.targets_by_key()[key][0]
         extra = e.V * nb if shared["gather_zero_points"] is not None else 0
         storage = spec.storage_bytes(t.K, t.N) + extra
-        self.plan.embeddings.append({
-            "node": name, "table": e.table.name, "quantized": True, "bits": bits, "block_size": block,
-            "V": e.V, "D": e.D, "shared_with": [x.node.name or "" for x in self.plan.targets_by_key()[key]],
-            "bytes": int(storage), "extra_bytes": int(extra), "bits_per_weight": round(8 * storage / (e.V * e.D), 4)})
+        self.record.embeddings.append(EmbeddingResult(
+            node=name, table=e.table.name, quantized=True, bits=bits, block_size=block, V=e.V, D=e.D,
+            shared_with=tuple(x.node.name or "" for x in self.plan.targets_by_key()[key]), bytes=int(storage),
+            extra_bytes=int(extra), bits_per_weight=round(8 * storage / (e.V * e.D), 4)))
 
     def _block(self, D: int) -> int:
         g = self.config.group_size

@@ -1,4 +1,9 @@
-"""State shared by the passes of one conversion: what to quantize, how, what was skipped and why.
+"""The plan of one conversion: what to quantize, how, what was skipped and why.
+
+The analysis steps (selection, LM and tied-table policy, calibration, AWQ, mixed precision) each return
+their part (Selection, LayerChoices, statistics, AwqResult); ``QuantPlan.assemble`` builds the frozen
+plan from them once, and the rewrite passes read it. What happens while the output is written (the
+quantized weights' results) lives in passes/results.py, not here.
 
 Weights are quantized lazily, one at a time, when the output is written (RewriteMatMulsPass puts
 ir.LazyTensor initializers in the graph), so memory stays bounded by the largest layer rather than
@@ -8,6 +13,8 @@ the model. Everything that must be known earlier (shapes, bits, block size) is i
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 import onnx_ir as ir
@@ -18,7 +25,7 @@ from int4onnx.config import QuantConfig
 MSFT_DOMAIN = "com.microsoft"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MatMulTarget:
     """An eligible MatMul or Gemm: Y = A @ W (+ bias), W = alpha * (B or B^T) of shape [K, N]."""
 
@@ -103,63 +110,241 @@ class LayerSpec:
                 + ((" int8-scales/tensor" if self.tensor_super_scale else " int8-scales") if self.double_quant else ""))
 
 
-@dataclasses.dataclass
-class SkippedNode:
+class JsonView(Mapping):
+    """Read-only item access to ``to_dict()``, the ``convert --report`` form of a typed record, so that
+    readers of the report's JSON dicts (``layer["bits"]``) and of the records (``layer.bits``) agree."""
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __getitem__(self, name):
+        return self.to_dict()[name]
+
+    def __iter__(self):
+        return iter(self.to_dict())
+
+    def __len__(self):
+        return len(self.to_dict())
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SkippedNode(JsonView):
+    """A MatMul/Gemm left float, and why."""
+
     name: str
     op_type: str
     reason: str
 
 
-@dataclasses.dataclass
-class LayerResult:
-    """What happened to one quantized weight (shared by every target with its key)."""
-
-    spec: LayerSpec
-    K: int
-    N: int
-    nodes: list[str]
-    metrics: dict
-
-    @property
-    def storage_bytes(self) -> int:
-        return self.spec.storage_bytes(self.K, self.N)
+def _frozen(mapping) -> MappingProxyType:
+    return MappingProxyType(dict(mapping or {}))
 
 
-@dataclasses.dataclass
-class QuantPlan:
-    targets: list[MatMulTarget] = dataclasses.field(default_factory=list)
-    skipped: list[SkippedNode] = dataclasses.field(default_factory=list)
-    specs: dict[tuple, LayerSpec] = dataclasses.field(default_factory=dict)
-    layers: dict[tuple, LayerResult] = dataclasses.field(default_factory=dict)  # filled as weights are quantized
-    float_bytes: int = 0   # bytes of the float weights selected for quantization
-    rewritten: int = 0     # nodes rewritten
-    quantizer: object = None  # passes.quantize.WeightQuantizer, called lazily at save time
-    # calibration statistics (calibrate.ActivationStats) of each MatMul input, by value name
-    stats: dict = dataclasses.field(default_factory=dict)
-    # AWQ: rows of these weights were multiplied by s (and their input divided by s); details for the report
-    input_scales: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)
-    awq: dict[tuple, dict] = dataclasses.field(default_factory=dict)
-    # why a layer got its spec (LM policy, mixed precision) and its measured sensitivity
-    decisions: dict[tuple, str] = dataclasses.field(default_factory=dict)
-    sensitivity: dict[tuple, dict] = dataclasses.field(default_factory=dict)
-    embeddings: list[dict] = dataclasses.field(default_factory=list)  # quantized Gather tables
-    # tied tables: weight key -> the embedding Gathers (passes.embedding.Embedding) reading the same table;
-    # the rewrite puts the key's shared initializers in tied_inputs; tied_float: table name -> why it stays float
-    tied: dict[tuple, list] = dataclasses.field(default_factory=dict)
-    tied_inputs: dict[tuple, dict] = dataclasses.field(default_factory=dict)
-    tied_float: dict[str, str] = dataclasses.field(default_factory=dict)
-    grown: list[dict] = dataclasses.field(default_factory=list)  # tensors stored larger than the float input
-    calibration: dict = dataclasses.field(default_factory=dict)  # what calibration ran on, and how long
+def _empty_map():
+    return dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+
+def _by_key(targets) -> dict[tuple, list[MatMulTarget]]:
+    out: dict[tuple, list[MatMulTarget]] = {}
+    for t in targets:
+        out.setdefault(t.key, []).append(t)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Every MatMul/Gemm of a model: a target, or skipped with a reason (SelectMatMulsPass's result)."""
+
+    targets: tuple[MatMulTarget, ...] = ()
+    skipped: tuple[SkippedNode, ...] = ()
+
+    def drop(self, reasons: Mapping[tuple, str]) -> Selection:
+        """The selection with the targets of these weight keys moved to the skipped nodes (key -> why)."""
+        if not reasons:
+            return self
+        gone = tuple(SkippedNode(t.node.name or "", t.node.op_type, reasons[t.key])
+                     for t in self.targets if t.key in reasons)
+        return Selection(tuple(t for t in self.targets if t.key not in reasons), self.skipped + gone)
 
     def targets_by_key(self) -> dict[tuple, list[MatMulTarget]]:
-        out: dict[tuple, list[MatMulTarget]] = {}
-        for t in self.targets:
-            out.setdefault(t.key, []).append(t)
-        return out
+        return _by_key(self.targets)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerChoices:
+    """One analysis step's decisions about some weights (by key): their spec and why, and the weights it
+    keeps float (key -> why). The LM policy, the tied-table policy and mixed precision each return one;
+    ``then`` combines them, the later step deciding a key winning."""
+
+    specs: Mapping[tuple, LayerSpec] = _empty_map()
+    decisions: Mapping[tuple, str] = _empty_map()
+    floats: Mapping[tuple, str] = _empty_map()
+    sensitivity: Mapping[tuple, Mapping[str, float]] = _empty_map()
+    tied: Mapping[tuple, tuple] = _empty_map()  # key -> the token Gathers (passes.embedding.Embedding) sharing it
+    tied_float: Mapping[str, str] = _empty_map()  # tied table name -> why it stays float in both readers
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _frozen(getattr(self, f.name)))
+
+    @property
+    def fixed(self) -> frozenset[tuple]:
+        """The keys this step decided (a spec or a decision; a tied table left float is not one)."""
+        return frozenset(self.decisions) | frozenset(self.specs)
+
+    def then(self, later: LayerChoices) -> LayerChoices:
+        return LayerChoices(**{f.name: {**getattr(self, f.name), **getattr(later, f.name)}
+                               for f in dataclasses.fields(self)})
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AwqDecision(JsonView):
+    """AWQ's outcome for one weight: scaled (alpha, where 1/s went, the calibration error ratio), or why not."""
+
+    applied: bool
+    reason: str | None = None
+    alpha: float | None = None
+    input_scale: str | None = None
+    calibration_output_error_ratio: float | None = None
+
+    def to_dict(self) -> dict:
+        if not self.applied:
+            return {"applied": False, "reason": self.reason}
+        return {"applied": True, "alpha": self.alpha, "input_scale": self.input_scale,
+                "calibration_output_error_ratio": self.calibration_output_error_ratio}
+
+
+@dataclasses.dataclass(frozen=True)
+class AwqResult:
+    """AwqPass's result: s per scaled weight key, the decision per key, and the input statistics after scaling."""
+
+    input_scales: Mapping[tuple, np.ndarray]
+    decisions: Mapping[tuple, AwqDecision]
+    stats: Mapping[str, object]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MixedPrecisionSummary(JsonView):
+    target_bits: float | None
+    max_error: float | None
+    estimated_output_rel_error: float
+    estimated_bits_per_weight_all_selected: float
+    layers_4bit: int
+    layers_8bit: int
+    layers_float: int
+    choices: Mapping[str, int]   # spec description (or "float") -> number of layers
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"target_bits": self.target_bits, "max_error": self.max_error,
+                "estimated_output_rel_error": self.estimated_output_rel_error,
+                "estimated_bits_per_weight_all_selected": self.estimated_bits_per_weight_all_selected,
+                "layers": {"4": self.layers_4bit, "8": self.layers_8bit, "float": self.layers_float},
+                "choices": dict(self.choices), "seconds": self.seconds}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CalibrationInfo(JsonView):
+    """What calibration ran on, how long it took, and the mixed-precision summary when that ran."""
+
+    source: str
+    samples: int
+    gram: bool
+    statistics_bytes: int
+    seconds: float
+    mixed_precision: MixedPrecisionSummary | None = None
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.mixed_precision is None:
+            del d["mixed_precision"]
+        else:
+            d["mixed_precision"] = self.mixed_precision.to_dict()
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """Everything decided about one weight before the rewrite (a view of the plan for one key)."""
+
+    key: tuple
+    targets: tuple[MatMulTarget, ...]
+    spec: LayerSpec
+    method: str
+    decision: str | None           # why this spec, when a policy or mixed precision chose it
+    sensitivity: Mapping[str, float] | None
+    awq: AwqDecision | None
+    input_scale: np.ndarray | None  # AWQ's s: the stored weight is diag(s) W
+    tied: tuple = ()                # token Gathers reading the same table
+
+    @property
+    def weight(self) -> str:
+        return self.key[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantPlan:
+    """The analysis phase's result, assembled once (``assemble``) and read, never changed, by the rewrite:
+    the targets and skipped nodes, one LayerSpec per weight key, why (decisions, sensitivity), the
+    calibration statistics of each MatMul input (by value name, after any AWQ scaling), AWQ's scales and
+    the tied tables. Maps are read-only views."""
+
+    method: str
+    targets: tuple[MatMulTarget, ...]
+    skipped: tuple[SkippedNode, ...]
+    specs: Mapping[tuple, LayerSpec]
+    decisions: Mapping[tuple, str] = _empty_map()
+    sensitivity: Mapping[tuple, Mapping[str, float]] = _empty_map()
+    stats: Mapping[str, object] = _empty_map()  # calibrate.ActivationStats by MatMul input name
+    input_scales: Mapping[tuple, np.ndarray] = _empty_map()
+    awq: Mapping[tuple, AwqDecision] = _empty_map()
+    tied: Mapping[tuple, tuple] = _empty_map()
+    tied_float: Mapping[str, str] = _empty_map()
+    calibration: CalibrationInfo | None = None
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (dict, MappingProxyType)):
+                object.__setattr__(self, f.name, _frozen(v))
+            elif isinstance(v, list):
+                object.__setattr__(self, f.name, tuple(v))
+        missing = [k[0] for k in _by_key(self.targets) if k not in self.specs]
+        if missing:
+            raise ValueError(f"plan: no LayerSpec for {missing}")
+
+    @classmethod
+    def assemble(cls, method: str, selection: Selection, choices: LayerChoices, default_spec,
+                 stats: Mapping | None = None, calibration: CalibrationInfo | None = None,
+                 awq: AwqResult | None = None) -> QuantPlan:
+        """The plan of `selection` less the weights `choices` keeps float; weights no step decided get
+        `default_spec(target)`."""
+        kept = selection.drop(choices.floats)
+        specs = {key: choices.specs.get(key) or default_spec(ts[0]) for key, ts in kept.targets_by_key().items()}
+        return cls(method=method, targets=kept.targets, skipped=kept.skipped, specs=specs,
+                   decisions=choices.decisions, sensitivity=choices.sensitivity,
+                   stats=awq.stats if awq is not None else (stats or {}),
+                   input_scales=awq.input_scales if awq is not None else {},
+                   awq=awq.decisions if awq is not None else {}, tied=choices.tied, tied_float=choices.tied_float,
+                   calibration=calibration)
+
+    def targets_by_key(self) -> dict[tuple, list[MatMulTarget]]:
+        return _by_key(self.targets)
+
+    @property
+    def float_bytes(self) -> int:
+        """Bytes of the float weights selected for quantization (each shared weight once)."""
+        return sum(ts[0].K * ts[0].N * (2 if ts[0].dtype == ir.DataType.FLOAT16 else 4)
+                   for ts in self.targets_by_key().values())
+
+    def layer(self, key: tuple) -> LayerPlan:
+        return LayerPlan(key=key, targets=tuple(t for t in self.targets if t.key == key), spec=self.specs[key],
+                         method=self.method, decision=self.decisions.get(key), sensitivity=self.sensitivity.get(key),
+                         awq=self.awq.get(key), input_scale=self.input_scales.get(key), tied=self.tied.get(key, ()))
 
 
 class PlanPass(ir.passes.InPlacePass):
-    """An in-place pass of one conversion: reads the options and reads or fills the shared plan."""
+    """A rewrite pass of one conversion: reads the options and the frozen plan (given in __init__)."""
 
     def __init__(self, config: QuantConfig, plan: QuantPlan):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Decide how each selected weight is stored (PlanLayersPass) and quantize it on demand (WeightQuantizer).
+"""How a selected weight is stored by default (default_spec) and quantizing it on demand (WeightQuantizer).
 
 Quantization itself is deferred: RewriteMatMulsPass puts lazy initializers in the graph and the
 WeightQuantizer runs when the saver writes them, one weight at a time. A method sees one weight and
@@ -19,7 +19,8 @@ import onnx_ir as ir
 from int4onnx import methods
 from int4onnx.config import QuantConfig
 from int4onnx.errors import CalibrationError, UnsupportedModelError
-from int4onnx.passes.plan import LayerResult, LayerSpec, MatMulTarget, PlanPass, QuantPlan
+from int4onnx.passes.plan import LayerSpec, MatMulTarget, QuantPlan
+from int4onnx.passes.results import ErrorStats, LayerResult, QuantResults
 from int4onnx.quant.base import QuantizedWeight, error_metrics, error_metrics_of
 from int4onnx.quant.clip import quantize_clip
 from int4onnx.quant.gptq import dead_channels, quantize_gptq
@@ -106,21 +107,9 @@ def default_spec(config: QuantConfig, t: MatMulTarget, bits: int | None = None) 
                      quant_type=quant_type, scale_dtype=scale_dtype, tensor_super_scale=tensor_super)
 
 
-class PlanLayersPass(PlanPass):
-    """Fills ``plan.specs`` (one LayerSpec per distinct weight) from the config; reads no weights."""
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for key, targets in self.plan.targets_by_key().items():
-            t = targets[0]
-            self.plan.float_bytes += t.K * t.N * (2 if t.dtype == ir.DataType.FLOAT16 else 4)
-            if key in self.plan.specs:  # an earlier step (LM policy, mixed precision) decided already
-                continue
-            self.plan.specs[key] = default_spec(self.config, t)
-        return ir.passes.PassResult(model, modified=False)
-
-
 class WeightQuantizer:
-    """Quantizes one weight when first asked, records its LayerResult, and keeps the last few results
+    """Quantizes one weight when first asked, records its LayerResult in ``results`` (its own record;
+    the plan is only read), and keeps the last few quantized weights
     so that the several initializers made from one weight (codes, scales, zero points) share one run.
 
     The LayerResult's metrics compare the method with round to nearest on the original weight (before
@@ -138,6 +127,7 @@ class WeightQuantizer:
         self.input_name = {key: ts[0].node.inputs[0].name for key, ts in self.by_key.items()}
         self.cache: collections.OrderedDict[tuple, QuantizedWeight] = collections.OrderedDict()
         self.keep = keep
+        self.results = QuantResults()
 
     def stats_for(self, key: tuple):
         return self.plan.stats.get(self.input_name[key])
@@ -155,7 +145,7 @@ class WeightQuantizer:
         targets = self.by_key[key]
         t, spec = targets[0], self.plan.specs[key]
         if self.progress:
-            self.progress(len(self.plan.layers), len(self.by_key), t.weight.name or "")
+            self.progress(len(self.results.layers), len(self.by_key), t.weight.name or "")
         w = t.weight_kn()
         qw = self.quantize(key, spec, w)
         if not np.isfinite(qw.scales).all():  # e.g. float16 scales of a weight beyond float16's range
@@ -165,10 +155,15 @@ class WeightQuantizer:
                 f"leave it float with --exclude '{t.node.name}'")
         metrics = self._metrics(key, spec, w, qw)
         del w
-        self.plan.layers[key] = LayerResult(spec=spec, K=t.K, N=t.N, nodes=[x.node.name or "" for x in targets],
-                                            metrics=metrics)
+        layer = self.plan.layer(key)
+        self.results.layers[key] = LayerResult(
+            weight=key[0], nodes=tuple(x.node.name or "" for x in targets), K=t.K, N=t.N, spec=spec,
+            method=self.config.method, error=ErrorStats.of(metrics),
+            rtn_error=ErrorStats.of({k[4:]: v for k, v in metrics.items() if k.startswith("rtn_")}),
+            dead_input_channels=metrics.get("dead_input_channels"), decision=layer.decision,
+            sensitivity=layer.sensitivity, awq=layer.awq)
         logger.debug("quantized %s [%d x %d]: %s", t.weight.name, t.K, t.N, metrics)
-        if self.progress and len(self.plan.layers) == len(self.by_key):
+        if self.progress and len(self.results.layers) == len(self.by_key):
             self.progress(len(self.by_key), len(self.by_key), "")
         self.cache[key] = qw
         while len(self.cache) > self.keep:
@@ -205,5 +200,5 @@ class WeightQuantizer:
     def quantize_all(self) -> None:
         """Force every pending weight (used when the model is kept in memory rather than saved)."""
         for key in self.by_key:
-            if key not in self.plan.layers:
+            if key not in self.results.layers:
                 self(key)

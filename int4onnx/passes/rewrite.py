@@ -15,7 +15,9 @@ import numpy as np
 import onnx_ir as ir
 
 from int4onnx import _native
-from int4onnx.passes.plan import MSFT_DOMAIN, LayerSpec, MatMulTarget, Names, PlanPass
+from int4onnx.config import QuantConfig
+from int4onnx.passes.plan import MSFT_DOMAIN, LayerSpec, MatMulTarget, Names, PlanPass, QuantPlan
+from int4onnx.passes.results import Growth, RewriteRecord
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,26 @@ def _np_dtype(dtype: ir.DataType):
 
 
 class RewriteMatMulsPass(PlanPass):
+    """Every target of the plan -> its quantized form; the new initializers are lazy and call `quantizer`
+    (a passes.quantize.WeightQuantizer) by weight key when the saver reads them. Counts the nodes and
+    keeps the initializers of tied tables in `record`."""
+
+    def __init__(self, config: QuantConfig, plan: QuantPlan, quantizer, record: RewriteRecord):
+        super().__init__(config, plan)
+        self.quantizer = quantizer
+        self.record = record
+
+    def requires(self, model: ir.Model) -> None:
+        nodes = {id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)}
+        if any(id(t.node) not in nodes for t in self.plan.targets):
+            raise ir.passes.PreconditionError("a target of the plan is not a node of this model")
+
+    def ensures(self, model: ir.Model) -> None:
+        nodes = {id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)}
+        left = [t.node.name for t in self.plan.targets if id(t.node) in nodes]
+        if left:
+            raise ir.passes.PostconditionError(f"target MatMul/Gemm node(s) left in the graph: {left[:5]}")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         self.names = Names(graph)
@@ -45,19 +67,19 @@ class RewriteMatMulsPass(PlanPass):
                 self.cache[t.key] = self._weight_inputs(t)
             self.graph = t.node.graph
             self._rewrite(t, self.plan.specs[t.key], self.cache[t.key])
-            self.plan.rewritten += 1
+            self.record.nodes_rewritten += 1
         for t in self.plan.targets:  # float weights left unused inside subgraphs (the main graph's go later)
             w, owner = t.weight, t.weight.graph
             if owner is not None and owner is not graph and owner.initializers.get(w.name) is w and not w.uses() \
                     and w not in owner.outputs:
                 del owner.initializers[w.name]
         fmt = self.config.format
-        if self.plan.rewritten:
+        if self.record.nodes_rewritten:
             if fmt == "int4onnx":
                 model.opset_imports[_native.DOMAIN] = 1
             elif fmt == "matmulnbits":
                 model.opset_imports[MSFT_DOMAIN] = 1
-        return ir.passes.PassResult(model, modified=self.plan.rewritten > 0)
+        return ir.passes.PassResult(model, modified=self.record.nodes_rewritten > 0)
 
     # -- initializers (lazy: the weight is quantized when the saver asks for these bytes) -------------
 
@@ -71,7 +93,7 @@ class RewriteMatMulsPass(PlanPass):
         """The weight's initializers by op input name (B, scales, zero_points, scales_scale; None if absent),
         and the block size the node states ("block"; None for a one-block DequantizeLinear)."""
         spec: LayerSpec = self.plan.specs[t.key]
-        quant = self.plan.quantizer
+        quant = self.quantizer
         key, K, N, bits = t.key, t.K, t.N, spec.bits
         base = (t.weight.name or "weight") + ("_T" if t.transposed else "")
         nb = spec.n_blocks(K)
@@ -105,7 +127,7 @@ class RewriteMatMulsPass(PlanPass):
                                      lambda: quant(key).scales_scale.astype(np.float32))
             weights = {"B": data, "scales": sc, "zero_points": zpv, "scales_scale": ssv, "block": block}
             if key in self.plan.tied:
-                self.plan.tied_inputs[key] = {**weights, "gather_zero_points": gzp}
+                self.record.tied_inputs[key] = {**weights, "gather_zero_points": gzp}
             return weights
         # qdq: codes as a [K, N] int4/uint4 (or int8/uint8) tensor, scales [n_blocks, N] ([N] for one block)
         half = 1 << (bits - 1)
@@ -224,8 +246,8 @@ def _trim(inputs: list) -> list:
     return inputs
 
 
-def check_growth(plan) -> list[dict]:
-    """Fill plan.grown with every quantized weight stored in more bytes than its float input (a float
+def check_growth(plan: QuantPlan, record: RewriteRecord) -> list[Growth]:
+    """Fill record.grown with every quantized weight stored in more bytes than its float input (a float
     copy still read by another node, or padding), log a warning for each, and return the list. Run
     after unused initializers are removed."""
     grown = []
@@ -233,7 +255,7 @@ def check_growth(plan) -> list[dict]:
         t, spec = targets[0], plan.specs[key]
         float_bytes = t.K * t.N * (2 if t.dtype == ir.DataType.FLOAT16 else 4)
         stored = spec.storage_bytes(t.K, t.N)
-        shared = plan.tied_inputs.get(key)
+        shared = record.tied_inputs.get(key)
         if shared is not None and shared["gather_zero_points"] is not None:
             stored += t.N * spec.n_blocks(t.K)
         readers = sorted({u.node.op_type for u in t.weight.uses()})
@@ -245,8 +267,7 @@ def check_growth(plan) -> list[dict]:
         elif stored > float_bytes:
             why = f"its quantized form ({spec.describe()}, K={t.K}) takes more bytes than the float weight"
         if why:
-            grown.append({"tensor": t.weight.name, "float_bytes": int(float_bytes), "stored_bytes": int(stored),
-                          "reason": why})
+            grown.append(Growth(tensor=t.weight.name, float_bytes=int(float_bytes), stored_bytes=int(stored), reason=why))
             logger.warning("tensor '%s' grows from %d to %d bytes: %s", t.weight.name, float_bytes, stored, why)
-    plan.grown = grown
+    record.grown = grown
     return grown

@@ -7,7 +7,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from int4onnx.passes.plan import MatMulTarget, PlanPass, SkippedNode, release
+from int4onnx.config import QuantConfig
+from int4onnx.passes.plan import MatMulTarget, Selection, SkippedNode, release
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +48,45 @@ def _attr(node: ir.Node, name: str, default):
     return default if attr is None else attr.value
 
 
-class SelectMatMulsPass(PlanPass):
-    """Analysis only: fills ``plan.targets`` and ``plan.skipped``; the model is not changed."""
+def _matmuls(model: ir.Model):
+    return [node for node in ir.traversal.RecursiveGraphIterator(model.graph)
+            if node.domain in ("", "ai.onnx") and node.op_type in ("MatMul", "Gemm")]
+
+
+def select_matmuls(model: ir.Model, config: QuantConfig) -> Selection:
+    """Run SelectMatMulsPass on `model` (not changed) and return its Selection."""
+    step = SelectMatMulsPass(config)
+    step(model)
+    return step.selection
+
+
+class SelectMatMulsPass(ir.passes.InPlacePass):
+    """Analysis only: ``selection`` (after the run) holds the targets and the skipped nodes with their
+    reasons; the model is not changed. Ensures every MatMul/Gemm is one or the other."""
+
+    def __init__(self, config: QuantConfig):
+        super().__init__()
+        self.config = config
+        self.selection = Selection()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph_inputs = set(model.graph.inputs)
-        for node in ir.traversal.RecursiveGraphIterator(model.graph):
-            if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm"):
-                continue
+        targets, skipped = [], []
+        for node in _matmuls(model):
             name = node.name or f"<unnamed {node.op_type}>"
             reason = self._why_not(node, model.graph, graph_inputs)
             if isinstance(reason, MatMulTarget):
-                self.plan.targets.append(reason)
+                targets.append(reason)
             else:
                 logger.info("not quantized: %s %s: %s", node.op_type, name, reason)
-                self.plan.skipped.append(SkippedNode(name, node.op_type, reason))
+                skipped.append(SkippedNode(name, node.op_type, reason))
+        self.selection = Selection(tuple(targets), tuple(skipped))
         return ir.passes.PassResult(model, modified=False)
+
+    def ensures(self, model: ir.Model) -> None:
+        seen = len(self.selection.targets) + len(self.selection.skipped)
+        if seen != len(_matmuls(model)) or not all(s.reason for s in self.selection.skipped):
+            raise ir.passes.PostconditionError("every MatMul/Gemm must be a target or skipped with a reason")
 
     def _why_not(self, node: ir.Node, graph: ir.Graph, graph_inputs) -> MatMulTarget | str:
         if self.config.excluded(node.name or ""):
