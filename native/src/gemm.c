@@ -74,13 +74,14 @@ static int64_t qa_ldq(const i4o_wdesc *w) { return (w->n_blocks * w->block_size 
 
 size_t i4o_qa_bytes(const i4o_wdesc *w, int64_t M) {
   const int64_t ldq = qa_ldq(w);
-  return (size_t)(M * ldq) + (size_t)(M * w->n_blocks) * (sizeof(float) + sizeof(int32_t)) + 64;
+  return (size_t)(M * ldq) + (size_t)(M * w->n_blocks) * (sizeof(float) + sizeof(int32_t)) + 128;
 }
 
-i4o_qa_view i4o_qa_map(const i4o_wdesc *w, int64_t M, void *ws) {
+i4o_qa_view i4o_qa_map(const i4o_wdesc *w, int64_t M, const void *ws) {
   i4o_qa_view v;
   v.ldq = qa_ldq(w);
-  v.q = (int8_t *)ws;
+  v.nb = w->n_blocks;
+  v.q = (int8_t *)(uintptr_t)ws;
   v.scale = (float *)(v.q + M * v.ldq);
   v.sum = (int32_t *)(v.scale + M * w->n_blocks);
   return v;
