@@ -197,13 +197,7 @@ int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared *
   i4o_prepared *p = (i4o_prepared *)calloc(1, sizeof(*p));
   if (!p) return I4O_E_NOMEM;
   i4o_wdesc *w = &p->w;
-  w->K = src->K;
-  w->N = src->N;
-  w->bits = src->bits;
-  w->block_size = src->block_size;
-  w->quant_type = src->quant_type;
-  w->n_blocks = i4o_n_blocks(src->K, src->block_size);
-  w->blob_bytes = i4o_blob_bytes(src->bits, src->block_size);
+  *w = i4o_wdesc_make(src->K, src->N, src->bits, src->block_size, src->quant_type);
   w->data = src->data;
   const size_t n_scales = (size_t)(w->N * w->n_blocks);
   p->scales = (float *)malloc(n_scales * sizeof(float));
@@ -414,12 +408,9 @@ static void set_err(char *err, size_t len, const char *msg) {
 
 int i4o_dequantize(const i4o_weights *w, float *out) {
   if (!out || check_weights(w)) return I4O_E_ARG;
-  const int64_t nb = i4o_n_blocks(w->K, w->block_size);
-  i4o_wdesc d;
-  memset(&d, 0, sizeof(d));
-  d.K = w->K; d.N = w->N; d.bits = w->bits; d.block_size = w->block_size; d.n_blocks = nb;
-  d.blob_bytes = i4o_blob_bytes(w->bits, w->block_size);
-  d.quant_type = w->quant_type; d.data = w->data;
+  i4o_wdesc d = i4o_wdesc_make(w->K, w->N, w->bits, w->block_size, w->quant_type);
+  const int64_t nb = d.n_blocks;
+  d.data = w->data;
   float *scales = (float *)malloc((size_t)(w->N * nb) * sizeof(float));
   if (!scales) return I4O_E_NOMEM;
   i4o_weight_scales(w, scales);
@@ -478,9 +469,7 @@ int i4o_matmul_pfor(const char *kernel, int compute, const float *A, int64_t M, 
       return I4O_E_KERNEL;
     }
   } else {
-    i4o_wdesc d;
-    memset(&d, 0, sizeof(d));
-    d.K = w->K; d.N = w->N; d.bits = w->bits; d.block_size = w->block_size; d.quant_type = w->quant_type;
+    const i4o_wdesc d = i4o_wdesc_make(w->K, w->N, w->bits, w->block_size, w->quant_type);
     k = i4o_choose_kernel(compute, &d, err, err_len);
     if (!k) return I4O_E_KERNEL;
   }

@@ -28,6 +28,24 @@ typedef struct i4o_wdesc {
   const uint8_t *zp;     /* [N][n_blocks], or NULL: implied 2^(bits-1) */
 } i4o_wdesc;
 
+/* The one constructor: a weight's shape (n_blocks and blob_bytes derived), no data, scales or zero
+ * points yet. What a kernel may be asked about before it sees data (supports), and the start of a
+ * prepared weight. */
+static inline i4o_wdesc i4o_wdesc_make(int64_t K, int64_t N, int bits, int64_t block_size, int quant_type) {
+  i4o_wdesc d;
+  d.K = K;
+  d.N = N;
+  d.block_size = block_size;
+  d.n_blocks = i4o_n_blocks(K, block_size);
+  d.blob_bytes = i4o_blob_bytes(bits, block_size);
+  d.bits = bits;
+  d.quant_type = quant_type;
+  d.data = NULL;
+  d.scales = NULL;
+  d.zp = NULL;
+  return d;
+}
+
 /* Everything one gemm call sees. */
 typedef struct i4o_gemm_ctx {
   const i4o_wdesc *w;
