@@ -86,13 +86,13 @@ AI __m512i block_zp(const x86_rec *rl, const uint8_t *rec, int64_t j) {
   return _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_rec_zp(rl, rec, j)));
 }
 
-/* block epilogue of row m: acc + (dot - zp * sum(q)) * (scale_a * scale_w); the activations' sum is
- * premultiplied by the shared zero point for weights without zero points (x86_sym_zp) */
-AI __m512 block_fma(__m512 acc, __m512i dot, __m512 sw, __m512i zpv, const i4o_qa_view *qa, int64_t m, int64_t b,
-                    const int asym) {
-  const __m512i zs = _mm512_set1_epi32(qa->sum[m * qa->nb + b]);
+/* block epilogue of a row: acc + (dot - zp * sum(q)) * (scale_a * scale_w), with the row's activation
+ * scale sa and sum zs of the block (premultiplied by the shared zero point for weights without zero
+ * points, x86_sym_zp) */
+AI __m512 block_fma(__m512 acc, __m512i dot, __m512 sw, __m512i zpv, float sa_, int32_t zs_, const int asym) {
+  const __m512i zs = _mm512_set1_epi32(zs_);
   const __m512i corr = asym ? _mm512_mullo_epi32(zpv, zs) : zs;
-  const __m512 sa = _mm512_set1_ps(qa->scale[m * qa->nb + b]);
+  const __m512 sa = _mm512_set1_ps(sa_);
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, corr)), _mm512_mul_ps(sw, sa), acc);
 }
 
@@ -169,7 +169,8 @@ AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, int6
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-      for (int g = 0; g < G; g++) facc[r][g] = block_fma(facc[r][g], iacc[r][g], sw[g], zpv[g], qa, m + r, b, asym);
+      for (int g = 0; g < G; g++)
+        facc[r][g] = block_fma(facc[r][g], iacc[r][g], sw[g], zpv[g], qa->scale[(m + r) * nb + b], qa->sum[(m + r) * nb + b], asym);
   }
   /* store: undo the column exponents of the scales, add the bias */
 #pragma GCC unroll 4
@@ -241,7 +242,7 @@ AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, 
 #pragma GCC unroll 4
       for (int r = 0; r < R; r++) {
         const __m512i dot = _mm512_add_epi32(a0[r], kind == KIND_INT4 ? _mm512_srai_epi32(a1[r], 4) : a1[r]);
-        facc[r][g] = block_fma(facc[r][g], dot, sw, zpv, qa, m + r, b, asym);
+        facc[r][g] = block_fma(facc[r][g], dot, sw, zpv, qa->scale[(m + r) * nb + b], qa->sum[(m + r) * nb + b], asym);
       }
     }
   }

@@ -128,12 +128,13 @@ static inline void x86_panel_a_fill(float *ap, const float *a, int64_t lda, int 
 /* ---- accessors: every address inside the packed weights comes from here ---- */
 
 /* the record layout of the supergroup that holds group g */
-static inline x86_rec x86_sg_rec(const x86_pk *L, int64_t g) {
-  return g / X86_SG == (L->G - 1) / X86_SG ? L->last : L->full;
+static inline const x86_rec *x86_sg_rec_of(const x86_pk *L, int64_t g) {
+  return g / X86_SG == (L->G - 1) / X86_SG ? &L->last : &L->full;
 }
+static inline x86_rec x86_sg_rec(const x86_pk *L, int64_t g) { return *x86_sg_rec_of(L, g); }
 /* the record of group g's supergroup for block b (the next block's record is R.bytes further) */
 static inline const uint8_t *x86_record(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
-  return (const uint8_t *)packed + g / X86_SG * L->nb * L->full.bytes + b * x86_sg_rec(L, g).bytes;
+  return (const uint8_t *)packed + g / X86_SG * L->nb * L->full.bytes + b * x86_sg_rec_of(L, g)->bytes;
 }
 /* in a record: codes of group j of the supergroup (chunk t at + t * X86_CHUNK) */
 static inline const uint8_t *x86_rec_codes(const x86_rec *R, const uint8_t *rec, int64_t j) {
