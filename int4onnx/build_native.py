@@ -10,6 +10,7 @@ and a C compiler for the target; ONNX Runtime itself is not needed to build (onl
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import pathlib
 import platform
@@ -54,20 +55,23 @@ def resolve_target(target: str) -> str:
     return name
 
 
+def _buildcfg():
+    """native/buildcfg.py (the settings every native build shares), loaded by path from the source tree."""
+    spec = importlib.util.spec_from_file_location("int4onnx_buildcfg", NATIVE / "buildcfg.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def find_ort_include(explicit: str | os.PathLike | None = None) -> pathlib.Path:
     """onnxruntime_c_api.h: the given directory, $ORT_INCLUDE_DIR, .deps/ (make deps), system paths."""
-    if explicit is not None:
-        candidates = [pathlib.Path(explicit)]
-    else:
-        candidates = [pathlib.Path(os.environ["ORT_INCLUDE_DIR"])] if os.environ.get("ORT_INCLUDE_DIR") else []
-        candidates += [ROOT / ".deps" / "onnxruntime" / "include", pathlib.Path("/usr/include/onnxruntime"),
-                       pathlib.Path("/usr/local/include/onnxruntime")]
-    for c in candidates:
-        if (c / "onnxruntime_c_api.h").is_file():
-            return c.resolve()
-    where = ", ".join(str(c) for c in candidates)
-    raise BuildNativeError(f"ONNX Runtime's C header onnxruntime_c_api.h not found in {where}; "
-                           "run `make deps` in the source tree or pass --ort-include-dir")
+    cfg = _buildcfg()
+    found = cfg.find_ort_include(explicit)
+    if found is None:
+        where = ", ".join(str(c) for c in cfg.ort_include_candidates(explicit))
+        raise BuildNativeError(f"ONNX Runtime's C header onnxruntime_c_api.h not found in {where}; "
+                               "run `make deps` in the source tree or pass --ort-include-dir")
+    return found
 
 
 def default_compiler(target: str) -> str:
@@ -94,7 +98,7 @@ def build_native(target: str, out_dir: str | os.PathLike, cc: str | None = None,
     if shutil.which("make") is None:
         raise BuildNativeError("`make` not found; install it (Debian/Ubuntu: apt-get install make)")
     headers = find_ort_include(ort_include_dir)
-    got = subprocess.run([compiler, "-dumpmachine"], capture_output=True, text=True).stdout.strip()
+    got = _buildcfg().compiler_triple(compiler)
     arch = triple.split("-")[0]
     if not got.startswith(arch):
         raise BuildNativeError(f"{compiler} targets {got or 'an unknown machine'}, not {triple}; pass --cc for {target}")

@@ -2,12 +2,13 @@
 
 The same shared object is the ONNX Runtime custom-op library (it exports ``RegisterCustomOps``)
 and the Python binding of the packing layout and the kernels (declared in include/int4onnx.h).
-ONNX Runtime's C headers are looked up in $ORT_INCLUDE_DIR, then .deps/onnxruntime/include
-(filled by ``make deps``), then the usual system locations.
+ONNX Runtime's C headers and the compiler flags come from native/buildcfg.py (the one place every build
+reads them from).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -20,27 +21,28 @@ ROOT = HERE.parent
 SOURCES = sorted(str((HERE / "src" / f).relative_to(ROOT)) for f in os.listdir(HERE / "src") if f.endswith(".c"))
 HEADER = HERE / "include" / "int4onnx.h"
 
-CFLAGS = ["-O3", "-std=c11", "-fvisibility=hidden", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+
+def _load_buildcfg():
+    """native/buildcfg.py, by path (this file runs inside setup.py's build, not as a package module)."""
+    spec = importlib.util.spec_from_file_location("int4onnx_buildcfg", HERE / "buildcfg.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+buildcfg = _load_buildcfg()
+CFLAGS = ["-O3", *buildcfg.cflags()]
 
 
 def find_ort_include() -> str:
-    candidates = []
-    if os.environ.get("ORT_INCLUDE_DIR"):
-        candidates.append(pathlib.Path(os.environ["ORT_INCLUDE_DIR"]))
-    candidates += [
-        ROOT / ".deps" / "onnxruntime" / "include",
-        pathlib.Path("/usr/include/onnxruntime"),
-        pathlib.Path("/usr/local/include/onnxruntime"),
-        pathlib.Path("/usr/include"),
-    ]
-    for c in candidates:
-        if (c / "onnxruntime_c_api.h").is_file():
-            return str(c)
-    sys.exit(
-        "int4onnx: cannot find ONNX Runtime's C header onnxruntime_c_api.h.\n"
-        "  Run `make deps` (fetches Debian's libonnxruntime-dev into .deps/), or\n"
-        "  set ORT_INCLUDE_DIR to a directory that contains onnxruntime_c_api.h."
-    )
+    found = buildcfg.find_ort_include()
+    if found is None:
+        sys.exit(
+            "int4onnx: cannot find ONNX Runtime's C header onnxruntime_c_api.h.\n"
+            "  Run `make deps` (fetches Debian's libonnxruntime-dev into .deps/), or\n"
+            "  set ORT_INCLUDE_DIR to a directory that contains onnxruntime_c_api.h."
+        )
+    return str(found)
 
 
 def public_declarations() -> str:

@@ -74,13 +74,14 @@ static int64_t qa_ldq(const i4o_wdesc *w) { return (w->n_blocks * w->block_size 
 
 size_t i4o_qa_bytes(const i4o_wdesc *w, int64_t M) {
   const int64_t ldq = qa_ldq(w);
-  return (size_t)(M * ldq) + (size_t)(M * w->n_blocks) * (sizeof(float) + sizeof(int32_t)) + 64;
+  return (size_t)(M * ldq) + (size_t)(M * w->n_blocks) * (sizeof(float) + sizeof(int32_t)) + 128;
 }
 
-i4o_qa_view i4o_qa_map(const i4o_wdesc *w, int64_t M, void *ws) {
+i4o_qa_view i4o_qa_map(const i4o_wdesc *w, int64_t M, const void *ws) {
   i4o_qa_view v;
   v.ldq = qa_ldq(w);
-  v.q = (int8_t *)ws;
+  v.nb = w->n_blocks;
+  v.q = (int8_t *)(uintptr_t)ws;
   v.scale = (float *)(v.q + M * v.ldq);
   v.sum = (int32_t *)(v.scale + M * w->n_blocks);
   return v;
@@ -196,13 +197,7 @@ int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared *
   i4o_prepared *p = (i4o_prepared *)calloc(1, sizeof(*p));
   if (!p) return I4O_E_NOMEM;
   i4o_wdesc *w = &p->w;
-  w->K = src->K;
-  w->N = src->N;
-  w->bits = src->bits;
-  w->block_size = src->block_size;
-  w->quant_type = src->quant_type;
-  w->n_blocks = i4o_n_blocks(src->K, src->block_size);
-  w->blob_bytes = i4o_blob_bytes(src->bits, src->block_size);
+  *w = i4o_wdesc_make(src->K, src->N, src->bits, src->block_size, src->quant_type);
   w->data = src->data;
   const size_t n_scales = (size_t)(w->N * w->n_blocks);
   p->scales = (float *)malloc(n_scales * sizeof(float));
@@ -434,12 +429,9 @@ static void set_err(char *err, size_t len, const char *msg) {
 
 int i4o_dequantize(const i4o_weights *w, float *out) {
   if (!out || check_weights(w)) return I4O_E_ARG;
-  const int64_t nb = i4o_n_blocks(w->K, w->block_size);
-  i4o_wdesc d;
-  memset(&d, 0, sizeof(d));
-  d.K = w->K; d.N = w->N; d.bits = w->bits; d.block_size = w->block_size; d.n_blocks = nb;
-  d.blob_bytes = i4o_blob_bytes(w->bits, w->block_size);
-  d.quant_type = w->quant_type; d.data = w->data;
+  i4o_wdesc d = i4o_wdesc_make(w->K, w->N, w->bits, w->block_size, w->quant_type);
+  const int64_t nb = d.n_blocks;
+  d.data = w->data;
   float *scales = (float *)malloc((size_t)(w->N * nb) * sizeof(float));
   if (!scales) return I4O_E_NOMEM;
   i4o_weight_scales(w, scales);
@@ -498,9 +490,7 @@ int i4o_matmul_pfor(const char *kernel, int compute, const float *A, int64_t M, 
       return I4O_E_KERNEL;
     }
   } else {
-    i4o_wdesc d;
-    memset(&d, 0, sizeof(d));
-    d.K = w->K; d.N = w->N; d.bits = w->bits; d.block_size = w->block_size; d.quant_type = w->quant_type;
+    const i4o_wdesc d = i4o_wdesc_make(w->K, w->N, w->bits, w->block_size, w->quant_type);
     k = i4o_choose_kernel(compute, &d, err, err_len);
     if (!k) return I4O_E_KERNEL;
   }

@@ -10,7 +10,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "x86_packed.h"
+#include "x86_simd.h"
 
 #define TGT "avx2,fma,f16c"
 #define T256 __attribute__((target(TGT)))
@@ -19,6 +19,9 @@
 #define PANEL_MIN_ROWS 6
 #define KC 256 /* panel depth: 256 x 16 floats = 16 KiB */
 #define MR 6   /* micro-kernel rows */
+
+/* NF4 levels 0-7 (hi = 0) or 8-15 (hi = 1), the tables of nf4_lookup */
+AI __m256 nf4_levels(int hi) { return _mm256_loadu_ps(i4o_nf4_codebook() + 8 * hi); }
 
 AI __m256 nf4_lookup(__m256i idx, __m256 cb_lo, __m256 cb_hi) {
   const __m256 lo = _mm256_permutevar8x32_ps(cb_lo, idx); /* uses the low 3 bits */
@@ -36,14 +39,11 @@ AI __m256 dequant(__m256i raw, int i, int kind, __m256 zf, __m256 cb_lo, __m256 
   return _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xF))), zf);
 }
 
-AI __m256 zero_point(const uint8_t *rec, const x86_pk *L, int64_t gs, int64_t j, int h, int kind, int asym) {
+/* the zero points of half h of group j in a record, as floats */
+AI __m256 zero_point(const x86_rec *R, const uint8_t *rec, int64_t j, int h, int kind, int asym) {
   if (asym)
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(rec + gs * (L->block_bytes + 64) + j * 16 + 8 * h))));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(x86_rec_zp(R, rec, j) + 8 * h))));
   return _mm256_set1_ps(kind == KIND_INT8 ? 128.0f : 8.0f);
-}
-
-AI __m256i lane_mask(int64_t left) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 /* ---- few rows: R rows x H halves of group g (from half h0), dequantized in registers ---- */
@@ -51,10 +51,10 @@ AI __m256i lane_mask(int64_t left) {
 AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g, int h0, int64_t ncols, const int R,
                    const int H, const int kind, const int asym) {
   const i4o_wdesc *w = c->w;
-  const int64_t K = w->K, bs = L->bs, nb = L->nb, gs = x86_gs(L, g), j = g % X86_SG;
+  const int64_t K = w->K, bs = L->bs, nb = L->nb, j = g % X86_SG;
+  const x86_rec rl = x86_sg_rec(L, g);
   const int per_chunk = kind == KIND_INT8 ? 4 : 8;
-  const float *cbp = i4o_nf4_codebook();
-  const __m256 cb_lo = _mm256_loadu_ps(cbp), cb_hi = _mm256_loadu_ps(cbp + 8);
+  const __m256 cb_lo = nf4_levels(0), cb_hi = nf4_levels(1);
   __m256 facc[4][2];
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
@@ -63,11 +63,11 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g,
   const float *a0 = c->A + m * c->lda;
   for (int64_t b = 0; b < nb; b++) {
     const uint8_t *rec = x86_record(c->packed, L, g, b);
-    const uint8_t *pc = rec + j * L->block_bytes + 32 * h0;
+    const uint8_t *pc = x86_rec_codes(&rl, rec, j) + 32 * h0;
     __m256 bacc[4][2], bacc2[2], zf[2];
 #pragma GCC unroll 8
     for (int h = 0; h < H; h++) {
-      zf[h] = zero_point(rec, L, gs, j, h0 + h, kind, asym);
+      zf[h] = zero_point(&rl, rec, j, h0 + h, kind, asym);
       bacc2[h] = _mm256_setzero_ps();
 #pragma GCC unroll 8
       for (int r = 0; r < R; r++) bacc[r][h] = _mm256_setzero_ps();
@@ -76,7 +76,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g,
     for (int64_t t = 0; t * per_chunk < bs && kb + t * per_chunk < K; t++) {
       __m256i raw[2];
 #pragma GCC unroll 8
-      for (int h = 0; h < H; h++) raw[h] = _mm256_load_si256((const __m256i *)(pc + t * 64 + 32 * h));
+      for (int h = 0; h < H; h++) raw[h] = _mm256_load_si256((const __m256i *)(pc + t * X86_CHUNK + 32 * h));
       const float *ak = a0 + kb + t * per_chunk;
       if (kb + (t + 1) * per_chunk <= K) {
 #pragma GCC unroll 8
@@ -106,7 +106,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g,
     }
 #pragma GCC unroll 8
     for (int h = 0; h < H; h++) {
-      const __m256 s = _mm256_load_ps((const float *)(rec + gs * L->block_bytes + j * 64 + 32 * (h0 + h)));
+      const __m256 s = _mm256_load_ps(x86_rec_scales_f32(&rl, rec, j) + 8 * (h0 + h));
       if (R == 1) bacc[0][h] = _mm256_add_ps(bacc[0][h], bacc2[h]);
 #pragma GCC unroll 8
       for (int r = 0; r < R; r++) facc[r][h] = _mm256_fmadd_ps(bacc[r][h], s, facc[r][h]);
@@ -116,11 +116,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g,
   for (int h = 0; h < H; h++) {
     const int64_t left = ncols - 8 * h;
     if (left <= 0) break;
-    const int64_t n = 16 * g + 8 * (h0 + h);
-    const __m256i mk = lane_mask(left);
-    const __m256 bias = c->bias ? _mm256_maskload_ps(c->bias + n, mk) : _mm256_setzero_ps();
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) _mm256_maskstore_ps(c->C + (m + r) * c->ldc + n, mk, _mm256_add_ps(facc[r][h], bias));
+    x86_store8(c, m, 16 * g + 8 * (h0 + h), left, &facc[0][h], 2, R, 0, NULL);
   }
 }
 
@@ -143,17 +139,17 @@ typedef void (*small_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t,
 AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g, int64_t k0, int64_t kc, float *panel,
                    const int kind, const int asym) {
   const int per_chunk = kind == KIND_INT8 ? 4 : 8;
-  const float *cbp = i4o_nf4_codebook();
-  const __m256 cb_lo = _mm256_loadu_ps(cbp), cb_hi = _mm256_loadu_ps(cbp + 8);
-  const int64_t bs = L->bs, gs = x86_gs(L, g), j = g % X86_SG;
+  const __m256 cb_lo = nf4_levels(0), cb_hi = nf4_levels(1);
+  const int64_t bs = L->bs, j = g % X86_SG;
+  const x86_rec rl = x86_sg_rec(L, g);
   for (int64_t k = k0; k < k0 + kc; k += per_chunk) {
     const int64_t b = k / bs, t = (k - b * bs) / per_chunk;
     const uint8_t *rec = x86_record(c->packed, L, g, b);
 #pragma GCC unroll 8
     for (int h = 0; h < 2; h++) {
-      const __m256i raw = _mm256_load_si256((const __m256i *)(rec + j * L->block_bytes + t * 64 + 32 * h));
-      const __m256 s = _mm256_load_ps((const float *)(rec + gs * L->block_bytes + j * 64 + 32 * h));
-      const __m256 zf = zero_point(rec, L, gs, j, h, kind, asym);
+      const __m256i raw = _mm256_load_si256((const __m256i *)(x86_rec_codes(&rl, rec, j) + t * X86_CHUNK + 32 * h));
+      const __m256 s = _mm256_load_ps(x86_rec_scales_f32(&rl, rec, j) + 8 * h);
+      const __m256 zf = zero_point(&rl, rec, j, h, kind, asym);
 #pragma GCC unroll 8
       for (int i = 0; i < per_chunk; i++)
         _mm256_store_ps(panel + (k - k0 + i) * 16 + 8 * h, _mm256_mul_ps(dequant(raw, i, kind, zf, cb_lo, cb_hi), s));
@@ -191,7 +187,7 @@ static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, int
 AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n, int64_t ncols,
               int64_t kc, int first, const int R) {
   __m256 acc[MR][2];
-  __m256i mk[2] = {lane_mask(ncols), lane_mask(ncols - 8)};
+  __m256i mk[2] = {x86_mask8(ncols), x86_mask8(ncols - 8)};
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
@@ -287,7 +283,7 @@ const i4o_kernel i4o_kernel_avx2_fp32 = {
 const i4o_kernel i4o_kernel_avx2_int8 = {
     .name = "avx2_int8", .isa = "avx2", .compute = I4O_COMPUTE_INT8,
     .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
-    .a_bytes = avx2i8_a_bytes, .prepare_a = avx2i8_qa_prepare,
+    .a_bytes = i4o_qa_bytes, .prepare_a = avx2i8_qa_prepare,
     .gemm = avx2i8_gemm, .n_tile = 16, .m_tile = 4, .tile = I8_TILE,
 };
 #endif

@@ -16,7 +16,7 @@
 #include <immintrin.h>
 #include <string.h>
 
-#include "x86_packed.h"
+#include "x86_simd.h"
 
 #define TGT "avx2,fma,f16c,avx512f,avx512bw,avx512vl"
 #define T512 __attribute__((target(TGT)))
@@ -45,6 +45,13 @@ AI __m512 dequant(__m512i raw, int i, int kind, int asym, __m512 lut, __m512 zf)
   return asym ? _mm512_sub_ps(v, zf) : v;
 }
 
+/* what dequant subtracts from the codes of group j in a record: its zero points, 128 for 8-bit
+ * symmetric weights, 0 where the table holds the values */
+AI __m512 zero_points(const x86_rec *rl, const uint8_t *rec, int64_t j, int kind, int asym) {
+  if (asym) return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_rec_zp(rl, rec, j))));
+  return kind == KIND_INT8 ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
+}
+
 /* ---- few rows: dequantize in registers ----
  * C[m .. m+R, 16*g0 .. 16*(g0+G)) for G groups of one supergroup, walking each block's record in
  * address order (group by group: one sequential stream). Per block, products of the unscaled codes
@@ -58,8 +65,8 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
   enum { CH = 4 }; /* accumulator chains per row: R * CH accumulators per group */
   const int chains = R == 1 ? 4 : 2;
   const __m512 lut = make_lut(kind, asym);
-  const int64_t gs = x86_gs(L, g0), j0 = g0 % X86_SG;
-  const int64_t rec_bytes = gs == X86_SG ? L->rec : L->rec_last;
+  const int64_t j0 = g0 % X86_SG;
+  const x86_rec rl = x86_sg_rec(L, g0);
   const uint8_t *rec = x86_record(c->packed, L, g0, 0);
   __m512 facc[4][4];
 #pragma GCC unroll 4
@@ -67,24 +74,21 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) facc[r][g] = _mm512_setzero_ps();
   const float *a0 = c->A + m * lda;
-  for (int64_t b = 0; b < nb; b++, rec += rec_bytes) {
+  for (int64_t b = 0; b < nb; b++, rec += rl.bytes) {
     const int64_t kb = b * bs;
     const int64_t full = kb + bs <= K ? L->chunks : (K - kb) / per_chunk; /* chunks with every k < K */
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) {
-      const uint8_t *pc = rec + (j0 + g) * L->block_bytes;
-      __m512 zf = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
-      if (asym)
-        zf = _mm512_cvtepi32_ps(
-            _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 64) + (j0 + g) * 16))));
+      const uint8_t *pc = x86_rec_codes(&rl, rec, j0 + g);
+      const __m512 zf = zero_points(&rl, rec, j0 + g, kind, asym);
       __m512 p[4][CH];
 #pragma GCC unroll 4
       for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int h = 0; h < CH; h++) p[r][h] = _mm512_setzero_ps();
       for (int64_t t = 0; t < full; t++) {
-        const __m512i raw = _mm512_load_si512((const void *)(pc + t * 64));
-        if (R == 1) _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
+        const __m512i raw = _mm512_load_si512((const void *)(pc + t * X86_CHUNK));
+        if (R == 1) _mm_prefetch((const char *)(pc + t * X86_CHUNK + PF_DIST), _MM_HINT_T0);
         const float *ak = a0 + kb + t * per_chunk;
 #pragma GCC unroll 8
         for (int i = 0; i < per_chunk; i++) {
@@ -96,7 +100,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
       }
       if (full < L->chunks) { /* the chunk that crosses K: never read activations at or past K */
         for (int64_t t = full; t * per_chunk < K - kb; t++) {
-          const __m512i raw = _mm512_load_si512((const void *)(pc + t * 64));
+          const __m512i raw = _mm512_load_si512((const void *)(pc + t * X86_CHUNK));
 #pragma GCC unroll 8
           for (int i = 0; i < per_chunk; i++) {
             const int64_t k = kb + t * per_chunk + i;
@@ -107,7 +111,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
           }
         }
       }
-      const __m512 s = _mm512_load_ps((const float *)(rec + gs * L->block_bytes + (j0 + g) * 64));
+      const __m512 s = _mm512_load_ps(x86_rec_scales_f32(&rl, rec, j0 + g));
 #pragma GCC unroll 4
       for (int r = 0; r < R; r++) {
         const __m512 sum = chains == 4 ? _mm512_add_ps(_mm512_add_ps(p[r][0], p[r][1]), _mm512_add_ps(p[r][2], p[r][3]))
@@ -120,11 +124,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
   for (int g = 0; g < G; g++) {
     const int64_t left = ncols - 16 * g;
     if (left <= 0) break;
-    const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-    const int64_t n = 16 * (g0 + g);
-    const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n) : _mm512_setzero_ps();
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n, mk, _mm512_add_ps(facc[r][g], bias));
+    x86_store16(c, m, 16 * (g0 + g), left, &facc[0][g], 4, R, 0, NULL);
   }
 }
 
@@ -154,19 +154,19 @@ AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k
                    const int G, const int kind, const int asym) {
   const int per_chunk = kind == KIND_INT8 ? 4 : 8;
   const __m512 lut = make_lut(kind, asym);
-  const int64_t bs = L->bs, gs = x86_gs(L, g0), j0 = g0 % X86_SG, k1 = k0 + kc;
+  const int64_t bs = L->bs, j0 = g0 % X86_SG, k1 = k0 + kc;
+  const x86_rec rl = x86_sg_rec(L, g0);
   /* block by block (k0 and the block starts are multiples of 16; kc may end inside a block) */
   for (int64_t b = k0 / bs, kb = b * bs; kb < k1; b++, kb += bs) {
     const uint8_t *rec = x86_record(c->packed, L, g0, b);
     const int64_t ks = kb > k0 ? kb : k0, ke = kb + bs < k1 ? kb + bs : k1;
 #pragma GCC unroll 2
     for (int g = 0; g < G; g++) {
-      const uint8_t *pc = rec + (j0 + g) * L->block_bytes;
-      const __m512 s = _mm512_load_ps((const float *)(rec + gs * L->block_bytes + (j0 + g) * 64));
-      __m512 zf = kind == KIND_INT8 && !asym ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
-      if (asym) zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 64) + (j0 + g) * 16))));
+      const uint8_t *pc = x86_rec_codes(&rl, rec, j0 + g);
+      const __m512 s = _mm512_load_ps(x86_rec_scales_f32(&rl, rec, j0 + g));
+      const __m512 zf = zero_points(&rl, rec, j0 + g, kind, asym);
       for (int64_t k = ks; k < ke; k += per_chunk) {
-        const __m512i raw = _mm512_load_si512((const void *)(pc + (k - kb) / per_chunk * 64));
+        const __m512i raw = _mm512_load_si512((const void *)(pc + (k - kb) / per_chunk * X86_CHUNK));
         float *dst = panel + (k - k0) * 16 * G + 16 * g;
 #pragma GCC unroll 8
         for (int i = 0; i < per_chunk; i++)
@@ -209,10 +209,7 @@ AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_
   __m512 acc[MR][2];
   __mmask16 mk[2];
 #pragma GCC unroll 2
-  for (int g = 0; g < G; g++) {
-    const int64_t left = ncols - 16 * g;
-    mk[g] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
-  }
+  for (int g = 0; g < G; g++) mk[g] = x86_mask16(ncols - 16 * g);
 #pragma GCC unroll 12
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 2
@@ -309,7 +306,7 @@ static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int6
         for (int64_t b = kn / L.bs; b * L.bs < kne; b++) {
           const char *r = (const char *)x86_codes(c->packed, &L, gn, b);
           const int64_t bytes = (gn + 2 <= g_end ? 2 : 1) * L.block_bytes;
-          for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(r + o, _MM_HINT_T1);
+          for (int64_t o = 0; o < bytes; o += X86_CHUNK) _mm_prefetch(r + o, _MM_HINT_T1);
           _mm_prefetch((const char *)x86_scales(c->packed, &L, gn, b), _MM_HINT_T1);
         }
       }

@@ -14,7 +14,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "x86_packed.h"
+#include "x86_simd.h"
 
 #define T512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define AI static inline __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
@@ -23,7 +23,7 @@
 
 T512 static void qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
                             void *ws) {
-  const x86_qa v = x86_qa_map(w, M, ws);
+  const i4o_qa_view v = i4o_qa_map(w, M, ws);
   const int64_t K = w->K, bs = w->block_size;
   const int32_t zmul = w->zp ? 1 : x86_sym_zp(w);
   const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
@@ -53,8 +53,8 @@ T512 static void qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int
         _mm_storeu_si128((__m128i *)(q + k0 + i), _mm512_cvtsepi32_epi8(r));
       }
       for (; i < bs; i += 16) _mm_storeu_si128((__m128i *)(q + k0 + i), _mm_setzero_si128());
-      v.sa[m * v.nb + b] = amax / 127.0f;
-      v.zs[m * v.nb + b] = zmul * _mm512_reduce_add_epi32(sum);
+      v.scale[m * v.nb + b] = amax / 127.0f;
+      v.sum[m * v.nb + b] = zmul * _mm512_reduce_add_epi32(sum);
     }
     memset(q + w->n_blocks * bs, 0, (size_t)(v.ldq - w->n_blocks * bs));
   }
@@ -67,20 +67,45 @@ AI __m512i bcast4(const int8_t *p) {
   return _mm512_castps_si512(_mm512_broadcastss_ps(_mm_load_ss((const float *)(const void *)p)));
 }
 
+/* NF4 levels as unsigned int8 codes (offset 128: zero point 128) in every 128-bit lane, for vpshufb */
+AI __m512i nf4_lut(int kind) {
+  if (kind != KIND_NF4) return _mm512_setzero_si512();
+  uint8_t u[16];
+  x86_nf4_i8_table(u, 128);
+  return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)u));
+}
+
+/* the weight scales of group j in a block's record (float16 x 2^-E; NF4's 1/127 applied) */
+AI __m512 block_scales(const x86_rec *rl, const uint8_t *rec, int64_t j, int kind) {
+  const __m512 sw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)x86_rec_scales_f16(rl, rec, j)));
+  return kind == KIND_NF4 ? _mm512_mul_ps(sw, _mm512_set1_ps(1.0f / 127.0f)) : sw;
+}
+
+/* the zero points of group j in a block's record (weights with zero points) */
+AI __m512i block_zp(const x86_rec *rl, const uint8_t *rec, int64_t j) {
+  return _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_rec_zp(rl, rec, j)));
+}
+
+/* block epilogue of a row: acc + (dot - zp * sum(q)) * (scale_a * scale_w), with the row's activation
+ * scale sa and sum zs of the block (premultiplied by the shared zero point for weights without zero
+ * points, x86_sym_zp) */
+AI __m512 block_fma(__m512 acc, __m512i dot, __m512 sw, __m512i zpv, float sa_, int32_t zs_, const int asym) {
+  const __m512i zs = _mm512_set1_epi32(zs_);
+  const __m512i corr = asym ? _mm512_mullo_epi32(zpv, zs) : zs;
+  const __m512 sa = _mm512_set1_ps(sa_);
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, corr)), _mm512_mul_ps(sw, sa), acc);
+}
+
 #define PF_DIST 4096 /* bytes ahead of the few-row stream (measured 2-16 KiB: within noise; none: ~5% slower) */
 
 #define MR8 5 /* rows of a tile (measured at M = 128: 4 rows ~7% slower, 6 no faster) */
 /* C[m .. m+R, 16*g0 .. 16*(g0+G)) for all K. ncols = valid columns from 16*g0 (may be < 16*G). */
-AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0, int64_t ncols,
+AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, int64_t m, int64_t g0, int64_t ncols,
              const int R, const int G, const int kind, const int asym) {
   const __m512i nib = _mm512_set1_epi8(0x0F);
-  __m512i lut = _mm512_setzero_si512();
-  if (kind == KIND_NF4) { /* NF4 levels as int8, offset by 128 to be unsigned; zero point 128 */
-    const int8_t *l8 = i4o_nf4_i8();
-    uint8_t u[16];
-    for (int i = 0; i < 16; i++) u[i] = (uint8_t)(l8[i] + 128);
-    lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)u));
-  }
+  const __m512i lut = nf4_lut(kind);
+  const x86_rec rl = x86_sg_rec(L, g0); /* the tile lies inside one supergroup: one record per block */
+  const int64_t j0 = g0 % X86_SG;
   __m512 facc[MR8][4];
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
@@ -93,19 +118,17 @@ AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
       for (int g = 0; g < G; g++) iacc[r][g] = _mm512_setzero_si512();
-    /* the tile lies inside one supergroup: one record per block */
     const uint8_t *rec = x86_record(c->packed, L, g0, b);
-    const int64_t gs = x86_gs(L, g0), j0 = g0 % X86_SG;
     const uint8_t *pc[4];
 #pragma GCC unroll 4
-    for (int g = 0; g < G; g++) pc[g] = rec + (j0 + g) * L->block_bytes;
+    for (int g = 0; g < G; g++) pc[g] = x86_rec_codes(&rl, rec, j0 + g);
     const int8_t *pq = qa->q + m * qa->ldq + b * bs;
     if (kind != KIND_INT8) {
       for (int64_t t = 0; t < L->chunks; t++) {
         __m512i lo[4], hi[4];
 #pragma GCC unroll 4
         for (int g = 0; g < G; g++) {
-          const __m512i raw = _mm512_load_si512((const void *)(pc[g] + t * 64));
+          const __m512i raw = _mm512_load_si512((const void *)(pc[g] + t * X86_CHUNK));
           lo[g] = _mm512_and_si512(raw, nib);
           hi[g] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
           if (kind == KIND_NF4) {
@@ -127,7 +150,7 @@ AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m
       for (int64_t t = 0; t < L->chunks; t++) {
         __m512i cv[4];
 #pragma GCC unroll 4
-        for (int g = 0; g < G; g++) cv[g] = _mm512_load_si512((const void *)(pc[g] + t * 64));
+        for (int g = 0; g < G; g++) cv[g] = _mm512_load_si512((const void *)(pc[g] + t * X86_CHUNK));
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
           const __m512i qa0 = bcast4(pq + r * qa->ldq + 4 * t);
@@ -136,39 +159,25 @@ AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m
         }
       }
     }
-    /* block epilogue: y += (dot - zp * sum(q)) * (scale_a * scale_w) */
     __m512 sw[4];
     __m512i zpv[4];
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) {
-      sw[g] = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(rec + gs * L->block_bytes + (j0 + g) * 32)));
-      if (kind == KIND_NF4) sw[g] = _mm512_mul_ps(sw[g], _mm512_set1_ps(1.0f / 127.0f));
-      if (asym)
-        zpv[g] = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 32) + (j0 + g) * 16)));
+      sw[g] = block_scales(&rl, rec, j0 + g, kind);
+      zpv[g] = asym ? block_zp(&rl, rec, j0 + g) : _mm512_setzero_si512();
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++) {
-      const __m512 sa = _mm512_set1_ps(qa->sa[(m + r) * nb + b]);
-      const __m512i zs = _mm512_set1_epi32(qa->zs[(m + r) * nb + b]);
+    for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-      for (int g = 0; g < G; g++) {
-        const __m512i corr = asym ? _mm512_mullo_epi32(zpv[g], zs) : zs;
-        const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(iacc[r][g], corr));
-        facc[r][g] = _mm512_fmadd_ps(d, _mm512_mul_ps(sw[g], sa), facc[r][g]);
-      }
-    }
+      for (int g = 0; g < G; g++)
+        facc[r][g] = block_fma(facc[r][g], iacc[r][g], sw[g], zpv[g], qa->scale[(m + r) * nb + b], qa->sum[(m + r) * nb + b], asym);
   }
   /* store: undo the column exponents of the scales, add the bias */
 #pragma GCC unroll 4
   for (int g = 0; g < G; g++) {
     const int64_t left = ncols - 16 * g;
     if (left <= 0) break;
-    const __m512 cs = _mm512_load_ps(x86_colscale(c->packed, L, g0 + g));
-    const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-    const int64_t n = 16 * (g0 + g);
-    const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n, mk, _mm512_fmadd_ps(facc[r][g], cs, bias));
+    x86_store16(c, m, 16 * (g0 + g), left, &facc[0][g], 4, R, 1, x86_colscale(c->packed, L, g0 + g));
   }
 }
 
@@ -177,18 +186,12 @@ AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m
  * when known at compile time (0: any). Low nibbles are masked in place; high nibbles are used as
  * 16 x code (masked, not shifted) and their accumulator is divided by 16 at the end of the block
  * (exact: a multiple of 16). */
-AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0, int64_t ncols,
+AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, int64_t m, int64_t g0, int64_t ncols,
                  const int R, const int G, const int kind, const int asym, const int CH) {
   const __m512i nib = _mm512_set1_epi8(0x0F), nib_hi = _mm512_set1_epi8((char)0xF0);
-  __m512i lut = _mm512_setzero_si512();
-  if (kind == KIND_NF4) {
-    const int8_t *l8 = i4o_nf4_i8();
-    uint8_t u[16];
-    for (int i = 0; i < 16; i++) u[i] = (uint8_t)(l8[i] + 128);
-    lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)u));
-  }
-  const int64_t chunks = CH ? CH : L->chunks, nb = L->nb, gs = x86_gs(L, g0), j0 = g0 % X86_SG, ldq = qa->ldq;
-  const int64_t rec_bytes = gs == X86_SG ? L->rec : L->rec_last;
+  const __m512i lut = nf4_lut(kind);
+  const int64_t chunks = CH ? CH : L->chunks, nb = L->nb, j0 = g0 % X86_SG, ldq = qa->ldq;
+  const x86_rec rl = x86_sg_rec(L, g0);
   const uint8_t *rec = x86_record(c->packed, L, g0, 0);
   const int8_t *pq = qa->q + m * ldq;
   __m512 facc[4][4];
@@ -196,19 +199,19 @@ AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) facc[r][g] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; b++, rec += rec_bytes, pq += L->bs) {
+  for (int64_t b = 0; b < nb; b++, rec += rl.bytes, pq += L->bs) {
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) {
-      const uint8_t *pc = rec + (j0 + g) * L->block_bytes;
+      const uint8_t *pc = x86_rec_codes(&rl, rec, j0 + g);
       __m512i a0[4], a1[4];
 #pragma GCC unroll 4
       for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_si512();
       if (kind == KIND_INT8) {
 #pragma GCC unroll 16
         for (int64_t t = 0; t < chunks; t += 2) {
-          if (R == 1) _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
-          const __m512i c0 = _mm512_load_si512((const void *)(pc + t * 64));
-          const __m512i c1 = _mm512_load_si512((const void *)(pc + t * 64 + 64));
+          if (R == 1) _mm_prefetch((const char *)(pc + t * X86_CHUNK + PF_DIST), _MM_HINT_T0);
+          const __m512i c0 = _mm512_load_si512((const void *)(pc + t * X86_CHUNK));
+          const __m512i c1 = _mm512_load_si512((const void *)(pc + (t + 1) * X86_CHUNK));
 #pragma GCC unroll 4
           for (int r = 0; r < R; r++) {
             a0[r] = _mm512_dpbusd_epi32(a0[r], c0, bcast4(pq + r * ldq + 4 * t));
@@ -218,8 +221,8 @@ AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64
       } else {
 #pragma GCC unroll 16
         for (int64_t t = 0; t < chunks; t++) {
-          const __m512i raw = _mm512_load_si512((const void *)(pc + t * 64));
-          if (R == 1) _mm_prefetch((const char *)(pc + t * 64 + PF_DIST), _MM_HINT_T0);
+          const __m512i raw = _mm512_load_si512((const void *)(pc + t * X86_CHUNK));
+          if (R == 1) _mm_prefetch((const char *)(pc + t * X86_CHUNK + PF_DIST), _MM_HINT_T0);
           __m512i lo = _mm512_and_si512(raw, nib), hi;
           if (kind == KIND_NF4) {
             lo = _mm512_shuffle_epi8(lut, lo);
@@ -234,17 +237,12 @@ AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64
           }
         }
       }
-      __m512 sw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(rec + gs * L->block_bytes + (j0 + g) * 32)));
-      if (kind == KIND_NF4) sw = _mm512_mul_ps(sw, _mm512_set1_ps(1.0f / 127.0f));
-      __m512i zpv = _mm512_setzero_si512();
-      if (asym) zpv = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(rec + gs * (L->block_bytes + 32) + (j0 + g) * 16)));
+      const __m512 sw = block_scales(&rl, rec, j0 + g, kind);
+      const __m512i zpv = asym ? block_zp(&rl, rec, j0 + g) : _mm512_setzero_si512();
 #pragma GCC unroll 4
       for (int r = 0; r < R; r++) {
         const __m512i dot = _mm512_add_epi32(a0[r], kind == KIND_INT4 ? _mm512_srai_epi32(a1[r], 4) : a1[r]);
-        const __m512i zs = _mm512_set1_epi32(qa->zs[(m + r) * nb + b]);
-        const __m512i corr = asym ? _mm512_mullo_epi32(zpv, zs) : zs;
-        const __m512 sa = _mm512_set1_ps(qa->sa[(m + r) * nb + b]);
-        facc[r][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, corr)), _mm512_mul_ps(sw, sa), facc[r][g]);
+        facc[r][g] = block_fma(facc[r][g], dot, sw, zpv, qa->scale[(m + r) * nb + b], qa->sum[(m + r) * nb + b], asym);
       }
     }
   }
@@ -252,18 +250,13 @@ AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64
   for (int g = 0; g < G; g++) {
     const int64_t left = ncols - 16 * g;
     if (left <= 0) break;
-    const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-    const int64_t n = 16 * (g0 + g);
-    const __m512 cs = _mm512_load_ps(x86_colscale(c->packed, L, g0 + g));
-    const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n) : _mm512_setzero_ps();
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n, mk, _mm512_fmadd_ps(facc[r][g], cs, bias));
+    x86_store16(c, m, 16 * (g0 + g), left, &facc[0][g], 4, R, 1, x86_colscale(c->packed, L, g0 + g));
   }
 }
 
 /* row kernels: INT4 with the chunk count fixed for block sizes 16 .. 128, the rest generic */
 #define ROW_FN(R, G, CH)                                                                                            \
-  T512 static void row_##R##_##G##_##CH(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m,        \
+  T512 static void row_##R##_##G##_##CH(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, int64_t m,        \
                                         int64_t g0, int64_t ncols, int kind, int asym) {                            \
     if (kind == KIND_INT4) {                                                                                        \
       if (asym) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 1, CH);                                           \
@@ -283,13 +276,13 @@ ROW_FNS(2, 4)
 ROW_FNS(3, 4)
 ROW_FNS(4, 4)
 
-typedef void (*row_fn)(const i4o_gemm_ctx *, const x86_pk *, const x86_qa *, int64_t, int64_t, int64_t, int, int);
+typedef void (*row_fn)(const i4o_gemm_ctx *, const x86_pk *, const i4o_qa_view *, int64_t, int64_t, int64_t, int, int);
 #define ROW_SET(R, G) {row_##R##_##G##_0, row_##R##_##G##_2, row_##R##_##G##_4, row_##R##_##G##_8, row_##R##_##G##_16}
 static const row_fn kRow1[4][5] = {ROW_SET(1, 1), ROW_SET(1, 2), ROW_SET(1, 3), ROW_SET(1, 4)}; /* one row, G groups */
 static const row_fn kRowsFull[4][5] = {ROW_SET(1, 4), ROW_SET(2, 4), ROW_SET(3, 4), ROW_SET(4, 4)}; /* R rows, 4 groups */
 
 #define TILE_FN(R, G)                                                                                                 \
-  T512 static void tile_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, const x86_qa *qa, int64_t m, int64_t g0,   \
+  T512 static void tile_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, int64_t m, int64_t g0,   \
                                   int64_t ncols, int kind, int asym) {                                                \
     X86_SPECIALISE(kind, asym, tile, c, L, qa, m, g0, ncols, R, G);                                                   \
   }
@@ -305,12 +298,12 @@ TILE_FN(4, 1)
 TILE_FN(5, 2)
 TILE_FN(5, 1)
 
-typedef void (*tile_fn)(const i4o_gemm_ctx *, const x86_pk *, const x86_qa *, int64_t, int64_t, int64_t, int, int);
+typedef void (*tile_fn)(const i4o_gemm_ctx *, const x86_pk *, const i4o_qa_view *, int64_t, int64_t, int64_t, int, int);
 
 static void vnni_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const i4o_wdesc *w = c->w;
   const x86_pk L = x86_pk_layout(w, 1);
-  const x86_qa qa = x86_qa_map(w, c->M, c->a_ws);
+  const i4o_qa_view qa = i4o_qa_map(w, c->M, c->a_ws);
   const int kind = x86_kind(w);
   const int asym = w->zp != NULL;
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (64) */
@@ -345,12 +338,10 @@ static void vnni_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0,
   }
 }
 
-static size_t vnni_a_bytes(const i4o_wdesc *w, int64_t M) { return x86_qa_bytes(w, M); }
-
 const i4o_kernel i4o_kernel_avx512vnni_int8 = {
     .name = "avx512vnni_int8", .isa = "avx512vnni", .compute = I4O_COMPUTE_INT8,
     .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
-    .a_bytes = vnni_a_bytes, .prepare_a = qa_prepare,
+    .a_bytes = i4o_qa_bytes, .prepare_a = qa_prepare,
     .gemm = vnni_gemm, .n_tile = 64, .m_tile = 1, /* tasks cover whole supergroups */
     .tile = {MR8, 16 * X86_SG, 8, 0}, /* up to 4 rows x a supergroup, more rows 5 x 32 */
 };

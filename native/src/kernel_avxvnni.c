@@ -5,7 +5,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "x86_packed.h"
+#include "x86_simd.h"
 
 #define I8_TARGET "avx2,fma,f16c,avxvnni"
 #define I8_PREFIX avxvnni_
@@ -16,7 +16,7 @@
 const i4o_kernel i4o_kernel_avxvnni_int8 = {
     .name = "avxvnni_int8", .isa = "avxvnni", .compute = I4O_COMPUTE_INT8,
     .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
-    .a_bytes = avxvnni_a_bytes, .prepare_a = avxvnni_qa_prepare,
+    .a_bytes = i4o_qa_bytes, .prepare_a = avxvnni_qa_prepare,
     .gemm = avxvnni_gemm, .n_tile = 16, .m_tile = 4, .tile = I8_TILE,
 };
 #endif

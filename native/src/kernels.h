@@ -28,6 +28,24 @@ typedef struct i4o_wdesc {
   const uint8_t *zp;     /* [N][n_blocks], or NULL: implied 2^(bits-1) */
 } i4o_wdesc;
 
+/* The one constructor: a weight's shape (n_blocks and blob_bytes derived), no data, scales or zero
+ * points yet. What a kernel may be asked about before it sees data (supports), and the start of a
+ * prepared weight. */
+static inline i4o_wdesc i4o_wdesc_make(int64_t K, int64_t N, int bits, int64_t block_size, int quant_type) {
+  i4o_wdesc d;
+  d.K = K;
+  d.N = N;
+  d.block_size = block_size;
+  d.n_blocks = i4o_n_blocks(K, block_size);
+  d.blob_bytes = i4o_blob_bytes(bits, block_size);
+  d.bits = bits;
+  d.quant_type = quant_type;
+  d.data = NULL;
+  d.scales = NULL;
+  d.zp = NULL;
+  return d;
+}
+
 /* Everything one gemm call sees. */
 typedef struct i4o_gemm_ctx {
   const i4o_wdesc *w;
@@ -61,18 +79,24 @@ typedef struct i4o_kernel {
   i4o_tile tile;         /* register tile (int4onnx.h): the kernel tests' shape grid derives from it */
 } i4o_kernel;
 
-/* ---- shared int8 activation layout (used by every int8 kernel that has no layout of its own) ----
- * For row m and block b: q[m][b*block_size + i] int8 (zero past K), scale[m][b] = amax / 127,
- * sum[m][b] = sum of the block's q (for the zero-point correction). */
+/* ---- int8 activations: the one layout of every int8 kernel's prepare_a ----
+ * For row m and block b: q[m][b*block_size + i] int8 (zero past K), scale[m][b] = amax / 127, and
+ * sum[m][b] = zmul * (sum of the block's q), for the zero-point correction. zmul is a constant of the
+ * kernel's activation preparation: 1 in i4o_qa_prepare (the kernel multiplies the sum by each column's
+ * zero point); the x86 kernels fold the zero point of weights without zero points into it
+ * (x86_sym_zmul in x86_packed.h), which saves a multiply per block and row. Everything else (q, its
+ * rounding, scale, the buffer) is the same for every kernel. */
 typedef struct i4o_qa_view {
   int8_t *q;
   float *scale;
   int32_t *sum;
   int64_t ldq;           /* row stride of q, a multiple of 64 */
+  int64_t nb;            /* blocks per row: the row stride of scale and sum */
 } i4o_qa_view;
 
 I4O_HIDDEN size_t i4o_qa_bytes(const i4o_wdesc *w, int64_t M);
-I4O_HIDDEN i4o_qa_view i4o_qa_map(const i4o_wdesc *w, int64_t M, void *ws);
+/* the view of a workspace of i4o_qa_bytes (const: gemm reads what prepare_a wrote) */
+I4O_HIDDEN i4o_qa_view i4o_qa_map(const i4o_wdesc *w, int64_t M, const void *ws);
 /* Scalar quantization of rows [m0, m1): the definition every int8 kernel must reproduce exactly. */
 I4O_HIDDEN void i4o_qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0,
                                int64_t m1, void *ws);

@@ -204,10 +204,7 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
   } else {
     w.scales = (const float *)scales_raw;
   }
-  i4o_wdesc d;
-  memset(&d, 0, sizeof(d));
-  d.K = k->K; d.N = k->N; d.bits = (int)k->bits; d.block_size = k->block_size; d.quant_type = k->quant_type;
-  d.n_blocks = nb; d.blob_bytes = blob;
+  const i4o_wdesc d = i4o_wdesc_make(k->K, k->N, (int)k->bits, k->block_size, k->quant_type);
   char err[256] = "";
   const i4o_kernel *kern = i4o_choose_kernel(k->compute, &d, err, sizeof(err));
   if (!kern) {

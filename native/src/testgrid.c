@@ -50,10 +50,8 @@ static void add(grid *g, const int64_t *Ms, int nm, int64_t K, int64_t N, int64_
   if (block == 0) block = (K + 15) / 16 * 16;
   for (int f = 0; f < N_FORMATS; f++) {
     if (!(fmts >> f & 1)) continue;
-    i4o_wdesc d; /* what the kernel may ask about before it sees data (as i4o_choose_kernel) */
-    memset(&d, 0, sizeof(d));
-    d.K = K; d.N = N; d.block_size = block; d.bits = kFormats[f].bits; d.quant_type = kFormats[f].quant_type;
-    d.n_blocks = i4o_n_blocks(K, block); d.blob_bytes = i4o_blob_bytes(d.bits, block);
+    /* what the kernel may ask about before it sees data (as i4o_choose_kernel) */
+    const i4o_wdesc d = i4o_wdesc_make(K, N, kFormats[f].bits, block, kFormats[f].quant_type);
     if (g->k->supports && !g->k->supports(&d)) continue;
     for (int i = 0; i < nm; i++) {
       if (Ms[i] < 1) continue;

@@ -19,7 +19,8 @@
  *                    divided by 127 in the kernel)
  *   zp     [gs][16]  uint8, only for weights with zero points
  * padded to 64 bytes; records run over b, then s. A row of decode (M = 1) over 64 columns therefore
- * reads one sequential stream.
+ * reads one sequential stream. x86_rec holds a record's offsets (as MLAS's packed-B struct does); the
+ * packer and every kernel address the packed weights only through the accessors below.
  *
  * int8 kernels store scale * 2^-E[n] as float16 and keep colscale[n] = 2^E[n] (float [G][16] after
  * the records); i4o_prepare has already rounded the scales to exactly these values
@@ -56,21 +57,42 @@ static inline int x86_kind(const i4o_wdesc *w) {
     }                                          \
   } while (0)
 
+#define X86_CHUNK 64 /* bytes of one chunk: codes of 16 columns x 4 bytes */
+
+/* Where the parts of one record lie (MLAS's packed-B struct in miniature): offsets from the record's
+ * start for a supergroup of gs groups. The kernels take this once per supergroup (x86_sg_rec) and
+ * address a record only through the accessors below. */
+typedef struct x86_rec {
+  int64_t gs;          /* groups in the supergroup */
+  int64_t bytes;       /* record bytes (64-byte aligned); the records of blocks b, b+1 are this far apart */
+  int64_t codes_step;  /* codes [gs][chunks * 64]: bytes of one group's codes */
+  int64_t scales_off;  /* scales [gs][16] from here, float32 or float16 ... */
+  int64_t scales_step; /* ... 16 * 4 or 16 * 2 bytes per group */
+  int64_t zp_off;      /* zero points [gs][16] uint8 from here (weights with zero points) */
+} x86_rec;
+
 typedef struct x86_pk {
   int64_t G, nb, bs;
   int64_t chunks;        /* 64-byte chunks per (group, block) */
-  int64_t block_bytes;   /* chunks * 64 */
+  int64_t block_bytes;   /* chunks * 64: one group's codes in a record */
   int64_t ssize;         /* bytes per scale: 4 (fp32 kernels) or 2 (int8 kernels) */
   int asym;
-  int64_t rec, rec_last; /* record bytes of full supergroups and of the last one */
+  x86_rec full, last;    /* records of full supergroups and of the last one (gs_last groups) */
   int64_t gs_last;       /* groups in the last supergroup */
   size_t colscale_off, total;
 } x86_pk;
 
 static inline int64_t x86_align64(int64_t x) { return (x + 63) & ~(int64_t)63; }
 
-static inline int64_t x86_rec_bytes(const x86_pk *L, int64_t gs) {
-  return x86_align64(gs * L->block_bytes + gs * 16 * L->ssize + (L->asym ? gs * 16 : 0));
+static inline x86_rec x86_rec_make(int64_t gs, int64_t block_bytes, int64_t ssize, int asym) {
+  x86_rec r;
+  r.gs = gs;
+  r.codes_step = block_bytes;
+  r.scales_off = gs * block_bytes;
+  r.scales_step = 16 * ssize;
+  r.zp_off = r.scales_off + gs * r.scales_step;
+  r.bytes = x86_align64(r.zp_off + (asym ? gs * 16 : 0));
+  return r;
 }
 
 static inline x86_pk x86_pk_layout(const i4o_wdesc *w, int int8_scales) {
@@ -79,14 +101,14 @@ static inline x86_pk x86_pk_layout(const i4o_wdesc *w, int int8_scales) {
   L.nb = w->n_blocks;
   L.bs = w->block_size;
   L.chunks = w->bits == 4 ? w->block_size / 8 : w->block_size / 4;
-  L.block_bytes = L.chunks * 64;
+  L.block_bytes = L.chunks * X86_CHUNK;
   L.ssize = int8_scales ? 2 : 4;
   L.asym = w->zp != NULL;
   L.gs_last = L.G % X86_SG ? L.G % X86_SG : X86_SG;
-  L.rec = x86_rec_bytes(&L, X86_SG);
-  L.rec_last = x86_rec_bytes(&L, L.gs_last);
+  L.full = x86_rec_make(X86_SG, L.block_bytes, L.ssize, L.asym);
+  L.last = x86_rec_make(L.gs_last, L.block_bytes, L.ssize, L.asym);
   const int64_t n_sg = (L.G + X86_SG - 1) / X86_SG;
-  L.colscale_off = (size_t)((n_sg - 1) * L.nb * L.rec + L.nb * L.rec_last);
+  L.colscale_off = (size_t)((n_sg - 1) * L.nb * L.full.bytes + L.nb * L.last.bytes);
   L.total = L.colscale_off + (int8_scales ? (size_t)(L.G * 16 * 4) : 0);
   return L;
 }
@@ -103,24 +125,46 @@ static inline void x86_panel_a_fill(float *ap, const float *a, int64_t lda, int 
     for (int r = 0; r < mr; r++) ap[k * mr + r] = r < rows ? a[r * lda + k] : 0.0f;
 }
 
-/* groups in the supergroup of group g */
-static inline int64_t x86_gs(const x86_pk *L, int64_t g) {
-  return g / X86_SG == (L->G - 1) / X86_SG ? L->gs_last : X86_SG;
+/* ---- accessors: every address inside the packed weights comes from here ---- */
+
+/* the record layout of the supergroup that holds group g */
+static inline const x86_rec *x86_sg_rec_of(const x86_pk *L, int64_t g) {
+  return g / X86_SG == (L->G - 1) / X86_SG ? &L->last : &L->full;
 }
+static inline x86_rec x86_sg_rec(const x86_pk *L, int64_t g) { return *x86_sg_rec_of(L, g); }
+/* the record of group g's supergroup for block b (the next block's record is R.bytes further) */
 static inline const uint8_t *x86_record(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
-  const int64_t s = g / X86_SG;
-  return (const uint8_t *)packed + s * L->nb * L->rec + b * (x86_gs(L, g) == X86_SG ? L->rec : L->rec_last);
+  return (const uint8_t *)packed + g / X86_SG * L->nb * L->full.bytes + b * x86_sg_rec_of(L, g)->bytes;
 }
+/* in a record: codes of group j of the supergroup (chunk t at + t * X86_CHUNK) */
+static inline const uint8_t *x86_rec_codes(const x86_rec *R, const uint8_t *rec, int64_t j) {
+  return rec + j * R->codes_step;
+}
+/* in a record: the 16 scales of group j, float32 (fp32 kernels' layout) or float16 (int8 kernels') */
+static inline const float *x86_rec_scales_f32(const x86_rec *R, const uint8_t *rec, int64_t j) {
+  return (const float *)(const void *)(rec + R->scales_off + j * R->scales_step);
+}
+static inline const uint16_t *x86_rec_scales_f16(const x86_rec *R, const uint8_t *rec, int64_t j) {
+  return (const uint16_t *)(const void *)(rec + R->scales_off + j * R->scales_step);
+}
+/* in a record: the 16 zero points of group j */
+static inline const uint8_t *x86_rec_zp(const x86_rec *R, const uint8_t *rec, int64_t j) {
+  return rec + R->zp_off + j * 16;
+}
+/* the same for group g and block b, from the start of the packed weights */
 static inline const uint8_t *x86_codes(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
-  return x86_record(packed, L, g, b) + (g % X86_SG) * L->block_bytes;
+  const x86_rec R = x86_sg_rec(L, g);
+  return x86_rec_codes(&R, x86_record(packed, L, g, b), g % X86_SG);
 }
 static inline const void *x86_scales(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
-  return x86_record(packed, L, g, b) + x86_gs(L, g) * L->block_bytes + (g % X86_SG) * 16 * L->ssize;
+  const x86_rec R = x86_sg_rec(L, g);
+  return x86_record(packed, L, g, b) + R.scales_off + g % X86_SG * R.scales_step;
 }
 static inline const uint8_t *x86_zp(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
-  const int64_t gs = x86_gs(L, g);
-  return x86_record(packed, L, g, b) + gs * L->block_bytes + gs * 16 * L->ssize + (g % X86_SG) * 16;
+  const x86_rec R = x86_sg_rec(L, g);
+  return x86_rec_zp(&R, x86_record(packed, L, g, b), g % X86_SG);
 }
+/* int8 kernels: 2^E of the 16 columns of group g */
 static inline const float *x86_colscale(const void *packed, const x86_pk *L, int64_t g) {
   return (const float *)((const uint8_t *)packed + L->colscale_off) + g * 16;
 }
@@ -131,37 +175,20 @@ I4O_HIDDEN size_t i4o_x86_packed_bytes_int8(const i4o_wdesc *w);
 I4O_HIDDEN void i4o_x86_pack_fp32(const i4o_wdesc *w, void *dst);
 I4O_HIDDEN void i4o_x86_pack_int8(const i4o_wdesc *w, void *dst);
 
-/* ---- activations of the x86 int8 kernels ----
- * q [M][ldq] int8 as in i4o_qa_prepare (same rounding, zero past K), then per row and block:
- * sa [M][nb] float = amax/127, and zs [M][nb] int32 = zp * sum(q) for weights without zero points
- * (zp = 8 for 4-bit, 128 for 8-bit and NF4 whose codes run through a table offset by 128), or sum(q)
- * for weights with zero points (the kernel multiplies by each column's zero point). */
-typedef struct x86_qa {
-  int8_t *q;
-  float *sa;
-  int32_t *zs;
-  int64_t ldq, nb;
-} x86_qa;
-
-static inline int64_t x86_qa_ldq(const i4o_wdesc *w) { return x86_align64(w->n_blocks * w->block_size); }
-
-static inline size_t x86_qa_bytes(const i4o_wdesc *w, int64_t M) {
-  return (size_t)(M * x86_qa_ldq(w)) + (size_t)(M * w->n_blocks) * 8 + 128;
-}
-
-static inline x86_qa x86_qa_map(const i4o_wdesc *w, int64_t M, const void *ws) {
-  x86_qa v;
-  v.ldq = x86_qa_ldq(w);
-  v.nb = w->n_blocks;
-  v.q = (int8_t *)ws;
-  v.sa = (float *)(v.q + M * v.ldq);
-  v.zs = (int32_t *)(v.sa + M * v.nb);
-  return v;
-}
-
-/* The constant zero point of weights without a zero-point tensor, as the int8 kernels see codes. */
+/* ---- activations of the x86 int8 kernels: i4o_qa_view (kernels.h), sum premultiplied ----
+ * sum[m][b] = zmul * sum(q): zmul = 1 for weights with zero points (the kernel multiplies by each
+ * column's zero point); without, the zero point that every column shares as the kernel sees the codes:
+ * 8 for 4-bit, 128 for 8-bit and NF4 (codes run through a table offset by 128 to be unsigned); a kernel
+ * whose dot product takes signed weights (x86_int8_256.inc with vpmaddubsw) passes 0 for those. */
 static inline int32_t x86_sym_zp(const i4o_wdesc *w) {
   return (w->bits == 8 || w->quant_type == I4O_QUANT_NF4) ? 128 : 8;
+}
+
+/* The int8 path's NF4 levels (i4o_nf4_i8) plus offset, as a byte-shuffle table: offset 128 makes them
+ * unsigned codes with zero point 128 (vpdpbusd), 0 keeps them signed (vpmaddubsw's abs/sign trick). */
+static inline void x86_nf4_i8_table(uint8_t t[16], int offset) {
+  const int8_t *l8 = i4o_nf4_i8();
+  for (int i = 0; i < 16; i++) t[i] = (uint8_t)(l8[i] + offset);
 }
 
 #endif /* I4O_X86_PACKED_H_ */

@@ -54,6 +54,9 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "native"))
+import buildcfg  # noqa: E402  (native/buildcfg.py: the compiler's triple, as every native build sees it)
+
 WORK = ROOT / "build" / "arm"
 # check -> (max |arm - x86| / max |x86|, rms |arm - x86| / rms |x86|); "exact" means bit for bit
 TOLERANCES = {"exact": (0.0, 0.0), "int8k": (1e-5, 1e-5), "fp32": (1e-4, 1e-4), "int8": (5e-2, 2e-2)}
@@ -147,7 +150,7 @@ def build_x86_app(venv_ort: str) -> pathlib.Path:
     bundle = WORK / "x86_64" / "bundle"
     bundle.mkdir(parents=True, exist_ok=True)
     run(["make", "-s", "-C", ROOT / "native", "install", f"DESTDIR={bundle}"])
-    triple = run(["cc", "-dumpmachine"], capture_output=True).stdout.strip()
+    triple = buildcfg.compiler_triple("cc")
     shutil.copy2(ROOT / "examples" / "c" / "build" / triple / "int4onnx_run", bundle)
     shutil.copy2(venv_ort, bundle / _soname(venv_ort))
     return bundle

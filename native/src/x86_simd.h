@@ -1,0 +1,52 @@
+/*
+ * Register-level helpers that the x86 kernels share, per vector width: the output epilogue (column
+ * masks, column exponents, bias, store). Included by the kernel files only (each compiles them into
+ * its own target: the helpers' targets are subsets of every includer's).
+ */
+#ifndef I4O_X86_SIMD_H_
+#define I4O_X86_SIMD_H_
+
+#include <immintrin.h>
+
+#include "x86_packed.h"
+
+#define X86_AI256 static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+#define X86_AI512 static inline __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
+
+/* lanes 0 .. min(left, 8) - 1 set (left may be <= 0: none) */
+X86_AI256 __m256i x86_mask8(int64_t left) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : left <= 0 ? 0 : (int)left),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+X86_AI512 __mmask16 x86_mask16(int64_t left) {
+  return left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
+}
+
+/* The store of a tile's accumulators: C[m + r][n .. n + min(left, 8)) = acc[r * stride] (+ bias), for
+ * r < R. scaled: multiply by cs first (the int8 kernels' column exponents, x86_colscale), as one fused
+ * multiply-add with the bias; else add the bias. */
+X86_AI256 void x86_store8(const i4o_gemm_ctx *c, int64_t m, int64_t n, int64_t left, const __m256 *acc, const int stride,
+                          const int R, const int scaled, const float *cs) {
+  const __m256i mk = x86_mask8(left);
+  const __m256 bias = c->bias ? _mm256_maskload_ps(c->bias + n, mk) : _mm256_setzero_ps();
+  const __m256 s = scaled ? _mm256_load_ps(cs) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+    _mm256_maskstore_ps(c->C + (m + r) * c->ldc + n, mk,
+                        scaled ? _mm256_fmadd_ps(acc[r * stride], s, bias) : _mm256_add_ps(acc[r * stride], bias));
+}
+
+/* the same for 16 columns */
+X86_AI512 void x86_store16(const i4o_gemm_ctx *c, int64_t m, int64_t n, int64_t left, const __m512 *acc,
+                           const int stride, const int R, const int scaled, const float *cs) {
+  const __mmask16 mk = x86_mask16(left);
+  const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n) : _mm512_setzero_ps();
+  const __m512 s = scaled ? _mm512_load_ps(cs) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+  for (int r = 0; r < R; r++)
+    _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n, mk,
+                          scaled ? _mm512_fmadd_ps(acc[r * stride], s, bias) : _mm512_add_ps(acc[r * stride], bias));
+}
+
+#endif /* I4O_X86_SIMD_H_ */
