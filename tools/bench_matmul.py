@@ -11,6 +11,10 @@ packed bytes (the layouts are byte-identical). Variants:
   nbits_acc4  com.microsoft.MatMulNBits, accuracy_level 4 (int8 activations)
   i4o_fp32    com.int4onnx.MatMulInt4, compute "fp32"
   i4o_int8    com.int4onnx.MatMulInt4, compute "int8"
+Scale-storage variants (--variants; not in the default run): i4o_fp32_f16 / i4o_int8_f16 store the
+scales as float16 (--scale-dtype float16: the weights differ by that rounding), i4o_fp32_dq /
+i4o_int8_dq as int8 with a float32 super-scale per column (--double-quant); the op widens both at
+session start, so this measures whether the stored type changes anything at run time.
 Every round runs each variant once, in turn (int4onnx.bench.time_alternating); medians per variant.
 ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/bench.py).
 Reported per variant: median ms per chain, effective weight GB/s (bytes of the weights as stored --
@@ -40,6 +44,7 @@ from int4onnx.runtime import make_session
 
 CASES = {"dram": (4096, 4096, 16), "cache": (1024, 1024, 4)}
 VARIANTS = ("fp32", "nbits_acc0", "nbits_acc4", "i4o_fp32", "i4o_int8")
+SCALE_VARIANTS = ("i4o_fp32_f16", "i4o_int8_f16", "i4o_fp32_dq", "i4o_int8_dq")  # scales stored as float16 / int8
 BLOCK = 32
 OPSET = 17
 
@@ -75,13 +80,22 @@ def chain_model(variant: str, weights, K: int, N: int) -> onnx.ModelProto:
             inits.append(numpy_helper.from_array(W, f"w{i}"))
             nodes.append(helper.make_node("MatMul", [cur, f"w{i}"], [out], name=f"mm{i}"))
         else:
+            inputs = [cur, f"b{i}", f"s{i}"]
+            if variant.endswith("_f16"):
+                scales = scales.astype(np.float16)
+            elif variant.endswith("_dq"):  # int8 codes times the column's largest scale / 127
+                super_scale = (scales.max(axis=1) / 127).astype(np.float32)
+                scales = np.clip(np.rint(scales / super_scale[:, None]), 1, 127).astype(np.int8)
+                inits.append(numpy_helper.from_array(super_scale, f"ss{i}"))
+                inputs = _native.op_inputs(A=cur, B=f"b{i}", scales=f"s{i}", zero_points="", bias="",
+                                           scales_scale=f"ss{i}")
             inits += [numpy_helper.from_array(packed, f"b{i}"), numpy_helper.from_array(scales, f"s{i}")]
             if variant.startswith("nbits"):
                 nodes.append(helper.make_node("MatMulNBits", [cur, f"b{i}", f"s{i}"], [out], name=f"mm{i}",
                                               domain="com.microsoft", K=K, N=N, bits=4, block_size=BLOCK,
                                               accuracy_level=int(variant[-1])))
             else:
-                nodes.append(helper.make_node(_native.OP_NAME, [cur, f"b{i}", f"s{i}"], [out], name=f"mm{i}",
+                nodes.append(helper.make_node(_native.OP_NAME, inputs, [out], name=f"mm{i}",
                                               domain=_native.DOMAIN, K=K, N=N, bits=4, block_size=BLOCK,
                                               compute=variant.split("_")[1]))
         cur = out
@@ -96,7 +110,8 @@ def weight_bytes(variant: str, K: int, N: int, layers: int) -> int:
     if variant == "fp32":
         return K * N * 4 * layers
     nb = _native.n_blocks(K, BLOCK)
-    return (N * nb * _native.blob_bytes(4, BLOCK) + N * nb * 4) * layers
+    scale_bytes = N * nb * 2 if variant.endswith("_f16") else N * nb + 4 * N if variant.endswith("_dq") else N * nb * 4
+    return (N * nb * _native.blob_bytes(4, BLOCK) + scale_bytes) * layers
 
 
 def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log=print, spin: bool = False) -> list[dict]:
@@ -141,7 +156,10 @@ def _get(rows, v):
 def ratios(rows_m: list[dict]) -> dict[str, float]:
     """Speed-ups (peer median / our median) for one (case, threads, M)."""
     pairs = {"int8/acc4": ("i4o_int8", "nbits_acc4"), "fp32/acc0": ("i4o_fp32", "nbits_acc0"),
-             "int8/fp32MM": ("i4o_int8", "fp32"), "fp32/fp32MM": ("i4o_fp32", "fp32")}
+             "int8/fp32MM": ("i4o_int8", "fp32"), "fp32/fp32MM": ("i4o_fp32", "fp32"),
+             # the same kernels with scales stored as float16 or int8, against float32 scales
+             "int8_f16/int8": ("i4o_int8_f16", "i4o_int8"), "int8_dq/int8": ("i4o_int8_dq", "i4o_int8"),
+             "fp32_f16/fp32": ("i4o_fp32_f16", "i4o_fp32"), "fp32_dq/fp32": ("i4o_fp32_dq", "i4o_fp32")}
     out = {}
     for label, (ours, peer) in pairs.items():
         a, b = _get(rows_m, ours), _get(rows_m, peer)
@@ -171,10 +189,11 @@ def markdown(rows: list[dict]) -> str:
     for case, threads in keys:
         sel = [r for r in rows if r["case"] == case and r["threads"] == threads]
         K, N, L = sel[0]["K"], sel[0]["N"], sel[0]["layers"]
-        variants = [v for v in VARIANTS if any(r["variant"] == v for r in sel)]
+        variants = [v for v in VARIANTS + SCALE_VARIANTS if any(r["variant"] == v for r in sel)]
         out.append(f"**{case}**: {L} x MatMul {K}x{N}, {threads} thread(s); median ms per chain "
                    f"(weight GB/s | GFLOP/s)\n")
-        ratio_keys = ["int8/acc4", "fp32/acc0", "int8/fp32MM", "fp32/fp32MM"]
+        ratio_keys = list(dict.fromkeys(k for M in sorted({r["M"] for r in sel})
+                                        for k in ratios([r for r in sel if r["M"] == M])))
         out.append("| M | " + " | ".join(variants) + " | " + " | ".join(ratio_keys) + " |")
         out.append("|---" * (1 + len(variants) + len(ratio_keys)) + "|")
         for M in sorted({r["M"] for r in sel}):
@@ -206,7 +225,8 @@ def main(argv=None) -> int:
                     help="comma-separated thread counts (intra_op_num_threads), e.g. 1,2,4,8,16")
     ap.add_argument("--m", type=_ints, default=[1, 4, 16, 128, 512], help="rows of activations (tokens)")
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"subset of {','.join(VARIANTS + SCALE_VARIANTS)}")
     ap.add_argument("--repeats", type=int, default=15, help="rounds (at least; short runs get more)")
     ap.add_argument("--spin", action="store_true",
                     help="keep ONNX Runtime's thread spinning on (off by default: idle sessions' spinning threads "
@@ -215,7 +235,7 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", help="also write markdown tables to this file")
     args = ap.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
-    bad = set(variants) - set(VARIANTS)
+    bad = set(variants) - set(VARIANTS) - set(SCALE_VARIANTS)
     if bad:
         ap.error(f"unknown variants {sorted(bad)}")
     cases = list(CASES) if args.case == "all" else [args.case]

@@ -99,10 +99,11 @@ FP16_MIN_NORMAL = 2.0 ** -14
 
 
 def _weight_range(t: MatMulTarget) -> tuple[float, float]:
-    """(min, max) of the weight times alpha, read once per weight (cached in the value's metadata)."""
-    meta = t.weight.meta
+    """(min, max) of the weight times alpha, read once per tensor (cached in its metadata: AWQ's rescaling
+    gives the value a new tensor, whose range is read again)."""
+    tensor = ir.convenience.get_const_tensor(t.weight)
+    meta = tensor.meta
     if "int4onnx.range" not in meta:
-        tensor = ir.convenience.get_const_tensor(t.weight)
         a = tensor.numpy()
         meta["int4onnx.range"] = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         del a
