@@ -200,7 +200,7 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
     const size_t n_scales = (size_t)(k->N * nb);
     fs = (float *)malloc(n_scales * sizeof(float));
     if (!fs) return fail(ORT_FAIL, k->name, "out of memory for %zu scales", n_scales);
-    for (size_t i = 0; i < n_scales; i++) fs[i] = i4o_half_to_float(((const uint16_t *)scales_raw)[i]);
+    i4o_half_to_float_n((const uint16_t *)scales_raw, fs, (int64_t)n_scales);
     w.scales = fs;
   } else {
     w.scales = (const float *)scales_raw;
