@@ -56,14 +56,13 @@ class SelfTimed:
 
 
 def time_alternating(runners: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2,
-                     min_seconds: float = 0.0, settle_s: float = 0.0) -> dict[str, Timing]:
+                     min_seconds: float = 0.0) -> dict[str, Timing]:
     """Call every runner `warmup` times, then `repeats` rounds of one call each, in turn.
 
     With min_seconds > 0, rounds continue past `repeats` until every variant has run that long in
     total (short kernels get more samples). The order inside a round rotates so no variant always
     runs right after the same neighbour. A runner that returns a `SelfTimed` is credited with its
-    seconds instead of the call's wall-clock time; after such a runner the loop waits `settle_s` (its
-    process's threads may still be spinning, e.g. OpenMP's, and would slow the next variant down).
+    seconds instead of the call's wall-clock time.
     """
     if not runners:
         raise ConfigError("nothing to time")
@@ -81,8 +80,6 @@ def time_alternating(runners: dict[str, Callable[[], object]], repeats: int = 20
             result = runners[name]()
             elapsed = time.perf_counter() - t
             samples[name].append(result.seconds if isinstance(result, SelfTimed) else elapsed)
-            if settle_s and isinstance(result, SelfTimed):
-                time.sleep(settle_s)
         rounds += 1
     return {n: Timing(n, samples[n]) for n in names}
 

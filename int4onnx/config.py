@@ -22,6 +22,7 @@ LAYER_CHOICES = ("4", "8", "float")
 FORMATS = ("int4onnx", "matmulnbits", "qdq")
 COMPUTE = ("fp32", "int8")
 QUANT_TYPES = ("int", "nf4")
+SCALE_DTYPES = ("auto", "float32", "float16")
 
 
 def default_compute(fmt) -> str:
@@ -110,6 +111,11 @@ class QuantConfig:
     double_quant: store scales as int8 with float32 super-scales (int4onnx format): one per output
         column, or one for the whole tensor when K < 1024, where a per-column super-scale would cost
         more than 1/32 bit per weight.
+    scale_dtype: float scales of float32 models in the int4onnx format: "float16" (4.5 bits per weight
+        at group 32 symmetric), "float32" (5.0), or "auto" (default): float16, except a layer whose
+        range does not fit float16 scales keeps float32 (logged; the report's scale_dtype says so).
+        Codes are chosen against the rounded scales. float16 models always store float16 scales;
+        matmulnbits and qdq store scales of the model's type (auto; float16 is an error there).
 
     method: "rtn" (round to nearest), "clip" (RTN with an MSE-optimal clipping range per group,
         weighted by the calibration mean square when calibration data is given), "awq"
@@ -156,6 +162,9 @@ class QuantConfig:
                              choices=QUANT_TYPES, cli="--dtype")
     double_quant: bool = option(False, "Store scales as int8 with a float32 super-scale per output column (int4onnx "
                                        "format).")
+    scale_dtype: str = option("auto", "Float scales of float32 models (int4onnx format): float16 (4.5 bits/weight at "
+                                      "group 32 sym) or float32 (5.0). auto: float16, float32 for a layer whose "
+                                      "range does not fit float16.", choices=SCALE_DTYPES)
     clip_search: bool = option(True, "awq and gptq also search each group's clipping range.")
     act_order: bool = option(False, "gptq: quantize input channels by decreasing activation energy.")
     damp: float = option(0.01, "gptq: damping added to the Gram matrix diagonal (fraction of its mean).")
@@ -218,6 +227,11 @@ class QuantConfig:
                 raise ConfigError("nf4 is only supported by the int4onnx format")
         if self.double_quant and self.format != "int4onnx":
             raise ConfigError("double quantization (int8 scales) is only supported by the int4onnx format")
+        if self.scale_dtype == "float16" and self.format != "int4onnx":
+            raise ConfigError(f"--scale-dtype float16 is only supported by the int4onnx format ({self.format} "
+                              "takes scales of the activations' type)")
+        if self.double_quant and self.scale_dtype != "auto":
+            raise ConfigError(f"--double-quant stores int8 scales: drop --scale-dtype {self.scale_dtype}")
         if not 0 <= self.damp < 10:
             raise ConfigError(f"damp must be in [0, 10), got {self.damp!r}")
         if self.embedding != "float" and self.format == "qdq":

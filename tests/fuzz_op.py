@@ -80,7 +80,8 @@ def cases(draw):
         sym=True if quant_type == "nf4" else draw(st.booleans()),
         block=draw(st.sampled_from([16, 32, 64, 128])), K=draw(st.integers(1, 300)), N=draw(st.integers(1, 40)),
         compute=draw(st.sampled_from(["fp32", "int8"])), bias=draw(st.booleans()),
-        int8_scales=draw(st.sampled_from([False, False, True])), weights_as_inputs=draw(st.booleans()),
+        int8_scales=draw(st.sampled_from([False, False, True])), scale_type=draw(st.sampled_from([None, "float16"])),
+        weights_as_inputs=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)))
     case["a_shape"] = draw(st.lists(st.integers(0, 4), max_size=3)) + [case["K"]]
     case["mutations"] = draw(st.lists(_mutation(case), max_size=3))

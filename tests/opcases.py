@@ -6,6 +6,7 @@ before running it, so that a crash can be reported and replayed.
 case = {
   "a_type": "float" | "float16", "K", "N", "bits", "block", "quant_type": "int" | "nf4",
   "compute": "fp32" | "int8", "sym": bool, "bias": bool, "int8_scales": bool,
+  "scale_type": None (the type of A) | "float16" (float scales' type; float16 scales go with float A too),
   "weights_as_inputs": bool (fed at run time instead of initializers), "a_shape": [..., K],
   "seed": int, "mutations": [[kind, ...], ...]
 }
@@ -38,7 +39,8 @@ TYPES = {"float": np.float32, "float16": np.float16, "int8": np.int8, "uint8": n
 
 def valid_case(**kw) -> dict:
     case = dict(a_type="float", K=64, N=16, bits=4, block=32, quant_type="int", compute="fp32", sym=False,
-                bias=False, int8_scales=False, weights_as_inputs=False, a_shape=None, seed=0, mutations=[])
+                bias=False, int8_scales=False, scale_type=None, weights_as_inputs=False, a_shape=None, seed=0,
+                mutations=[])
     case.update(kw)
     if case["a_shape"] is None:
         case["a_shape"] = [3, case["K"]]
@@ -78,7 +80,7 @@ def build(case: dict):
         arrays["scales"], arrays["scales_scale"] = s8, ss
         scales_f = (s8.astype(np.float32) * ss[:, None]).astype(np.float32)
     else:
-        arrays["scales"] = (rng.random((N, nb)) * 0.1 + 0.01).astype(a_np)
+        arrays["scales"] = (rng.random((N, nb)) * 0.1 + 0.01).astype(TYPES[case.get("scale_type") or case["a_type"]])
         scales_f = arrays["scales"].astype(np.float32)
     values = {"K": K, "N": N, "bits": bits, "block_size": block, "quant_type": case["quant_type"],
               "compute": case["compute"]}

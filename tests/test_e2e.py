@@ -104,7 +104,7 @@ def test_int8_compute_matches_int8_reference(tmp_path):
     path, _ = convert(tmp_path, matmul_model({"w0": W}), compute="int8", group_size=64)
     x = RNG.standard_normal((3, 256)).astype(np.float32)
     y = run(path, {"x": x})
-    q = int4onnx.quant.rtn.quantize_rtn(W, 4, 64, False)
+    q = int4onnx.quant.rtn.quantize_rtn(W, 4, 64, False, scale_dtype=np.float16)  # --scale-dtype auto
     ref8 = int8_path_reference(x, q.codes, q.scales, q.zero_points, 256, 64, 4)
     np.testing.assert_allclose(y, ref8, rtol=1e-5, atol=1e-5)
 
@@ -114,8 +114,9 @@ def test_three_formats_give_the_same_numbers(tmp_path):
     x = RNG.standard_normal((4, 172)).astype(np.float32)
     outs = {}
     for fmt in ("int4onnx", "matmulnbits", "qdq"):
+        # matmulnbits defaults to int8 activations; float32 scales, which matmulnbits and qdq store for a float32 model
         path, _ = convert(tmp_path, matmul_model(weights, batch_dims=("b",)), name=fmt, format=fmt, group_size=32,
-                          compute="fp32")  # matmulnbits defaults to int8 activations
+                          compute="fp32", scale_dtype="float32")
         # ORT fuses QDQ into MatMulNBits with int8 activations unless told otherwise
         outs[fmt] = run(path, {"x": x}, qdq_accuracy_level=0)
     np.testing.assert_allclose(outs["matmulnbits"], outs["int4onnx"], rtol=1e-5, atol=1e-5)

@@ -57,7 +57,7 @@ COMMAND_LINES = [
      "--sequence-length", "8", "--calibration-skip-chars", "5", "--target-bits", "5.5",
      "--sensitivity-samples", "2", "--lm-head", "4", "--embedding", "8"],
     ["--bits", "8", "--asymmetric", "--format", "matmulnbits", "--method", "clip", "--calibration", "cal.npz",
-     "--max-error", "0.01", "--lm-head", "float", "--group-size", "-1"],
+     "--max-error", "0.01", "--lm-head", "float", "--group-size", "-1", "--scale-dtype", "float32"],
 ]
 
 

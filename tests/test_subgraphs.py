@@ -21,8 +21,9 @@ def _w():
     return (RNG.standard_normal((K, N)) * 0.1).astype(np.float32)
 
 
-def _deq(w, group=32):
-    return quantize_rtn(w, 4, group, False).dequantize()
+def _deq(w, fmt, group=32):
+    """The weights as converted: float16 scales in the int4onnx format (--scale-dtype auto), float32 otherwise."""
+    return quantize_rtn(w, 4, group, False, scale_dtype=np.float16 if fmt == "int4onnx" else np.float32).dequantize()
 
 
 def if_model(w_outer, w_inner, w_shared):
@@ -85,8 +86,8 @@ def test_if_branches_are_quantized(tmp_path, fmt):
     x = RNG.standard_normal((3, K)).astype(np.float32)
     for c in (True, False):
         y = sess.run(None, {"x": x, "c": np.array(c)})[0]
-        branch = x @ _deq(w_outer) + x @ _deq(w_shared) if c else x @ _deq(w_inner)
-        ref = branch + x @ _deq(w_shared)
+        branch = x @ _deq(w_outer, fmt) + x @ _deq(w_shared, fmt) if c else x @ _deq(w_inner, fmt)
+        ref = branch + x @ _deq(w_shared, fmt)
         np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
@@ -102,7 +103,7 @@ def test_loop_body_is_quantized(tmp_path, fmt):
     assert want in [o[:2] for o in body_ops]
     x = RNG.standard_normal((2, K)).astype(np.float32)
     y = make_session(str(dst), qdq_accuracy_level=0).run(None, {"x": x})[0]
-    h, wq = x.astype(np.float64), _deq(w)
+    h, wq = x.astype(np.float64), _deq(w, fmt)
     for _ in range(3):
         h = np.tanh(h @ wq)
     np.testing.assert_allclose(y, h, rtol=1e-4, atol=1e-4)

@@ -22,9 +22,13 @@ values, float16 scales as Q4_0 has; each round timed inside that process):
   ggml_q4_0_passive  ggml_q4_0 with OMP_WAIT_POLICY=passive: its threads sleep at once instead of spinning
                  (only when named; for machines whose cores are shared, where spinning threads wait for
                  preempted ones)
+Scale-storage variants (--variants; not in the default run): i4o_fp32_f16 / i4o_int8_f16 store the
+scales as float16 (--scale-dtype float16: the weights differ by that rounding), i4o_fp32_dq /
+i4o_int8_dq as int8 with a float32 super-scale per column (--double-quant); the op widens both at
+session start, so this measures whether the stored type changes anything at run time.
 Every round runs each variant once, in turn (int4onnx.bench.time_alternating); medians per variant.
 ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/bench.py); ggml
-keeps its OpenMP threads' default spinning, and the benchmark waits 5 ms (untimed) after each ggml round so
+keeps its OpenMP threads' default spinning, and the benchmark waits 50 ms (untimed) after each ggml round so
 they are asleep before the next variant runs.
 Reported per variant: median ms per chain, effective weight GB/s (bytes of the weights as stored --
 codes + scales, or fp32 -- divided by the time), GFLOP/s (2*M*K*N*L / time); per M the speed-ups
@@ -64,12 +68,10 @@ CASES = {"dram": (4096, 4096, 16), "cache": (1024, 1024, 4)}  # dram: at least 1
 VARIANTS = ("fp32", "nbits_acc0", "nbits_acc4", "i4o_fp32", "i4o_int8")
 # ggml's CPU backend through tools/ggml_chain.c (--ggml): weight type, buffer type, environment
 PASSIVE = {"OMP_WAIT_POLICY": "passive"}
-# after a ggml round: its OpenMP threads spin for a while (libgomp's default spin count is ~10 ms and
-# more) and, on a machine with no spare core, slow down whichever variant runs next; wait that out
-SETTLE_S = 0.05
 GGML_VARIANTS = {"ggml_q4_0": ("q4_0", "repack", {}), "ggml_q4_0_amx": ("q4_0", "amx", {}),
                  "ggml_f32": ("f32", "cpu", {}), "ggml_q4_0_passive": ("q4_0", "repack", PASSIVE)}
 TOOLS = os.path.dirname(os.path.abspath(__file__))
+SCALE_VARIANTS = ("i4o_fp32_f16", "i4o_int8_f16", "i4o_fp32_dq", "i4o_int8_dq")  # scales stored as float16 / int8
 BLOCK = 32
 OPSET = 17
 
@@ -105,13 +107,22 @@ def chain_model(variant: str, weights, K: int, N: int) -> onnx.ModelProto:
             inits.append(numpy_helper.from_array(W, f"w{i}"))
             nodes.append(helper.make_node("MatMul", [cur, f"w{i}"], [out], name=f"mm{i}"))
         else:
+            inputs = [cur, f"b{i}", f"s{i}"]
+            if variant.endswith("_f16"):
+                scales = scales.astype(np.float16)
+            elif variant.endswith("_dq"):  # int8 codes times the column's largest scale / 127
+                super_scale = (scales.max(axis=1) / 127).astype(np.float32)
+                scales = np.clip(np.rint(scales / super_scale[:, None]), 1, 127).astype(np.int8)
+                inits.append(numpy_helper.from_array(super_scale, f"ss{i}"))
+                inputs = _native.op_inputs(A=cur, B=f"b{i}", scales=f"s{i}", zero_points="", bias="",
+                                           scales_scale=f"ss{i}")
             inits += [numpy_helper.from_array(packed, f"b{i}"), numpy_helper.from_array(scales, f"s{i}")]
             if variant.startswith("nbits"):
                 nodes.append(helper.make_node("MatMulNBits", [cur, f"b{i}", f"s{i}"], [out], name=f"mm{i}",
                                               domain="com.microsoft", K=K, N=N, bits=4, block_size=BLOCK,
                                               accuracy_level=int(variant[-1])))
             else:
-                nodes.append(helper.make_node(_native.OP_NAME, [cur, f"b{i}", f"s{i}"], [out], name=f"mm{i}",
+                nodes.append(helper.make_node(_native.OP_NAME, inputs, [out], name=f"mm{i}",
                                               domain=_native.DOMAIN, K=K, N=N, bits=4, block_size=BLOCK,
                                               compute=variant.split("_")[1]))
         cur = out
@@ -127,8 +138,13 @@ def weight_bytes(variant: str, K: int, N: int, layers: int) -> int:
     if variant in ("fp32", "ggml_f32"):
         return K * N * 4 * layers
     nb = _native.n_blocks(K, BLOCK)
-    scale_bytes = 2 if variant.startswith("ggml") else 4
-    return (N * nb * _native.blob_bytes(4, BLOCK) + N * nb * scale_bytes) * layers
+    if variant.startswith("ggml") or variant.endswith("_f16"):
+        scale_bytes = N * nb * 2
+    elif variant.endswith("_dq"):
+        scale_bytes = N * nb + 4 * N  # int8 scales and a float32 super-scale per column
+    else:
+        scale_bytes = N * nb * 4
+    return (N * nb * _native.blob_bytes(4, BLOCK) + scale_bytes) * layers
 
 
 # ---- the machine: last-level cache, memory, read bandwidth -------------------------------------------
@@ -198,7 +214,7 @@ def regime(nbytes: int, llc: int) -> str:
 # resident bytes per byte of stored weights while a variant's session lives (ONNX Runtime keeps the
 # initializers and a prepacked copy; tools/session_memory.py), plus the model being built
 MEM_FACTOR = {"fp32": 2.5, "nbits_acc0": 3.0, "nbits_acc4": 3.0, "i4o_fp32": 3.0, "i4o_int8": 3.0,
-              **{v: 1.2 for v in GGML_VARIANTS}}
+              **{v: 3.0 for v in SCALE_VARIANTS}, **{v: 1.2 for v in GGML_VARIANTS}}
 
 
 def dram_layers(llc: int, variants, available: int, log=print) -> int:
@@ -298,8 +314,9 @@ class GgmlChain:
         self.settle = 0.0
         if not spin:
             # ggml (OpenMP) keeps its threads spinning for a while after each graph, as llama.cpp runs it;
-            # let them fall asleep (outside the timed part) before the next variant runs
-            self.settle = 0.005
+            # let them fall asleep (outside the timed part) before the next variant runs. 5 ms was not
+            # enough on a 16-core Xeon (i4o_int8 at M = 1 on 16 threads: 2.88 ms after 5 ms, 2.09 ms after 50 ms)
+            self.settle = 0.05
         self.proc = subprocess.Popen([exe, "--k", str(K), "--n", str(N), "--layers", str(L), "--threads", str(threads),
                                       "--type", wtype, "--buft", buft], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
@@ -349,7 +366,7 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
     ggml variants in `optional` are left out (with a message) when ggml cannot run them."""
     K, N, L = CASES[case]
     L = layers or L
-    ort_variants = [v for v in variants if v in VARIANTS]
+    ort_variants = [v for v in variants if v in VARIANTS or v in SCALE_VARIANTS]
     runners_ggml = {}
     try:
         for v in list(variants):
@@ -388,7 +405,7 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
             runners.update({v: (lambda g=g, m=M: g.run(m)) for v, g in runners_ggml.items()})
             runners = {v: runners[v] for v in variants}
             # short chains get more rounds so that every variant runs at least ~0.5 s in total
-            timings = time_alternating(runners, repeats=repeats, warmup=2, min_seconds=0.5, settle_s=SETTLE_S)
+            timings = time_alternating(runners, repeats=repeats, warmup=2, min_seconds=0.5)
             flops = 2.0 * M * K * N * L
             for v in variants:
                 t = timings[v].median
@@ -430,7 +447,10 @@ RATIOS = {"int8/acc4": ("i4o_int8", "nbits_acc4"), "fp32/acc0": ("i4o_fp32", "nb
           "int8/fp32MM": ("i4o_int8", "fp32"), "fp32/fp32MM": ("i4o_fp32", "fp32"),
           "int8/ggml": ("i4o_int8", "ggml_q4_0"), "int8/ggml_amx": ("i4o_int8", "ggml_q4_0_amx"),
           "int8/ggml_passive": ("i4o_int8", "ggml_q4_0_passive"),
-          "ggml_f32/fp32MM": ("ggml_f32", "fp32")}
+          "ggml_f32/fp32MM": ("ggml_f32", "fp32"),
+          # the same kernels with scales stored as float16 or int8, against float32 scales
+          "int8_f16/int8": ("i4o_int8_f16", "i4o_int8"), "int8_dq/int8": ("i4o_int8_dq", "i4o_int8"),
+          "fp32_f16/fp32": ("i4o_fp32_f16", "i4o_fp32"), "fp32_dq/fp32": ("i4o_fp32_dq", "i4o_fp32")}
 
 
 def ratios(rows_m: list[dict]) -> dict[str, float]:
@@ -469,7 +489,7 @@ def markdown(rows: list[dict], stream: dict | None = None) -> str:
     for case, threads in keys:
         sel = [r for r in rows if r["case"] == case and r["threads"] == threads]
         K, N, L = sel[0]["K"], sel[0]["N"], sel[0]["layers"]
-        variants = [v for v in (*VARIANTS, *GGML_VARIANTS) if any(r["variant"] == v for r in sel)]
+        variants = [v for v in (*VARIANTS, *SCALE_VARIANTS, *GGML_VARIANTS) if any(r["variant"] == v for r in sel)]
         where = {v: r["regime"] for v in variants for r in [_get(sel, v)] if r.get("regime")}
         regimes = next(iter(where.values())) if len(set(where.values())) == 1 else \
             ", ".join(f"{v} {g}" for v, g in where.items())
@@ -507,7 +527,7 @@ def main(argv=None) -> int:
                     help="comma-separated thread counts (intra_op_num_threads), e.g. 1,2,4,8,16")
     ap.add_argument("--m", type=_ints, default=[1, 4, 16, 128, 512], help="rows of activations (tokens)")
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
-    ap.add_argument("--variants", help=f"subset of {','.join(VARIANTS)} (default: all of them) and, with --ggml, "
+    ap.add_argument("--variants", help=f"subset of {','.join(VARIANTS)} (default: all of them), of {','.join(SCALE_VARIANTS)} (float16 / int8 scales; only when named) and, with --ggml, "
                     f"of {','.join(GGML_VARIANTS)} (default: the q4_0 ones this ggml build has)")
     ap.add_argument("--repeats", type=int, default=15, help="rounds (at least; short runs get more)")
     ap.add_argument("--spin", action="store_true",
@@ -546,7 +566,7 @@ def main(argv=None) -> int:
                     variants.append("ggml_q4_0_amx")
         else:
             variants = [v for v in args.variants.split(",") if v]
-        bad = set(variants) - set(VARIANTS) - set(GGML_VARIANTS)
+        bad = set(variants) - set(VARIANTS) - set(SCALE_VARIANTS) - set(GGML_VARIANTS)
         if bad:
             ap.error(f"unknown variants {sorted(bad)}")
         if not variants:

@@ -36,7 +36,7 @@ from int4onnx.passes.plan import (
     Selection,
     read_float32,
 )
-from int4onnx.passes.quantize import default_spec
+from int4onnx.passes.quantize import default_spec, float_scale_dtype
 from int4onnx.passes.results import EmbeddingResult, RewriteRecord
 from int4onnx.quant.clip import quantize_clip
 from int4onnx.quant.grid import Grid
@@ -156,8 +156,12 @@ def apply_tied_policy(plan: Selection, config: QuantConfig, graph: ir.Graph, tie
         t = targets[0]
         spec = default_spec(config, t, bits=int(choice))
         block = _gather_block(spec.block_size, t.K)
+        # float scales (no int8 scales: the Gather takes float ones); float16 scales of a float32 model
+        # reach the Gather through a Cast (QuantizeEmbeddingsPass._tied)
+        scale_dtype = float_scale_dtype(config, t, spec.bits, spec.symmetric, "int") if spec.double_quant \
+            else spec.scale_dtype
         spec = dataclasses.replace(spec, quant_type="int", tensor_super_scale=False, block_size=block,
-                                   scale_dtype="float16" if t.dtype == ir.DataType.FLOAT16 else "float32")
+                                   scale_dtype=scale_dtype)
         specs[key] = spec
         tied_keys[key] = tuple(embs)
         source = option + (f", --embedding {emb}" if emb != "float" else "")
@@ -252,7 +256,11 @@ class QuantizeEmbeddingsPass(PlanPass):
             return n.outputs[0]
 
         blocks = names.add_initializer(graph, f"{e.table.name}_blocks_shape", np.array([e.V, nb, 1], dtype=np.int64))
-        inputs = [shared["B"], e.node.inputs[1], node("Reshape", [shared["scales"], blocks])]
+        scales = node("Reshape", [shared["scales"], blocks])
+        out_type = self.plan.targets_by_key()[key][0].dtype
+        if shared["scales"].dtype != out_type:  # float16 scales of a float32 table: the Gather wants the output type
+            scales = node("Cast", [scales], [ir.AttrInt64("to", out_type.value)])
+        inputs = [shared["B"], e.node.inputs[1], scales]
         if not spec.symmetric:
             inputs.append(shared["gather_zero_points"] if bits == 4 else node("Reshape", [shared["zero_points"], blocks]))
         attrs = [ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 2), ir.AttrInt64("block_size", block),

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from int4onnx import methods
 from int4onnx.config import QuantConfig
 from int4onnx.errors import CalibrationError, UnsupportedModelError
-from int4onnx.passes.plan import LayerSpec, MatMulTarget, QuantPlan
+from int4onnx.passes.plan import LayerSpec, MatMulTarget, QuantPlan, release
 from int4onnx.passes.results import ErrorStats, LayerResult, QuantResults
 from int4onnx.quant.base import QuantizedWeight, error_metrics, error_metrics_of
 from int4onnx.quant.clip import quantize_clip
@@ -95,15 +95,64 @@ def _run_method(method, w: np.ndarray, ctx, independent: bool | None = None) -> 
 TENSOR_SUPER_SCALE_BELOW_K = 1024
 
 
+FP16_MAX = 65504.0
+FP16_MIN_NORMAL = 2.0 ** -14
+
+
+def _weight_range(t: MatMulTarget) -> tuple[float, float]:
+    """(min, max) of the weight times alpha, read once per tensor (cached in its metadata: AWQ's rescaling
+    gives the value a new tensor, whose range is read again)."""
+    tensor = ir.convenience.get_const_tensor(t.weight)
+    meta = tensor.meta
+    if "int4onnx.range" not in meta:
+        a = tensor.numpy()
+        meta["int4onnx.range"] = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        del a
+        release(tensor)
+    lo, hi = (np.float64(x) * t.alpha for x in meta["int4onnx.range"])
+    return float(min(lo, hi)), float(max(lo, hi))
+
+
+def float_scale_dtype(config: QuantConfig, t: MatMulTarget, bits: int, symmetric: bool, quant_type: str) -> str:
+    """The float scale type of a layer: the model's type, or for float32 models in the int4onnx format
+    float16 as --scale-dtype asks (auto: float16 unless the layer's largest scale would overflow
+    float16 or be subnormal there, then float32 with a warning; float16: such a layer is an error)."""
+    if t.dtype == ir.DataType.FLOAT16:
+        return "float16"
+    if config.format != "int4onnx" or config.scale_dtype == "float32":
+        return "float32"
+    lo, hi = _weight_range(t)
+    amax = max(-lo, hi)
+    if quant_type == "nf4":
+        largest = amax
+    elif symmetric:
+        largest = amax / (1 << (bits - 1))
+    else:
+        largest = (max(hi, 0.0) - min(lo, 0.0)) / ((1 << bits) - 1)
+    margin = 2.0 if config.scale_dtype == "auto" else 1.0  # GPTQ's updated weights may widen a group a little
+    if largest * margin < FP16_MAX and (largest >= FP16_MIN_NORMAL or largest == 0.0):
+        return "float16"
+    why = (f"weight '{t.weight.name}' [{t.K} x {t.N}] (values in [{lo:.3g}, {hi:.3g}]): its largest {bits}-bit scale "
+           f"{largest:.3g} is {'beyond float16' if largest >= FP16_MIN_NORMAL else 'subnormal in float16'}")
+    if config.scale_dtype == "float16":
+        raise UnsupportedModelError(f"{why}; use --scale-dtype float32 (or auto), or leave it float with "
+                                    f"--exclude '{t.node.name}'")
+    if not t.weight.meta.get("int4onnx.warned"):
+        t.weight.meta["int4onnx.warned"] = True
+        logger.warning("%s: its scales stay float32", why)
+    return "float32"
+
+
 def default_spec(config: QuantConfig, t: MatMulTarget, bits: int | None = None) -> LayerSpec:
     """The LayerSpec the options ask for (bits may be overridden, e.g. 8 for an lm_head)."""
     bits = bits or config.bits
     quant_type = config.quant_type if bits == 4 else "int"
-    scale_dtype = "int8" if config.double_quant else ("float16" if t.dtype == ir.DataType.FLOAT16 else "float32")
+    symmetric = config.symmetric or quant_type == "nf4"
+    scale_dtype = "int8" if config.double_quant else float_scale_dtype(config, t, bits, symmetric, quant_type)
     # int8 scales need float32 super-scales: one per column costs 32 / K bits per weight, which is
     # negligible for large K and half a bit at K = 64, where one super-scale for the tensor is used
     tensor_super = config.double_quant and t.K < TENSOR_SUPER_SCALE_BELOW_K
-    return LayerSpec(bits=bits, block_size=config.block_size_for(t.K), symmetric=config.symmetric or quant_type == "nf4",
+    return LayerSpec(bits=bits, block_size=config.block_size_for(t.K), symmetric=symmetric,
                      quant_type=quant_type, scale_dtype=scale_dtype, tensor_super_scale=tensor_super)
 
 
@@ -152,7 +201,8 @@ class WeightQuantizer:
             raise UnsupportedModelError(
                 f"weight '{t.weight.name}' [{t.K} x {t.N}]: its values (largest magnitude "
                 f"{float(np.abs(w).max()):.3g}) give scales that overflow {spec.scale_dtype}; "
-                f"leave it float with --exclude '{t.node.name}'")
+                + ("use --scale-dtype float32, or " if spec.scale_dtype == "float16" and t.dtype == ir.DataType.FLOAT
+                   else "") + f"leave it float with --exclude '{t.node.name}'")
         metrics = self._metrics(key, spec, w, qw)
         del w
         layer = self.plan.layer(key)

@@ -13,7 +13,8 @@
  *              codes a byte, element 2i in the LOW nibble of byte i and 2i+1
  *              in the HIGH nibble; bits = 8 stores one code a byte;
  *   - scales : [N, n_blocks] (float32, float16, or int8 with a per-column
- *              float32 super-scale, see docs/format.md);
+ *              float32 super-scale, see docs/format.md); float16 scales go
+ *              with float or float16 activations;
  *   - zero points (asymmetric only): uint8 [N, ceil(n_blocks * bits / 8)],
  *              same nibble order; symmetric weights have no zero-point tensor
  *              and an implied zero point of 2^(bits-1) (8 for 4-bit);
@@ -46,7 +47,7 @@ extern "C" {
 enum {
   I4O_IN_A = 0,            /* float or float16 [..., K] */
   I4O_IN_B = 1,            /* uint8 [N, n_blocks, blob_bytes]: the packed codes */
-  I4O_IN_SCALES = 2,       /* [N, n_blocks], type of A, or int8 with I4O_IN_SCALES_SCALE */
+  I4O_IN_SCALES = 2,       /* [N, n_blocks], type of A, float16, or int8 with I4O_IN_SCALES_SCALE */
   I4O_IN_ZERO_POINTS = 3,  /* uint8 [N, zero_point_row_bytes] (asymmetric weights) */
   I4O_IN_BIAS = 4,         /* [N], type of A */
   I4O_IN_SCALES_SCALE = 5, /* float [N] or [1]: super-scale of int8 scales */

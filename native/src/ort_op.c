@@ -152,8 +152,9 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
     return fail(ORT_INVALID_ARGUMENT, k->name, "scales have shape %s, expected [%lld, %lld]", s, (long long)k->N, (long long)nb);
   }
   const ONNXTensorElementDataType stype = ti.type;
-  if (stype != k->a_type && stype != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8)
-    return fail(ORT_INVALID_ARGUMENT, k->name, "scales must be %s or int8 (got %s)", type_name(k->a_type), type_name(stype));
+  if (stype != k->a_type && stype != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && stype != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16)
+    return fail(ORT_INVALID_ARGUMENT, k->name, "scales must be %s, float16 or int8 (got %s)", type_name(k->a_type),
+                type_name(stype));
   TRY(g_ort->GetTensorMutableData((OrtValue *)in->scales, &p));
   const void *scales_raw = p;
 
@@ -190,7 +191,7 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
   }
 
   i4o_weights w = {k->K, k->N, k->block_size, (int)k->bits, k->quant_type, data, NULL, zp, NULL, NULL, 0};
-  float *fs = NULL; /* float16 scales widened to float32 */
+  float *fs = NULL; /* float16 scales (of float or float16 A) widened to float32 once, here: kernels see float32 */
   if (stype == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) { /* i4o_prepare expands them */
     w.scales_int8 = (const int8_t *)scales_raw;
     w.scales_scale = sscale;
@@ -199,7 +200,7 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
     const size_t n_scales = (size_t)(k->N * nb);
     fs = (float *)malloc(n_scales * sizeof(float));
     if (!fs) return fail(ORT_FAIL, k->name, "out of memory for %zu scales", n_scales);
-    for (size_t i = 0; i < n_scales; i++) fs[i] = i4o_half_to_float(((const uint16_t *)scales_raw)[i]);
+    i4o_half_to_float_n((const uint16_t *)scales_raw, fs, (int64_t)n_scales);
     w.scales = fs;
   } else {
     w.scales = (const float *)scales_raw;
@@ -607,8 +608,10 @@ static void init_variant(op_variant *v, ONNXTensorElementDataType a, ONNXTensorE
   v->scale_type = s;
 }
 
-/* One kernel per (activation type, scale type): float/float16 activations, scales of the same type or int8. */
-static op_variant g_variants[4];
+/* One kernel per (activation type, scale type): float/float16 activations, scales of the same type or int8,
+ * and float16 scales with float activations (4.5 bits per weight at block 32 for float32 models). */
+#define N_VARIANTS 5
+static op_variant g_variants[N_VARIANTS];
 static OrtCustomOpDomain *g_domain; /* lives for the process, as sessions may outlive their options */
 
 I4O_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *api_base) {
@@ -627,7 +630,8 @@ I4O_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options,
     init_variant(&g_variants[1], ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8);
     init_variant(&g_variants[2], ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
     init_variant(&g_variants[3], ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8);
-    for (int i = 0; i < 4; i++) {
+    init_variant(&g_variants[4], ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
+    for (int i = 0; i < N_VARIANTS; i++) {
       st = g_ort->CustomOpDomain_Add(g_domain, &g_variants[i].op);
       if (st) {
         g_ort->ReleaseCustomOpDomain(g_domain);
