@@ -26,7 +26,7 @@ import onnx_ir as ir
 from int4onnx.config import GROUP_SIZES, QuantConfig
 from int4onnx.errors import ConfigError
 from int4onnx.passes.plan import LayerSpec, MatMulTarget, QuantPlan, SkippedNode
-from int4onnx.passes.quantize import WeightQuantizer, default_spec
+from int4onnx.passes.quantize import WeightQuantizer, default_spec, rtn_method
 
 logger = logging.getLogger(__name__)
 
@@ -114,40 +114,99 @@ def _stored(t: MatMulTarget, w_kn: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.astype(np.float16 if t.dtype == ir.DataType.FLOAT16 else np.float32))
 
 
+# The end-to-end part of the sensitivity pass: at most this many windows of calibration text, cut to
+# SENSITIVITY_TOKENS tokens in all (one forward pass of ~128 tokens per layer; SmolLM2-135M has 211 layers)
+SENSITIVITY_TOKENS = 128
+SENSITIVITY_MIN_WINDOW = 32
+# Layers (spread evenly) on which the method itself is run to scale the RTN estimates to its error
+METHOD_SAMPLE_LAYERS = 8
+
+
+def sensitivity_feeds(model: ir.Model, feeds: list[dict], samples: int, session) -> list[dict]:
+    """The feeds of the end-to-end measurement: for a causal LM with a free sequence length, the first
+    min(samples, SENSITIVITY_TOKENS // SENSITIVITY_MIN_WINDOW) windows cut to SENSITIVITY_TOKENS tokens
+    in all (with an empty past where `session` accepts one); otherwise the first `samples` feeds."""
+    from int4onnx.lm import LMInterface
+
+    lm = LMInterface.from_model(model)
+    tok = lm.token
+    if not lm.is_lm or tok is None or not tok.rank_known or len(tok.shape) != 2 or tok.shape[1] is not None \
+            or not all(tok.name in f for f in feeds):
+        return feeds[:samples]
+    n = max(1, min(samples, len(feeds), SENSITIVITY_TOKENS // SENSITIVITY_MIN_WINDOW))
+    length = SENSITIVITY_TOKENS // n
+    short = [lm.window_feed(f[tok.name][:, :length]) for f in feeds[:n]]
+    lm.settle_feeds(session, short)
+    return short
+
+
+def _relative_error2(runner, feeds: list[dict], base: list, norm2: float, name: str, deq: np.ndarray) -> float:
+    """Squared relative error of the model outputs with the weight `name` replaced by `deq`."""
+    err = 0.0
+    for f, b in zip(feeds, base, strict=True):
+        ys = runner.run({**f, name: deq}, runner.model_outputs)
+        err += sum(float(np.sum(np.square(y.astype(np.float64) - y0))) for y, y0 in zip(ys, b, strict=True))
+    return err / norm2
+
+
 def measure_sensitivity(model: ir.Model, plan: QuantPlan, config: QuantConfig, feeds: list[dict],
                         keys: list[tuple], options: dict[tuple, list[Option]], progress=None) -> None:
-    """Fill Option.error2 for the quantized options of each key."""
+    """Fill Option.error2 (squared relative error of the model outputs) for the quantized options of each key.
+
+    One end-to-end run per layer: the model's output error with only this layer at its first option
+    (the configured spec), rounded to nearest, on short calibration windows (sensitivity_feeds). The
+    other options' errors are scaled from it by their layer output errors on the whole calibration set,
+    tr(D^T G D) with G = X^T X, which need no forward pass. All options are rounded to nearest (RTN;
+    after AWQ's scaling when the method has one), then every estimate is multiplied by one factor: the
+    median, over METHOD_SAMPLE_LAYERS layers, of the method's layer output error over RTN's at the first
+    option (GPTQ's is a third of RTN's, squared a tenth; the factor does not change which layers a
+    --target-bits promotes, only where --max-error stops). A layer without a Gram matrix has every
+    option measured end to end."""
     from int4onnx.calibrate import ModelRunner
+    from int4onnx.quant.base import error_metrics
 
     by_key = plan.targets_by_key()
-    quantizer = WeightQuantizer(config, plan)
+    quantizer = WeightQuantizer(config, plan, method=rtn_method)
+    method = WeightQuantizer(config, plan) if config.method != "rtn" else None
+    step = max(1, len(keys) // METHOD_SAMPLE_LAYERS)
+    sampled = set(keys[step // 2::step][:METHOD_SAMPLE_LAYERS]) if method is not None else set()
+    ratios = []
     names = [by_key[k][0].weight.name for k in keys]
     runner = ModelRunner(model, overridable=names)
     outs = runner.model_outputs
-    feeds = feeds[:config.sensitivity_samples]
+    short = sensitivity_feeds(model, feeds, config.sensitivity_samples, runner.session)
     try:
-        base = [runner.run(f, outs) for f in feeds]
+        base = [runner.run(f, outs) for f in short]
         norm2 = sum(float(np.sum(np.square(y, dtype=np.float64))) for b in base for y in b) or 1.0
-        total = sum(1 for k in keys for o in options[k] if o.spec is not None)
-        done = 0
-        for key in keys:
+        quantized = {k: [o for o in options[k] if o.spec is not None] for k in keys}
+        for done, key in enumerate(keys):
+            if progress:
+                progress(done, len(keys), "measuring sensitivity")
             t = by_key[key][0]
             w = t.weight_kn()
-            for opt in options[key]:
-                if opt.spec is None:
-                    continue
-                if progress:
-                    progress(done, total, "measuring sensitivity")
-                deq = _stored(t, quantizer.quantize(key, opt.spec, w).dequantize())
-                err = 0.0
-                for f, b in zip(feeds, base, strict=True):
-                    ys = runner.run({**f, t.weight.name: deq}, outs)
-                    err += sum(float(np.sum(np.square(y.astype(np.float64) - y0))) for y, y0 in zip(ys, b, strict=True))
-                opt.error2 = err / norm2
-                done += 1
-            del w
+            stats = quantizer.stats_for(key)
+            gram = stats.gram if stats is not None and stats.has_gram else None
+            deqs = [quantizer.quantize(key, o.spec, w).dequantize() for o in quantized[key]]
+            if gram is None:
+                for o, deq in zip(quantized[key], deqs, strict=True):
+                    o.error2 = _relative_error2(runner, short, base, norm2, t.weight.name, _stored(t, deq))
+                continue
+            first = quantized[key][0]
+            e2e = _relative_error2(runner, short, base, norm2, t.weight.name, _stored(t, deqs[0]))
+            layer = [error_metrics(w, deq, gram)["output_rel_error"] ** 2 for deq in deqs]
+            for o, e in zip(quantized[key], layer, strict=True):
+                o.error2 = e2e if o is first else (e2e * e / layer[0] if layer[0] > 0 else e2e)
+            if key in sampled and layer[0] > 0:
+                own = error_metrics(w, method.quantize(key, first.spec, w).dequantize(), gram)["output_rel_error"] ** 2
+                ratios.append(own / layer[0])
+            del w, deqs, gram
+        if ratios:
+            factor = float(np.median(ratios))
+            for k in keys:
+                for o in quantized[k]:
+                    o.error2 *= factor
         if progress:
-            progress(total, total, "measuring sensitivity")
+            progress(len(keys), len(keys), "measuring sensitivity")
     finally:
         runner.close()
 
