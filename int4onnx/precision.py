@@ -114,18 +114,21 @@ def _stored(t: MatMulTarget, w_kn: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.astype(np.float16 if t.dtype == ir.DataType.FLOAT16 else np.float32))
 
 
-# The end-to-end part of the sensitivity pass: at most this many windows of calibration text, cut to
-# SENSITIVITY_TOKENS tokens in all (one forward pass of ~128 tokens per layer; SmolLM2-135M has 211 layers)
-SENSITIVITY_TOKENS = 128
+# The end-to-end part of the sensitivity pass runs about SENSITIVITY_MACS multiply-adds of the selected
+# weights per layer: SmolLM2-135M (134M weights, 211 layers) gets 128 tokens, 4 windows of 32;
+# stories260K its 16 samples of 512 tokens whole
+SENSITIVITY_MACS = 1 << 34
 SENSITIVITY_MIN_WINDOW = 32
 # Layers (spread evenly) on which the method itself is run to scale the RTN estimates to its error
 METHOD_SAMPLE_LAYERS = 8
 
 
-def sensitivity_feeds(model: ir.Model, feeds: list[dict], samples: int, session) -> list[dict]:
-    """The feeds of the end-to-end measurement: for a causal LM with a free sequence length, the first
-    min(samples, SENSITIVITY_TOKENS // SENSITIVITY_MIN_WINDOW) windows cut to SENSITIVITY_TOKENS tokens
-    in all (with an empty past where `session` accepts one); otherwise the first `samples` feeds."""
+def sensitivity_feeds(model: ir.Model, feeds: list[dict], samples: int, session, weights: int) -> list[dict]:
+    """The feeds of the end-to-end measurement. A causal LM with a free sequence length: the first
+    `samples` windows, cut so that a run over all of them multiplies its `weights` selected weights
+    by at most SENSITIVITY_MACS / weights tokens (fewer windows, of at least SENSITIVITY_MIN_WINDOW
+    tokens, when that is short; with an empty past where `session` accepts one). Otherwise the first
+    `samples` feeds as they are."""
     from int4onnx.lm import LMInterface
 
     lm = LMInterface.from_model(model)
@@ -133,9 +136,9 @@ def sensitivity_feeds(model: ir.Model, feeds: list[dict], samples: int, session)
     if not lm.is_lm or tok is None or not tok.rank_known or len(tok.shape) != 2 or tok.shape[1] is not None \
             or not all(tok.name in f for f in feeds):
         return feeds[:samples]
-    n = max(1, min(samples, len(feeds), SENSITIVITY_TOKENS // SENSITIVITY_MIN_WINDOW))
-    length = SENSITIVITY_TOKENS // n
-    short = [lm.window_feed(f[tok.name][:, :length]) for f in feeds[:n]]
+    tokens = max(SENSITIVITY_MIN_WINDOW, SENSITIVITY_MACS // max(weights, 1))
+    n = max(1, min(samples, len(feeds), tokens // SENSITIVITY_MIN_WINDOW))
+    short = [lm.window_feed(f[tok.name][:, :tokens // n]) for f in feeds[:n]]
     lm.settle_feeds(session, short)
     return short
 
@@ -174,7 +177,8 @@ def measure_sensitivity(model: ir.Model, plan: QuantPlan, config: QuantConfig, f
     names = [by_key[k][0].weight.name for k in keys]
     runner = ModelRunner(model, overridable=names)
     outs = runner.model_outputs
-    short = sensitivity_feeds(model, feeds, config.sensitivity_samples, runner.session)
+    weights = sum(ts[0].K * ts[0].N for ts in by_key.values())
+    short = sensitivity_feeds(model, feeds, config.sensitivity_samples, runner.session, weights)
     try:
         base = [runner.run(f, outs) for f in short]
         norm2 = sum(float(np.sum(np.square(y, dtype=np.float64))) for b in base for y in b) or 1.0

@@ -230,26 +230,28 @@ def test_mixed_precision_target_bits_and_max_error(tmp_path, lm):
     assert 0.5 * est < real < 2.0 * est, (real, est)
 
 
-def test_sensitivity_runs_each_layer_once_on_short_windows(tmp_path, lm, monkeypatch):
-    """Mixed precision runs the model end to end once per layer (not once per option), on at most 4
-    windows of 128 tokens in all; the other options' errors come from the Gram matrices."""
+@pytest.mark.parametrize("macs, windows, tokens", [(None, 6, 64), (1, 1, 32)])
+def test_sensitivity_runs_each_layer_once_on_short_windows(tmp_path, lm, monkeypatch, macs, windows, tokens):
+    """Mixed precision runs the model end to end once per layer (not once per option), on calibration
+    windows cut to its multiply-add budget (a tiny model: all of them); the other options' errors come
+    from the Gram matrices."""
     from int4onnx import precision
 
+    if macs is not None:
+        monkeypatch.setattr(precision, "SENSITIVITY_MACS", macs)  # as for a large model: one 32-token window
     cal = lm_feeds_dir(tmp_path, n=6, seq=64)
     runs = []
     real_run = calibrate.ModelRunner.run
 
     def run(self, feed, names):
-        overridden = [k for k in feed if k not in ("input_ids",)]
-        runs.append((tuple(overridden), feed["input_ids"].shape[1]))
+        runs.append((tuple(k for k in feed if k != "input_ids"), feed["input_ids"].shape[1]))
         return real_run(self, feed, names)
 
     monkeypatch.setattr(calibrate.ModelRunner, "run", run)
     r = int4onnx.quantize(lm, tmp_path / "mp.onnx", lm_head="4", group_size=32, method="gptq", calibration=str(cal),
                           target_bits=6.0)
-    windows = precision.SENSITIVITY_TOKENS // precision.SENSITIVITY_MIN_WINDOW
-    sens = [(w, n) for w, n in runs if n != 64]  # calibration runs the 64-token feeds as they are
-    assert all(n == precision.SENSITIVITY_TOKENS // windows for _, n in sens)
+    sens = runs[6:]  # after the 6 calibration runs
+    assert all(n == tokens for _, n in sens)
     layers = {w for w, _ in sens if w}
     assert len(layers) == len(r.layers) + sum(1 for s in r.skipped if "mixed precision" in s["reason"])
     assert len(sens) == windows * (1 + len(layers))  # the float model once, then each layer once
