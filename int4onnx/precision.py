@@ -1,17 +1,18 @@
-"""Per-layer precision: the LM policy (lm_head) and mixed precision by measured sensitivity.
+"""Per-layer precision: the LM policy (lm_head) and mixed precision by estimated sensitivity.
 
-Sensitivity of a layer = the relative error of the model's outputs on calibration samples when only
-that layer is quantized (with the chosen method), measured end to end in ONNX Runtime: the float
-model runs with the layer's weight replaced by its dequantized version (weights become overridable
-inputs of one session, so no model is rebuilt per layer). Errors of different layers are treated as
-independent, so the squared relative output error of a choice is estimated as the sum of the layers'
-squared errors.
+Sensitivity of a layer option = the squared relative error of the model's outputs on calibration
+samples when only that layer is quantized with that option. It is measured end to end in ONNX Runtime
+once per layer (the float model runs with the layer's weight replaced by its dequantized version at
+the first option: weights become overridable inputs of one session, so no model is rebuilt per layer)
+and carried over to the layer's other options by their layer output errors tr(D^T G D) from the
+calibration Gram matrix (measure_sensitivity). Errors of different layers are treated as independent,
+so the squared relative output error of a choice is estimated as the sum of the layers' squared errors.
 
-Each layer can be 4-bit (the configured format), 8-bit (same op, bits=8) or float. With
-``target_bits`` the layers are promoted greedily by error reduction per extra bit while the average
-bits per weight over all selected MatMul weights (float ones counted at 16/32) stays within the
-target; with ``max_error`` the most error-reducing promotions per bit are taken until the estimated
-error is at most the bound. Only one layer's weights are held at a time.
+Each layer can be 4-bit (the configured format, or finer groups), 8-bit (same op, bits=8) or float.
+With ``target_bits`` the layers are promoted greedily by error reduction per extra bit while the
+average bits per weight over all selected MatMul weights (float ones counted at 16/32) stays within
+the target; with ``max_error`` the most error-reducing promotions per bit are taken until the
+estimated error is at most the bound. Only one layer's weights are held at a time.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ def _stored(t: MatMulTarget, w_kn: np.ndarray) -> np.ndarray:
 
 
 # The end-to-end part of the sensitivity pass runs about SENSITIVITY_MACS multiply-adds of the selected
-# weights per layer: SmolLM2-135M (134M weights, 211 layers) gets 128 tokens, 4 windows of 32;
-# stories260K its 16 samples of 512 tokens whole
+# weights per layer: SmolLM2-135M (134M weights, 211 layers) gets 3 windows of 42 tokens; stories260K
+# its 16 samples of 512 tokens whole
 SENSITIVITY_MACS = 1 << 34
 SENSITIVITY_MIN_WINDOW = 32
 # Layers (spread evenly) on which the method itself is run to scale the RTN estimates to its error
@@ -178,8 +179,8 @@ def measure_sensitivity(model: ir.Model, plan: QuantPlan, config: QuantConfig, f
     runner = ModelRunner(model, overridable=names)
     outs = runner.model_outputs
     weights = sum(ts[0].K * ts[0].N for ts in by_key.values())
-    short = sensitivity_feeds(model, feeds, config.sensitivity_samples, runner.session, weights)
     try:
+        short = sensitivity_feeds(model, feeds, config.sensitivity_samples, runner.session, weights)
         base = [runner.run(f, outs) for f in short]
         norm2 = sum(float(np.sum(np.square(y, dtype=np.float64))) for b in base for y in b) or 1.0
         quantized = {k: [o for o in options[k] if o.spec is not None] for k in keys}
