@@ -120,7 +120,10 @@ def _stored(t: MatMulTarget, w_kn: np.ndarray) -> np.ndarray:
 # its 16 samples of 512 tokens whole
 SENSITIVITY_MACS = 1 << 34
 SENSITIVITY_MIN_WINDOW = 32
-# Layers (spread evenly) on which the method itself is run to scale the RTN estimates to its error
+# The method itself is run on every layer of a model with at most METHOD_ALL_LAYERS_WEIGHTS selected
+# weights to scale each layer's RTN estimates to its error, else on METHOD_SAMPLE_LAYERS layers (spread
+# evenly; the others take their median)
+METHOD_ALL_LAYERS_WEIGHTS = 1 << 24
 METHOD_SAMPLE_LAYERS = 8
 
 
@@ -161,24 +164,28 @@ def measure_sensitivity(model: ir.Model, plan: QuantPlan, config: QuantConfig, f
     (the configured spec), rounded to nearest, on short calibration windows (sensitivity_feeds). The
     other options' errors are scaled from it by their layer output errors on the whole calibration set,
     tr(D^T G D) with G = X^T X, which need no forward pass. All options are rounded to nearest (RTN;
-    after AWQ's scaling when the method has one), then every estimate is multiplied by one factor: the
-    median, over METHOD_SAMPLE_LAYERS layers, of the method's layer output error over RTN's at the first
-    option (GPTQ's is a third of RTN's, squared a tenth; the factor does not change which layers a
-    --target-bits promotes, only where --max-error stops). A layer without a Gram matrix has every
-    option measured end to end."""
+    after AWQ's scaling when the method has one), then a layer's estimates are multiplied by the
+    method's layer output error over RTN's at the first option (GPTQ's squared error is about a tenth of
+    RTN's): measured on every layer of a small model, on METHOD_SAMPLE_LAYERS layers of a large one
+    (the others take their median). A layer without a Gram matrix has every option measured end to end."""
     from int4onnx.calibrate import ModelRunner
     from int4onnx.quant.base import error_metrics
 
     by_key = plan.targets_by_key()
     quantizer = WeightQuantizer(config, plan, method=rtn_method)
     method = WeightQuantizer(config, plan) if config.method != "rtn" else None
-    step = max(1, len(keys) // METHOD_SAMPLE_LAYERS)
-    sampled = set(keys[step // 2::step][:METHOD_SAMPLE_LAYERS]) if method is not None else set()
-    ratios = []
+    weights = sum(ts[0].K * ts[0].N for ts in by_key.values())
+    if method is None:
+        sampled = set()
+    elif weights <= METHOD_ALL_LAYERS_WEIGHTS:
+        sampled = set(keys)
+    else:
+        step = max(1, len(keys) // METHOD_SAMPLE_LAYERS)
+        sampled = set(keys[step // 2::step][:METHOD_SAMPLE_LAYERS])
+    ratios: dict[tuple, float] = {}
     names = [by_key[k][0].weight.name for k in keys]
     runner = ModelRunner(model, overridable=names)
     outs = runner.model_outputs
-    weights = sum(ts[0].K * ts[0].N for ts in by_key.values())
     try:
         short = sensitivity_feeds(model, feeds, config.sensitivity_samples, runner.session, weights)
         base = [runner.run(f, outs) for f in short]
@@ -203,13 +210,13 @@ def measure_sensitivity(model: ir.Model, plan: QuantPlan, config: QuantConfig, f
                 o.error2 = e2e if o is first else (e2e * e / layer[0] if layer[0] > 0 else e2e)
             if key in sampled and layer[0] > 0:
                 own = error_metrics(w, method.quantize(key, first.spec, w).dequantize(), gram)["output_rel_error"] ** 2
-                ratios.append(own / layer[0])
+                ratios[key] = own / layer[0]
             del w, deqs, gram
         if ratios:
-            factor = float(np.median(ratios))
+            median = float(np.median(list(ratios.values())))
             for k in keys:
                 for o in quantized[k]:
-                    o.error2 *= factor
+                    o.error2 *= ratios.get(k, median)
         if progress:
             progress(len(keys), len(keys), "measuring sensitivity")
     finally:
