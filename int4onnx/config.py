@@ -137,8 +137,8 @@ class QuantConfig:
         the most sensitive layers go to 8-bit or stay float while the average stays within it.
     max_error: promote the most sensitive layers until the estimated relative error of the model
         outputs on the calibration data is at most this.
-    sensitivity_samples: calibration samples used to measure each layer's sensitivity (more samples:
-        better choices, proportionally longer conversion).
+    sensitivity_samples: calibration samples in the end-to-end part of the sensitivity pass (a large
+        LM's windows are cut to a budget of multiply-adds: SmolLM2-135M runs 3 x 42 tokens per layer).
     lm_head: "8" (default), "4" (like the other layers) or "float": the final projection of a
         language model (a MatMul whose output is a graph output, in a model with a token embedding).
     embedding: "float" (default), "8" or "4": quantize token-embedding Gather tables (ONNX
@@ -185,8 +185,8 @@ class QuantConfig:
                                              "while the average bits per weight stay within B.", metavar="B")
     max_error: float | None = option(None, "Mixed precision: promote layers until the estimated relative output "
                                            "error is at most E.", metavar="E")
-    sensitivity_samples: int = option(16, "Mixed precision: calibration samples used to measure each layer's "
-                                          "sensitivity.")
+    sensitivity_samples: int = option(16, "Mixed precision: calibration samples run end to end per layer "
+                                          "to measure its sensitivity (a large LM's windows are cut short).")
     lm_head: str = option("8", "Language models: bits of the final vocabulary projection (4 = like the other "
                                "layers).", choices=LAYER_CHOICES)
     embedding: str = option("float", "Language models: quantize token-embedding Gather tables (ONNX Runtime's "

@@ -28,7 +28,7 @@ import onnx_ir as ir
 from int4onnx.config import QuantConfig
 from int4onnx.passes.plan import AwqDecision, AwqResult, MatMulTarget, Names, read_float32
 from int4onnx.quant.awq import search_scales
-from int4onnx.quant.rtn import quantize_grid
+from int4onnx.quant.grid import fake_quantize
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class AwqPass(ir.passes.InPlacePass):
         spec = self.spec_for(targets[0])
         grid = spec.grid
         s, alpha, losses = search_scales(weights, stats.mean_abs, stats.gram,
-                                         lambda w: quantize_grid(w, grid, spec.block_size).dequantize())
+                                         lambda w: fake_quantize(w, grid, spec.block_size))
         del weights
         gain = losses[alpha] / losses[0.0] if losses[0.0] > 0 else 1.0
         if alpha == 0.0:

@@ -41,6 +41,11 @@ def best_shrink(blocks: np.ndarray, grid: Grid, channel_weight: np.ndarray | Non
     best = np.ones(blocks.shape[:2], dtype=np.float32)
     if grid.scale_dtype == "int8" and super_scale is None:
         super_scale = super_scales(raw_scales(blocks, grid)[0], grid)
+    if gram_blocks is not None:
+        # e^T G_b e as one batched float32 product per shrink point ([nb] products of [N, bs] x [bs, bs]);
+        # the blocks are normalised so that float32 cannot overflow (the argmin per group is unchanged)
+        top = float(np.abs(gram_blocks).max()) if gram_blocks.size else 0.0
+        gram32 = (gram_blocks / top if top > 0 else gram_blocks).astype(np.float32)
     for shrink in np.linspace(1.0, min_shrink, points, dtype=np.float32):
         p = group_params(blocks, grid, shrink, super_scale)
         s = p.scales[:, :, None]
@@ -50,7 +55,8 @@ def best_shrink(blocks: np.ndarray, grid: Grid, channel_weight: np.ndarray | Non
         # it keeps shrink 1 (float64 here would cost 1.8x in the search for the common case)
         with np.errstate(over="ignore", invalid="ignore"):
             if gram_blocks is not None:
-                err = np.einsum("nbi,bij,nbj->nb", err, gram_blocks, err, optimize=True)
+                et = np.ascontiguousarray(err.transpose(1, 0, 2), dtype=np.float32)  # [nb, N, bs]
+                err = (np.matmul(et, gram32) * et).sum(axis=2, dtype=np.float64).T
             else:
                 err = err * err
                 if channel_weight is not None:

@@ -137,3 +137,16 @@ def dequantize_values(codes: np.ndarray, scales: np.ndarray, zp: np.ndarray | No
         return _native.nf4_codebook()[codes] * scales
     z = grid.half if zp is None else zp
     return ((codes.astype(np.float32) - z) * scales).astype(np.float32)
+
+
+def fake_quantize(w_kn: np.ndarray, grid: Grid, block_size: int, shrink=1.0) -> np.ndarray:
+    """float32 [K, N]: `w_kn` rounded to nearest on its groups' grid and dequantized, the same values as
+    ``quantize_grid(w_kn, grid, block_size, shrink).dequantize()`` without building the QuantizedWeight
+    (a view of an [N, K] array: pass a transposed C-ordered [N, K] array to skip the transposing copy)."""
+    K = w_kn.shape[0]
+    blocks = to_blocks(w_kn, block_size)
+    p = group_params(blocks, grid, shrink)
+    scales = p.scales[:, :, None]
+    zp = None if p.zero_points is None else p.zero_points[:, :, None]
+    deq = dequantize_values(quantize_values(blocks, scales, zp, grid), scales, zp, grid)
+    return from_blocks(deq, K).T
