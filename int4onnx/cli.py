@@ -227,7 +227,7 @@ def convert(model, output, report, ops_library, quiet, **options):
         options["symmetric"] = options["quant_type"] == "nf4"
     if options["calibration_text"] and not options["tokenizer"]:  # the tokenizer beside the model, or in its folder
         from int4onnx.folder import model_path
-        from int4onnx.generate import find_tokenizer
+        from int4onnx.tools.generate import find_tokenizer
 
         options["tokenizer"] = find_tokenizer(model_path(model) if model.is_dir() else model)
     config = QuantConfig(**options)
@@ -341,7 +341,7 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 def inspect(model, as_json):
     """Show what MODEL (an .onnx file or a model folder) has quantized: layers, bits per weight, sizes."""
     from int4onnx.folder import model_path
-    from int4onnx.inspect import describe
+    from int4onnx.tools.inspect import describe
 
     info = describe(model_path(model))
     if as_json:
@@ -377,7 +377,7 @@ def inspect(model, as_json):
               help="Directory with onnxruntime_c_api.h (default: $ORT_INCLUDE_DIR, .deps/, /usr/include).")
 def build_native(target, out_dir, cc, ort_include_dir):
     """Build the ONNX Runtime custom-op library for a device without Python (needs the source tree)."""
-    from int4onnx.build_native import build_native as build
+    from int4onnx.tools.build_native import build_native as build
 
     result = build(target, out_dir, cc=cc, ort_include_dir=ort_include_dir)
     click.echo(f"wrote {result.library} ({result.size:,} bytes stripped; {result.triple}, {result.compiler})")
@@ -415,13 +415,13 @@ def eval_(reference, candidate, data, text, samples, sequence_length, ppl_text, 
     """Compare CANDIDATE (e.g. a converted model) with REFERENCE on the same inputs (.onnx files or model folders)."""
     from int4onnx.calibrate import FeedSource
     from int4onnx.errors import ConfigError
-    from int4onnx.evaluate import evaluate
     from int4onnx.folder import model_path
+    from int4onnx.tools.evaluate import evaluate
 
     folders = [m for m in (candidate, reference) if m.is_dir()]
     reference, candidate = model_path(reference), model_path(candidate)
     if (text or ppl_text) and not tokenizer and folders:  # a model folder's own tokenizer
-        from int4onnx.generate import find_tokenizer
+        from int4onnx.tools.generate import find_tokenizer
 
         tokenizer = find_tokenizer(model_path(folders[0]))
     if data and text:
@@ -491,9 +491,9 @@ def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, as_jso
     MODEL's speed-up over it (its median / MODEL's median: above 1 means MODEL is faster) and how
     close its first output is to MODEL's.
     """
-    from int4onnx.bench import bench_models
     from int4onnx.errors import ConfigError
     from int4onnx.folder import model_path
+    from int4onnx.tools.bench import bench_models
 
     model, others = model_path(model), [model_path(m) for m in others]
     if threads is not None and threads < 1:
@@ -527,7 +527,7 @@ def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, as_jso
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
 def generate(model, prompt, tokenizer, max_new_tokens, temperature, top_k, top_p, seed, chat, threads):
     """Continue --prompt with the causal LM MODEL (KV cache when it has one); print the text, then the speed."""
-    from int4onnx.generate import generate as run
+    from int4onnx.tools.generate import generate as run
 
     result = run(model, prompt, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
                  top_k=top_k, top_p=top_p, chat=chat, threads=threads, seed=seed)

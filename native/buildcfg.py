@@ -3,7 +3,7 @@ are, the compiler flags, and the triple a compiler targets.
 
 Read by native/build_ffi.py (the cffi extension, also during ``pip install``, before the int4onnx
 package can be imported: so nothing here imports beyond the standard library),
-int4onnx/build_native.py (``int4onnx build-native``) and tools/arm/run_tests.py. The flags live in
+int4onnx/tools/build_native.py (``int4onnx build-native``) and tools/arm/run_tests.py. The flags live in
 native/cflags, which native/Makefile and native/CMakeLists.txt read as well; the Makefiles' compiler
 choice is native/toolchain.mk.
 """

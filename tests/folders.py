@@ -1,4 +1,4 @@
-"""Model folders for tests/test_folder.py and tests/test_genai.py: a tiny random KV-cache Llama
+"""Model folders for tests/e2e/test_folder.py and tests/e2e/test_genai.py: a tiny random KV-cache Llama
 (models/llama.py, optimum's I/O) laid out as optimum-onnx or ONNX Runtime GenAI's model builder write it."""
 
 from __future__ import annotations

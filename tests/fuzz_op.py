@@ -2,7 +2,7 @@
 (attributes, shapes, types, missing or empty inputs, extra inputs or outputs, special values).
 
 Every case must either run or make ONNX Runtime raise; a valid (unbroken) case must also match the
-numpy reference. The process must never crash: tests/test_op_fuzz.py runs this script in a child
+numpy reference. The process must never crash: tests/native/test_op_fuzz.py runs this script in a child
 process and reports the last case printed before a crash.
 
     python tests/fuzz_op.py --examples 300 --seed 0      # explore (hypothesis)

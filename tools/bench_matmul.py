@@ -26,8 +26,8 @@ Scale-storage variants (--variants; not in the default run): i4o_fp32_f16 / i4o_
 scales as float16 (--scale-dtype float16: the weights differ by that rounding), i4o_fp32_dq /
 i4o_int8_dq as int8 with a float32 super-scale per column (--double-quant); the op widens both at
 session start, so this measures whether the stored type changes anything at run time.
-Every round runs each variant once, in turn (int4onnx.bench.time_alternating); medians per variant.
-ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/bench.py); ggml
+Every round runs each variant once, in turn (int4onnx.tools.bench.time_alternating); medians per variant.
+ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/tools/bench.py); ggml
 keeps its OpenMP threads' default spinning, and the benchmark waits 50 ms (untimed) after each ggml round so
 they are asleep before the next variant runs.
 Reported per variant: median ms per chain, effective weight GB/s (bytes of the weights as stored --
@@ -61,8 +61,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import int4onnx
 from int4onnx import _native
-from int4onnx.bench import NO_SPIN, SPIN, SelfTimed, time_alternating
 from int4onnx.runtime import make_session
+from int4onnx.tools.bench import NO_SPIN, SPIN, SelfTimed, time_alternating
 
 CASES = {"dram": (4096, 4096, 16), "cache": (1024, 1024, 4)}  # dram: at least 16 layers, more if the LLC asks
 VARIANTS = ("fp32", "nbits_acc0", "nbits_acc4", "i4o_fp32", "i4o_int8")

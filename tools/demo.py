@@ -22,8 +22,8 @@ from paths import SHARED, require_shared  # noqa: E402
 
 import int4onnx  # noqa: E402
 from int4onnx import _native  # noqa: E402
-from int4onnx.bench import NO_SPIN, time_alternating  # noqa: E402
 from int4onnx.runtime import Tokenizer, make_session, perplexity  # noqa: E402
+from int4onnx.tools.bench import NO_SPIN, time_alternating  # noqa: E402
 
 OUT = ROOT / "models" / "out"
 
@@ -120,7 +120,7 @@ SMOL_PROMPTS = ("What is the capital of France?", "Write a haiku about the sea."
 def smollm2(threads: int, new_tokens: int = 32, ppl_chars: int = 8000) -> None:
     import smollm2 as smol
 
-    from int4onnx.generate import generate
+    from int4onnx.tools.generate import generate
 
     src = smol.DEFAULT_DIR / "model.onnx"
     if not src.exists():

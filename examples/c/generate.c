@@ -1,6 +1,6 @@
 /*
  * Greedy text generation on token ids with the KV cache, through ONNX Runtime's C API: the loop of
- * int4onnx.generate (Python) in C. Tokenisation stays in the app's own language; this file sees ids.
+ * int4onnx.tools.generate (Python) in C. Tokenisation stays in the app's own language; this file sees ids.
  *
  * The decoder's interface is read from the session, with int4onnx.lm's names:
  *   input_ids (or ids, tokens, idx, input, or the only integer input)  [batch, seq]       int64 | int32

@@ -1,6 +1,6 @@
 /* The kernel tests' shape grid, derived from each kernel's register tile as XNNPACK's gemm testers
  * derive theirs, and test schedules for the threaded driver, after MLAS's threaded sweeps: the one
- * list of cases that native/tests/test_kernels.c and tests/test_kernels.py both run.
+ * list of cases that native/tests/test_kernels.c and tests/native/test_kernels.py both run.
  *
  * With the kernel's tile (mr, nr, kr, kc), tail = kr - 1 (1 when kr = 1), N0 = nr + 1 and
  * M_edge = {1, mr, mr + 1, 2 mr + 1}:

@@ -1,12 +1,12 @@
 /*
  * Native kernel test: every kernel this CPU runs against the references, on the kernel's own shape
- * grid (i4o_kernel_grid, derived from its register tile: the list tests/test_kernels.py runs too),
+ * grid (i4o_kernel_grid, derived from its register tile: the list tests/native/test_kernels.py runs too),
  * without Python (for cross builds run under qemu, and for boards).
  *
  *   fp32 kernels: |y - y64| <= 2e-6 * (|A| @ |W| + 1), y64 the float64 product of A and the weights
  *                 dequantized by i4o_dequantize (pack.c packs them: the layout has one implementation);
  *   int8 kernels: within 1e-6 of scalar_int8 (the definition of the int8 path) on the same scale, as
- *                 in tests/test_kernels.py: the integer block dot products are exact everywhere, only
+ *                 in tests/native/test_kernels.py: the integer block dot products are exact everywhere, only
  *                 the order in which the x86 kernels add the float per-block terms differs (the NEON
  *                 kernels follow scalar_int8's order and report "bit-exact"); and within 5e-2 of y64
  *                 on the scale of the activation quantization step: |y - y64| <= 5e-2 * (amax @ |W| + 1),

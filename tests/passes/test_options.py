@@ -13,7 +13,7 @@ from int4onnx import methods
 from int4onnx.cli import convert, main
 from int4onnx.config import QuantConfig
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 FIELDS = dataclasses.fields(QuantConfig)
 
 

@@ -1,5 +1,5 @@
 """The standalone library (`int4onnx build-native`) and the C example app (examples/c), on this machine:
-one forward pass from .npy files, and greedy generation with the KV cache against `int4onnx.generate`.
+one forward pass from .npy files, and greedy generation with the KV cache against `int4onnx.tools.generate`.
 
 The cross builds and the emulated ARM runs are `make test-arm` (tools/arm/run_tests.py)."""
 
@@ -17,12 +17,12 @@ from click.testing import CliRunner
 from modelgen import char_tokenizer, gqa_lm, matmul_model, save
 
 import int4onnx
-from int4onnx import generate as gen
 from int4onnx.cli import main
 from int4onnx.lm import LMInterface
 from int4onnx.runtime import make_session
+from int4onnx.tools import generate as gen
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(17)
 
 

@@ -6,8 +6,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from int4onnx import generate as gen
 from int4onnx.cli import main
+from int4onnx.tools import generate as gen
 
 smollm2 = pytest.importorskip("smollm2", reason="models/smollm2.py is not on this branch")
 

@@ -11,7 +11,7 @@ from opcases import ATTRS, INPUTS, build, check_valid, run, session, valid_case
 
 from int4onnx import _native
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 HEADER = (ROOT / "native" / "include" / "int4onnx.h").read_text()
 
 

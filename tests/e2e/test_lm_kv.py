@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from modelgen import char_tokenizer, gqa_lm, save
 
 from int4onnx import calibrate
-from int4onnx import generate as gen
 from int4onnx.cli import main
 from int4onnx.config import QuantConfig
 from int4onnx.lm import LMInterface
 from int4onnx.passes.select import select_matmuls
 from int4onnx.runtime import log_softmax, make_session
+from int4onnx.tools import generate as gen
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"
 V, CONTEXT, LAYERS, KV_HEADS, HEAD = len(ALPHABET), 64, 2, 2, 16

@@ -1,14 +1,14 @@
 """ONNX Runtime GenAI end to end: a tiny random KV-cache Llama (optimum's I/O) in a GenAI folder with a
 hand-written genai_config.json, converted by `int4onnx convert DIR -o OUTDIR`, generates through
 onnxruntime_genai (our op loaded from the folder for the int4onnx format, none for matmulnbits) the
-same greedy tokens as int4onnx.generate on the same converted model."""
+same greedy tokens as int4onnx.tools.generate on the same converted model."""
 
 import pytest
 from click.testing import CliRunner
 from folders import EOS, llama_folder
 
-from int4onnx import generate as gen
 from int4onnx.cli import main
+from int4onnx.tools import generate as gen
 
 og = pytest.importorskip("onnxruntime_genai")  # the test extra installs it (pyproject.toml)
 
@@ -25,7 +25,7 @@ def genai_greedy(folder, prompt: list[int], new: int) -> list[int]:
     while not generator.is_done():
         generator.generate_next_token()
         tokens.append(int(generator.get_next_tokens()[0]))
-    return tokens[:tokens.index(EOS)] if EOS in tokens else tokens  # int4onnx.generate leaves EOS out
+    return tokens[:tokens.index(EOS)] if EOS in tokens else tokens  # int4onnx.tools.generate leaves EOS out
 
 
 @pytest.mark.parametrize("fmt", ["int4onnx", "matmulnbits"])

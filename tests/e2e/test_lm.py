@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from modelgen import char_tokenizer, matmul_model, save, tiny_lm
 
-from int4onnx import generate as gen
 from int4onnx.cli import main
 from int4onnx.errors import UnsupportedModelError
 from int4onnx.lm import LMInterface
 from int4onnx.runtime import make_session
+from int4onnx.tools import generate as gen
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"
 V = 40

@@ -196,7 +196,7 @@ def test_smollm2_tied_table_stored_once(tmp_path, shared_data):
     assert e["quantized"] and e["bits"] == 8 and len(e["shared_with"]) == 1 and not r.grown
     assert r.output_bytes < 110e6 < 184e6 and r.nodes_rewritten == 211
     assert "tok_embeddings" not in [i.name for i in onnx.load(str(out), load_external_data=False).graph.initializer]
-    from int4onnx.evaluate import evaluate  # noqa: PLC0415 - slow path only
+    from int4onnx.tools.evaluate import evaluate  # noqa: PLC0415 - slow path only
     text = shared_data / "corpora" / "wikitext2_test.txt"
     res = evaluate(src, out, perplexity_text=text, tokenizer=src.parent / "tokenizer.json", max_chars=4000, window=512)
     p = res["perplexity"]

@@ -20,7 +20,7 @@ import tempfile
 
 from int4onnx.errors import Int4OnnxError
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the checkout: int4onnx/tools/ is two levels down
 NATIVE = ROOT / "native"
 LIBRARY = "libint4onnx_ops.so"
 

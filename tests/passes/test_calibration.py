@@ -15,13 +15,13 @@ from int4onnx import calibrate, io
 from int4onnx.cli import main
 from int4onnx.config import QuantConfig
 from int4onnx.errors import CalibrationError
-from int4onnx.evaluate import evaluate
 from int4onnx.passes import awq as awq_pass
 from int4onnx.passes.awq import AwqPass
 from int4onnx.passes.quantize import default_spec
 from int4onnx.passes.select import select_matmuls
 from int4onnx.pipeline import _calibrate
 from int4onnx.runtime import make_session
+from int4onnx.tools.evaluate import evaluate
 
 RNG = np.random.default_rng(11)
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-FUZZ = pathlib.Path(__file__).with_name("fuzz_op.py")
+FUZZ = pathlib.Path(__file__).resolve().parents[1] / "fuzz_op.py"
 EXAMPLES = int(os.environ.get("INT4ONNX_FUZZ_EXAMPLES", "500"))
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
 

@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from int4onnx.bench import SelfTimed, time_alternating
+from int4onnx.tools.bench import SelfTimed, time_alternating
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools")
 
 
 @pytest.fixture(scope="module")
