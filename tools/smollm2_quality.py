@@ -236,7 +236,8 @@ def run_ort(model: pathlib.Path, target: pathlib.Path, algo: str, block_size: in
     else:
         config = mnq.HQQWeightOnlyQuantConfig(block_size=block_size)
     t = time.perf_counter()
-    q = mnq.MatMulNBitsQuantizer(str(source), block_size=block_size, is_symmetric=symmetric,
+    # k_quant's model wrapper imports transformers when a config.json lies beside a model given by path
+    q = mnq.MatMulNBitsQuantizer(onnx.load(str(source)) if algo == "k_quant" else str(source), block_size=block_size, is_symmetric=symmetric,
                                  accuracy_level=accuracy_level, algo_config=config)
     q.process()
     target.mkdir(parents=True)
