@@ -240,6 +240,7 @@ def run_ort(model: pathlib.Path, target: pathlib.Path, algo: str, block_size: in
     q = mnq.MatMulNBitsQuantizer(onnx.load(str(source)) if algo == "k_quant" else str(source), block_size=block_size, is_symmetric=symmetric,
                                  accuracy_level=accuracy_level, algo_config=config)
     q.process()
+    q.model.set_opset_import("com.microsoft", 1)  # the k_quant path writes MatMulNBits without importing its domain
     target.mkdir(parents=True)
     q.model.save_model_to_file(str(target / "model.onnx"), use_external_data_format=True)
     seconds = time.perf_counter() - t
