@@ -240,9 +240,11 @@ def run_ort(model: pathlib.Path, target: pathlib.Path, algo: str, block_size: in
     q = mnq.MatMulNBitsQuantizer(onnx.load(str(source)) if algo == "k_quant" else str(source), block_size=block_size, is_symmetric=symmetric,
                                  accuracy_level=accuracy_level, algo_config=config)
     q.process()
-    q.model.set_opset_import("com.microsoft", 1)  # the k_quant path writes MatMulNBits without importing its domain
+    proto = q.model.model  # the quantized ModelProto (both of ONNX Runtime's model wrappers have it)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):  # the k_quant path forgets it
+        proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     target.mkdir(parents=True)
-    q.model.save_model_to_file(str(target / "model.onnx"), use_external_data_format=True)
+    onnx.save_model(proto, str(target / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
     seconds = time.perf_counter() - t
     for f in model.iterdir():
         if f.is_file() and not f.name.startswith("model.onnx"):
