@@ -192,7 +192,6 @@ def untied_copy(model: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
     """A copy of the model whose MatMuls reading Transpose(constant) (the tied lm_head) read a transposed
     initializer of their own: ONNX Runtime's quantizer only quantizes a MatMul whose weight is an
     initializer. The table is then stored twice (once for the Gather, once for the lm_head)."""
-    import numpy as np
     import onnx_ir as ir
 
     from int4onnx import io
@@ -324,7 +323,8 @@ def main(argv=None) -> int:
     ort.add_argument("--block-size", type=int, default=32)
     ort.add_argument("--symmetric", action="store_true")
     ort.add_argument("--accuracy-level", type=int, default=None)
-    ort.add_argument("--untie", action="store_true", help="quantize the lm_head (own copy of the table) and the Gather")
+    ort.add_argument("--untie", action="store_true", help="quantize the lm_head (own copy of the table) and the Gather "
+                     "(with ONNX Runtime 1.32 the output fails ONNX's checker, docs/methods.md)")
     sim = sub.add_parser("simulate", help="the body on a Q4_1-style float-min grid (fake-quantized, lm_head float)")
     sim.add_argument("--scale-bits", type=int, choices=[8], default=None, help="int8 scales and minimums (default fp16)")
     a, options = ap.parse_known_args(argv)
