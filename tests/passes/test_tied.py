@@ -216,3 +216,32 @@ def test_mixed_precision_with_a_tied_table_left_float(tmp_path):
     assert [layer["weight"] for layer in r.layers] == ["W"] and r.layers[0]["bits"] in (4, 8)
     proto = onnx.load(str(tmp_path / "q.onnx"))
     assert "E" in [i.name for i in proto.graph.initializer]  # the table, float, read by both
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq-gptq"])
+def test_calibrated_methods_quantize_the_tied_lm_head(tmp_path, method):
+    """The tied table is calibrated as the lm_head's weight: GPTQ chooses its codes on the statistics of the
+    lm_head's input (its layer output error below RTN's), AWQ leaves it unscaled (the Gather reads it too),
+    and the Gather reads the GPTQ codes: its rows stay close to the float table."""
+    src, E = tied_lm(tmp_path / "m.onnx")
+    rng = np.random.default_rng(5)
+    mix = rng.standard_normal((64, 64)) * np.exp(rng.standard_normal(64))[:, None]  # correlated, uneven channels
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    for i in range(4):
+        np.savez(cal / f"{i}.npz", input_ids=rng.integers(0, V, (1, 8), dtype=np.int64),
+                 x=(rng.standard_normal((48, 64)) @ mix).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    r = int4onnx.quantize(src, out, method=method, calibration=str(cal), lm_head="4", group_size=32)
+    (head,) = [layer for layer in r.layers if layer["weight"] == "E"]
+    assert head["bits"] == 4 and head["output_rel_error"] < 0.9 * head["rtn_output_rel_error"]
+    if method == "awq-gptq":
+        assert not head["awq"]["applied"] and "outside this group" in head["awq"]["reason"]
+    rtn = tmp_path / "rtn.onnx"
+    int4onnx.quantize(src, rtn, lm_head="4", group_size=32)
+    table, _, _ = stored_table(onnx.load(str(out)), 64)
+    assert not np.array_equal(table, stored_table(onnx.load(str(rtn)), 64)[0])  # not round to nearest
+    assert np.linalg.norm(table - E) / np.linalg.norm(E) < 0.15
+    ids = rng.integers(0, V, (2, 5), dtype=np.int64)
+    emb = make_session(str(out)).run(["emb"], {"input_ids": ids, "x": np.zeros((1, 64), np.float32)})[0]
+    np.testing.assert_array_equal(emb, table[ids])
