@@ -17,7 +17,7 @@ Each result is scored the same way:
   super-scales, a second zero-point copy, and any weight left float (32 bits) are all counted;
 - perplexity on wikitext-2 test, the first 16,384 predicted tokens (62,488 characters, 16,385 tokens),
   non-overlapping 512-token windows (`int4onnx.runtime.perplexity`, as `int4onnx eval --perplexity`);
-- greedy agreement: `int4onnx.generate.generate` on the fixed PROMPTS below, 32 new tokens each; a
+- greedy agreement: `int4onnx.tools.generate.generate` on the fixed PROMPTS below, 32 new tokens each; a
   prompt's score is the length of the prefix its tokens share with fp32's (32 when the same).
 
 fp32's perplexity and tokens are computed once and cached in OUT/fp32.json. Each row is printed as
@@ -124,8 +124,8 @@ def eval_tokens(tokenizer: pathlib.Path) -> list[int]:
 def score(folder: pathlib.Path, tokenizer: pathlib.Path, threads: int | None) -> dict:
     """Perplexity and the greedy tokens of a model folder (or .onnx beside its tokenizer)."""
     from int4onnx.folder import model_path
-    from int4onnx.generate import generate
     from int4onnx.runtime import make_session, perplexity
+    from int4onnx.tools.generate import generate
 
     t = time.perf_counter()
     ppl, n = perplexity(make_session(model_path(folder), threads=threads), eval_tokens(tokenizer), window=WINDOW)

@@ -8,7 +8,7 @@ from test_tied import tied_lm
 
 import int4onnx
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tools"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
 import smollm2_quality as sq  # noqa: E402
 
 
