@@ -190,6 +190,18 @@ int i4o_weight_scales(const i4o_weights *w, float *out) {
   return I4O_OK;
 }
 
+/* Least multiply-adds per task (2^17: ~64 KB of 4-bit weights at M = 1, a few microseconds on one
+ * core); INT4ONNX_MIN_TASK_MACS overrides it (0: split as finely as the tiles allow). Read once per
+ * prepared weight (session start), not per run. */
+static int64_t min_task_macs(void) {
+  const char *env = getenv("INT4ONNX_MIN_TASK_MACS");
+  if (env && *env) {
+    const long long v = atoll(env);
+    return v > 0 ? (int64_t)v : 0;
+  }
+  return (int64_t)1 << 17;
+}
+
 int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared **out) {
   if (!out) return I4O_E_ARG;
   *out = NULL;
@@ -211,6 +223,7 @@ int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared *
     w->zp = p->zp;
   }
   p->kernel = kernel;
+  p->min_task_macs = min_task_macs();
   if (kernel->compute == I4O_COMPUTE_INT8) round_scales_int8(w, p->scales);
   if (kernel->supports && !kernel->supports(w)) {
     i4o_prepared_free(p);
@@ -334,18 +347,7 @@ static void gemm_task(void *data, size_t i) {
 
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-/* Least multiply-adds per task (2^17: ~64 KB of 4-bit weights at M = 1, a few microseconds on one
- * core); INT4ONNX_MIN_TASK_MACS overrides it (0: split as finely as the tiles allow). */
-static int64_t min_task_macs(void) {
-  const char *env = getenv("INT4ONNX_MIN_TASK_MACS");
-  if (env && *env) {
-    const long long v = atoll(env);
-    return v > 0 ? (int64_t)v : 0;
-  }
-  return (int64_t)1 << 17;
-}
-
-i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int64_t N) {
+i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int64_t N, int64_t min_macs) {
   const int64_t n_tile = k->n_tile > 0 ? k->n_tile : 1, m_tile = k->m_tile > 0 ? k->m_tile : 1;
   /* A task reads its rows' activations once per column panel it has and its columns' weights once
    * for all its rows (the fp32 panel path also dequantizes them once), so with A bytes per element
@@ -369,10 +371,9 @@ i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int
     m_chunk = half;
   }
   /* Waking a pool thread costs microseconds (ONNX Runtime's threads sleep when spinning is off), so
-   * a task gets at least min_task_macs() multiply-adds: small products (M = 1 on a 576 x 576 layer of
+   * a task gets at least min_macs multiply-adds (min_task_macs()): small products (M = 1 on a 576 x 576 layer of
    * a 135M-parameter LLM is 2-3 tasks, a 576 x 192 one a single task that the pool runs inline) no
    * longer wake every thread for microseconds of work each. */
-  const int64_t min_macs = min_task_macs();
   while (TASKS(m_chunk, n_chunk) > 1 && (m_chunk < M ? m_chunk : M) * (n_chunk < N ? n_chunk : N) * K < min_macs) {
     if (n_chunk < N) n_chunk = round_up(n_chunk * 2, n_tile);
     else if (m_chunk < M) m_chunk = round_up(m_chunk * 2, m_tile);
@@ -403,7 +404,7 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
   s.ctx.C = C;
   s.ctx.ldc = p->w.N;
   s.ctx.M = M;
-  const i4o_partition t = i4o_partition_tasks(k, M, p->w.K, p->w.N);
+  const i4o_partition t = i4o_partition_tasks(k, M, p->w.K, p->w.N, p->min_task_macs);
   s.m_chunk = t.m_chunk;
   s.m_tasks = t.m_tasks;
   s.n_chunk = t.n_chunk;

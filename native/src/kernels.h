@@ -156,6 +156,7 @@ typedef struct i4o_prepared {
   void *packed;          /* owned, 64-byte aligned, or NULL */
   float *scales;         /* owned; freed (NULL) once packed: packed holds the scales */
   uint8_t *zp;           /* owned or NULL */
+  int64_t min_task_macs; /* least multiply-adds per i4o_run task (INT4ONNX_MIN_TASK_MACS, read at prepare) */
 } i4o_prepared;
 
 /* parallel_for(ctx, fn, n, data) must call fn(data, i) once for every i in [0, n). */
@@ -171,7 +172,8 @@ I4O_HIDDEN int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const f
 typedef struct i4o_partition {
   int64_t m_chunk, n_chunk, m_tasks, n_tasks;
 } i4o_partition;
-I4O_HIDDEN i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int64_t N);
+/* min_macs: least multiply-adds per task (the prepared weight's min_task_macs; 0: the finest split) */
+I4O_HIDDEN i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int64_t N, int64_t min_macs);
 I4O_HIDDEN void *i4o_aligned_alloc(size_t bytes);
 I4O_HIDDEN void i4o_aligned_free(void *p);
 I4O_HIDDEN void i4o_serial_for(void *ctx, void (*fn)(void *, size_t), size_t n, void *data);

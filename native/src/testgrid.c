@@ -114,7 +114,7 @@ static void build(grid *g) {
   add(g, &m43, 1, 500, 401, 32, F_INT4_ASYM);
   /* the driver's row slabs at K = 64 (i4o_partition_tasks): two and a remainder that joins the last
    * slab, two and one that makes a slab of its own */
-  const int64_t c = i4o_partition_tasks(g->k, 4096, 64, N0).m_chunk;
+  const int64_t c = i4o_partition_tasks(g->k, 4096, 64, N0, 0).m_chunk;
   const int64_t m_slabs[] = {2 * c + c / 4, 2 * c + 3 * c / 4};
   add(g, m_slabs, 2, 64, N0, 32, F_INT4_ASYM);
 }
