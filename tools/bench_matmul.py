@@ -54,6 +54,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import onnx
@@ -340,8 +341,6 @@ class GgmlChain:
     def run(self, M: int) -> SelfTimed:
         out = self._cmd(f"run {M} 1")
         if self.settle:
-            import time
-
             time.sleep(self.settle)
         return SelfTimed(out["median_ms"] / 1e3)
 
