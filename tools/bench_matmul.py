@@ -510,6 +510,34 @@ def markdown(rows: list[dict], stream: dict | None = None) -> str:
     return "\n".join(out)
 
 
+AVX2_ONLY_ENV = "INT4ONNX_BENCH_AVX2_ONLY"  # set in the re-executed benchmark (--avx2-only)
+
+
+def avx2_only_exec(argv: list[str]) -> str:
+    """--avx2-only: build tools/cpuid_avx2only.c, check that this machine has CPUID faulting, and run this
+    benchmark again with the shim preloaded (AVX-512, VNNI and AMX hidden from CPUID: MLAS and int4onnx take
+    their AVX2 kernels; INT4ONNX_ISA=avx2 as well). Does not return on success; returns the reason it cannot."""
+    cc = _compiler()
+    if cc is None:
+        return "--avx2-only needs a C compiler (cc, or set CC)"
+    tmp = tempfile.mkdtemp(prefix="bench_matmul_cpuid_")  # kept while the benchmark runs (the shim is in use)
+    so = os.path.join(tmp, "cpuid_avx2only.so")
+    r = subprocess.run([cc, "-O2", "-shared", "-fPIC", os.path.join(TOOLS, "cpuid_avx2only.c"), "-o", so],
+                       capture_output=True, text=True)
+    env = dict(os.environ, LD_PRELOAD=":".join(p for p in (so, os.environ.get("LD_PRELOAD", "")) if p),
+               INT4ONNX_ISA="avx2", **{AVX2_ONLY_ENV: so})
+    why = f"{cc} failed: {r.stderr.strip()[:200]}" if r.returncode else None
+    if why is None:
+        r = subprocess.run([sys.executable, "-c", "pass"], env=env, capture_output=True, text=True)
+        why = (r.stderr.strip().splitlines() or ["the shim failed"])[-1] if r.returncode else None
+    if why:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return f"--avx2-only: {why}"
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], env)
+    return "exec failed"  # not reached
+
+
 def _ints(text: str) -> list[int]:
     try:
         vals = [int(t) for t in text.split(",") if t.strip()]
@@ -539,11 +567,17 @@ def main(argv=None) -> int:
                     help="layers of the dram chain (default: enough for int4 weights of 4x the last-level cache, "
                          "at least 16, as many as memory allows)")
     ap.add_argument("--no-stream", action="store_true", help="skip the stream read bandwidth measurement")
+    ap.add_argument("--avx2-only", action="store_true",
+                    help="hide AVX-512, VNNI and AMX from CPUID (tools/cpuid_avx2only.c preloaded; needs CPUID "
+                         "faulting) so ONNX Runtime and int4onnx run their AVX2 kernels: an AVX2-only CPU on a newer one")
     ap.add_argument("--json", help="also write the rows as JSON to this file")
     ap.add_argument("--markdown", help="also write markdown tables to this file")
     args = ap.parse_args(argv)
     if args.dram_layers is not None and args.dram_layers < 1:
         ap.error("--dram-layers must be at least 1")
+    if args.avx2_only and not os.environ.get(AVX2_ONLY_ENV):
+        print(f"error: {avx2_only_exec(sys.argv[1:] if argv is None else list(argv))}", file=sys.stderr)
+        return 2
     cases = list(CASES) if args.case == "all" else [args.case]
     import onnxruntime as ort
 
@@ -580,6 +614,9 @@ def main(argv=None) -> int:
               f"{_native.kernel_selected('fp32')} / {_native.kernel_selected('int8')}), onnxruntime {ort.__version__}, "
               f"{platform.machine()}, {os.cpu_count()} CPUs, last-level cache {llc_text}, "
               f"{avail / 2**30:.0f} GiB memory available")
+        if os.environ.get(AVX2_ONLY_ENV):
+            print("--avx2-only: AVX-512, VNNI and AMX hidden from CPUID (tools/cpuid_avx2only.c): ONNX Runtime and "
+                  "int4onnx run their AVX2 kernels (ggml keeps what it was compiled for)")
         if ggml_info:
             print(f"ggml at {args.ggml}: buffer types {', '.join(ggml_info['bufts'])}; AVX-512 {ggml_info['avx512']}, "
                   f"VNNI {ggml_info['avx512_vnni']}, AMX-INT8 {ggml_info['amx_int8']}")

@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -105,3 +106,37 @@ def test_ggml_chain_matches_its_float64_reference(bm, tmp_path):
                 g.close()
     r = subprocess.run([exe, "--buft", "nonsense"], capture_output=True, text=True)
     assert r.returncode == 2 and "error" in json.loads(r.stdout)
+
+
+def _has_cpuid_faulting(shim_dir) -> bool:
+    so = os.path.join(shim_dir, "shim.so")
+    subprocess.run([shutil.which("cc") or "gcc", "-O2", "-shared", "-fPIC", os.path.join(TOOLS, "cpuid_avx2only.c"),
+                    "-o", so], check=True)
+    return subprocess.run(["true"], env=dict(os.environ, LD_PRELOAD=so)).returncode == 0
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="needs a C compiler")
+def test_avx2_only_shim_hides_avx512_or_says_why(bm, tmp_path, monkeypatch, capsys):
+    """--avx2-only: without CPUID faulting one line and exit 2, nothing left in the temp folder; with it, a
+    process under the shim sees AVX2 and no AVX-512 (numpy's run-time CPU features, read from CPUID)."""
+    if _has_cpuid_faulting(str(tmp_path)):
+        probe = ("try:\n from numpy._core._multiarray_umath import __cpu_features__ as f\n"
+                 "except ImportError:\n from numpy.core._multiarray_umath import __cpu_features__ as f\n"
+                 "print(f['AVX512F'], f['AVX2'])")
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             env=dict(os.environ, LD_PRELOAD=os.path.join(str(tmp_path), "shim.so")))
+        assert out.stdout.split() == ["False", "True"], out.stderr
+        return
+    monkeypatch.setattr(bm.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv(bm.AVX2_ONLY_ENV, raising=False)
+    assert bm.main(["--avx2-only", "--case", "cache", "--m", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CPUID faulting" in err[0], err
+    assert sorted(os.listdir(tmp_path)) == ["shim.so"]  # the benchmark's own build was removed
+
+
+def test_avx2_only_without_a_compiler_is_one_line(bm, monkeypatch, capsys):
+    monkeypatch.setattr(bm, "_compiler", lambda: None)
+    monkeypatch.delenv(bm.AVX2_ONLY_ENV, raising=False)
+    assert bm.main(["--avx2-only"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --avx2-only needs a C compiler (cc, or set CC)"
