@@ -78,6 +78,8 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
   for (int64_t b = 0; b < nb; b++, rec += rl.bytes) {
     const int64_t kb = b * bs;
     const int64_t full = kb + bs <= K ? L->chunks : (K - kb) / per_chunk; /* chunks with every k < K */
+    if (R == 1) /* the record's scales and zero points, PF_DIST ahead (the code loads prefetch their own) */
+      for (int64_t o = rl.scales_off; o < rl.bytes; o += 64) _mm_prefetch((const char *)(rec + o + PF_DIST), _MM_HINT_T0);
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) {
       const uint8_t *pc = x86_rec_codes(&rl, rec, j0 + g);
