@@ -39,8 +39,9 @@ AI __m256 dequant(__m256i raw, int i, int kind, __m256 zf, __m256 cb_lo, __m256 
   return _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xF))), zf);
 }
 
-/* the zero points of half h of group j in a record, as floats */
+/* the zero points of half h of group j in a record, as floats (asym 2: real ones, float32 in the record) */
 AI __m256 zero_point(const x86_rec *R, const uint8_t *rec, int64_t j, int h, int kind, int asym) {
+  if (asym == 2) return _mm256_load_ps(x86_rec_zpf_f32(R, rec, j) + 8 * h);
   if (asym)
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(x86_rec_zp(R, rec, j) + 8 * h))));
   return _mm256_set1_ps(kind == KIND_INT8 ? 128.0f : 8.0f);
@@ -123,7 +124,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g,
 #define SMALL_FN(R, H)                                                                                            \
   T256 static void small_##R##x##H(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g, int h0,          \
                                    int64_t ncols, int kind, int asym) {                                           \
-    X86_SPECIALISE(kind, asym, small_tile, c, L, m, g, h0, ncols, R, H);                                          \
+    X86_SPECIALISE_RZ(kind, asym, small_tile, c, L, m, g, h0, ncols, R, H);                                          \
   }
 SMALL_FN(1, 2)
 SMALL_FN(1, 1)
@@ -166,6 +167,8 @@ PANEL_FN(KIND_INT4, 1, panel_int4_asym)
 PANEL_FN(KIND_NF4, 0, panel_nf4)
 PANEL_FN(KIND_INT8, 0, panel_int8)
 PANEL_FN(KIND_INT8, 1, panel_int8_asym)
+PANEL_FN(KIND_INT4, 2, panel_int4_real)
+PANEL_FN(KIND_INT8, 2, panel_int8_real)
 
 /* activations packed once per call for the panel path (x86_panel_a_bytes) */
 static size_t panel_a_bytes(const i4o_wdesc *w, int64_t M) {
@@ -229,7 +232,7 @@ static void avx2_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_
   const i4o_wdesc *w = c->w;
   const x86_pk L = x86_pk_layout(w, 0);
   const int kind = x86_kind(w);
-  const int asym = w->zp != NULL;
+  const int asym = x86_asym(w);
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (16) */
   if (c->M < PANEL_MIN_ROWS) { /* prepare_a packed the activations only for the panel path */
     static const small_fn by_rows[5] = {NULL, small_1x1, small_2x1, small_3x1, small_4x1};
@@ -248,9 +251,9 @@ static void avx2_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_
     return;
   }
   typedef void (*panel_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t, int64_t, float *);
-  const panel_fn fill = kind == KIND_NF4 ? panel_nf4
-                        : kind == KIND_INT4 ? (asym ? panel_int4_asym : panel_int4)
-                                            : (asym ? panel_int8_asym : panel_int8);
+  static const panel_fn fills[2][3] = {{panel_int4, panel_int4_asym, panel_int4_real},
+                                       {panel_int8, panel_int8_asym, panel_int8_real}};
+  const panel_fn fill = kind == KIND_NF4 ? panel_nf4 : fills[kind == KIND_INT8][asym];
   float panel[KC * 16] __attribute__((aligned(64)));
   const float *ap_all = (const float *)c->a_ws;
   for (int64_t k0 = 0; k0 < w->K; k0 += KC) {
@@ -269,7 +272,7 @@ const i4o_kernel i4o_kernel_avx2_fp32 = {
     .name = "avx2_fp32", .isa = "avx2", .compute = I4O_COMPUTE_FP32,
     .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32,
     .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
-    .gemm = avx2_fp32_gemm, .n_tile = 16, .m_tile = MR,
+    .gemm = avx2_fp32_gemm, .real_zero_points = 1, .n_tile = 16, .m_tile = MR,
     .tile = {MR, 16, 8, KC}, /* 6 x 16 micro-kernel, 8 codes a chunk, KC-deep panels */
 };
 
@@ -284,6 +287,6 @@ const i4o_kernel i4o_kernel_avx2_int8 = {
     .name = "avx2_int8", .isa = "avx2", .compute = I4O_COMPUTE_INT8,
     .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
     .a_bytes = i4o_qa_bytes, .prepare_a = avx2i8_qa_prepare,
-    .gemm = avx2i8_gemm, .n_tile = 16, .m_tile = 4, .tile = I8_TILE,
+    .gemm = avx2i8_gemm, .real_zero_points = 1, .n_tile = 16, .m_tile = 4, .tile = I8_TILE,
 };
 #endif

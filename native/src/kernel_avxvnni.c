@@ -17,6 +17,6 @@ const i4o_kernel i4o_kernel_avxvnni_int8 = {
     .name = "avxvnni_int8", .isa = "avxvnni", .compute = I4O_COMPUTE_INT8,
     .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
     .a_bytes = i4o_qa_bytes, .prepare_a = avxvnni_qa_prepare,
-    .gemm = avxvnni_gemm, .n_tile = 16, .m_tile = 4, .tile = I8_TILE,
+    .gemm = avxvnni_gemm, .real_zero_points = 1, .n_tile = 16, .m_tile = 4, .tile = I8_TILE,
 };
 #endif
