@@ -3,8 +3,8 @@
  * 0, so a library that picks its kernels from CPUID (ONNX Runtime's MLAS, int4onnx's dispatch, ggml)
  * takes its AVX2 paths on a newer CPU. tools/bench_matmul.py --avx2-only builds and uses it.
  *
- * It needs CPUID faulting (Linux arch_prctl ARCH_SET_CPUID; Intel since Ivy Bridge, AMD Zen 4 and later
- * in recent kernels, usually not inside VMs): with faulting on, every CPUID instruction of the process
+ * It needs CPUID faulting (Linux arch_prctl ARCH_SET_CPUID; not every CPU, kernel or VM offers it):
+ * with faulting on, every CPUID instruction of the process
  * raises SIGSEGV; the handler runs CPUID itself with faulting briefly off, clears the bits, and steps
  * over the instruction. Where faulting is missing it prints one line and exits with status 3 at load.
  *
