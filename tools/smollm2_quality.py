@@ -10,7 +10,7 @@
 wall time and peak RSS are measured; `--tokenizer` defaults to the folder's), `ort ALGO` runs ONNX
 Runtime's `MatMulNBitsQuantizer` (rtn: DefaultWeightOnlyQuantConfig, k_quant:
 KQuantWeightOnlyQuantConfig, hqq: HQQWeightOnlyQuantConfig, gptq: GPTQWeightOnlyQuantConfig on
---calibration-samples 512-token windows of wikitext-2 valid; hqq and gptq import torch) on the same model,
+--calibration-samples windows of --sequence-length tokens of wikitext-2 valid; hqq and gptq import torch) on the same model,
 in a child process of `--python` (default this one; for hqq and gptq a separate venv with torch,
 onnxruntime, onnx, onnx-ir, numpy: the child needs nothing of int4onnx; the scoring stays in this process).
 Each result is scored the same way:
@@ -237,8 +237,9 @@ def check_ort_python(algo: str, python: str | None) -> str:
     return exe
 
 
-def ort_feeds(model: pathlib.Path, tokenizer: pathlib.Path, text: pathlib.Path, samples: int, path: pathlib.Path) -> None:
-    """GPTQ's calibration feeds, as `int4onnx convert --calibration-text` builds them (512-token windows,
+def ort_feeds(model: pathlib.Path, tokenizer: pathlib.Path, text: pathlib.Path, samples: int, length: int,
+              path: pathlib.Path) -> None:
+    """GPTQ's calibration feeds, as `int4onnx convert --calibration-text` builds them (`length`-token windows,
     an empty past), written to one .npz (key "i/input name") for ort_quantize."""
     from int4onnx.calibrate import FeedSource
     from int4onnx.lm import LMInterface, session_inputs
@@ -246,7 +247,8 @@ def ort_feeds(model: pathlib.Path, tokenizer: pathlib.Path, text: pathlib.Path, 
 
     session = make_session(model / "model.onnx")
     lm = LMInterface.from_session(session, path=model)
-    feeds = FeedSource(text=str(text), tokenizer=str(tokenizer), samples=samples).feeds(session_inputs(session), lm)
+    feeds = FeedSource(text=str(text), tokenizer=str(tokenizer), samples=samples,
+                       sequence_length=length).feeds(session_inputs(session), lm)
     lm.settle_feeds(session, feeds)
     np.savez(path, **{f"{i}/{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()})
 
@@ -299,17 +301,18 @@ def ort_quantize(source: str, target: str, algo: str, block_size: int, symmetric
 
 
 def run_ort(model: pathlib.Path, target: pathlib.Path, algo: str, block_size: int, symmetric: bool,
-            accuracy_level: int | None, untie: bool, python: str | None = None, samples: int = 16) -> dict:
+            accuracy_level: int | None, untie: bool, python: str | None = None, samples: int = 16,
+            length: int = WINDOW) -> dict:
     """ONNX Runtime's MatMulNBitsQuantizer on the model (ort_quantize in a child process of `python`, default
     this one, checked by check_ort_python: wall time and peak RSS are measured); the folder's side files copied beside the output.
     untie: quantize the lm_head (a copy of the tied table, see untied_copy); rtn also quantizes the token
-    Gather (GatherBlockQuantized). gptq: calibrated on `samples` 512-token windows of wikitext-2 valid."""
+    Gather (GatherBlockQuantized). gptq: calibrated on `samples` windows of `length` tokens of wikitext-2 valid."""
     exe = python or sys.executable
     source = untied_copy(model / "model.onnx", target.with_name(target.name + ".untied")) if untie \
         else model / "model.onnx"
     feeds = target.with_name(target.name + ".feeds.npz") if algo == "gptq" else None
     if feeds is not None:
-        ort_feeds(model, model / "tokenizer.json", CALIBRATION_TEXT, samples, feeds)
+        ort_feeds(model, model / "tokenizer.json", CALIBRATION_TEXT, samples, length, feeds)
     args = {"source": str(source), "target": str(target), "algo": algo, "block_size": block_size,
             "symmetric": symmetric, "accuracy_level": accuracy_level, "untie": untie,
             "feeds": str(feeds) if feeds else None}
@@ -330,7 +333,7 @@ def run_ort(model: pathlib.Path, target: pathlib.Path, algo: str, block_size: in
             shutil.copy2(f, target / f.name)
     opts = f"--block-size {block_size}" + (" --symmetric" if symmetric else "") + (" --untie" if untie else "") + \
         (f" --accuracy-level {accuracy_level}" if accuracy_level is not None else "") + \
-        (f" --calibration-samples {samples}" if algo == "gptq" else "") + (" --python TORCH_PY" if exe != sys.executable else "")
+        (f" --calibration-samples {samples} --sequence-length {length}" if algo == "gptq" else "") + (" --python TORCH_PY" if exe != sys.executable else "")
     return {"command": f"python tools/smollm2_quality.py ort {algo} {opts}", "convert_s": round(seconds, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
 
@@ -405,8 +408,9 @@ def main(argv=None) -> int:
                      "(with ONNX Runtime 1.32 the output fails ONNX's checker, docs/methods.md)")
     ort.add_argument("--python", help="the Python that runs ONNX Runtime's quantizer (default: this one); hqq needs "
                      "torch: a separate venv with torch, onnxruntime, onnx and numpy")
-    ort.add_argument("--calibration-samples", type=int, default=16, help="gptq: 512-token windows of wikitext-2 "
-                     "valid (default 16, as the convert rows)")
+    ort.add_argument("--calibration-samples", type=int, default=16, help="gptq: windows of wikitext-2 valid "
+                     "(default 16, as the convert rows)")
+    ort.add_argument("--sequence-length", type=int, default=WINDOW, help="gptq: tokens per window (default 512)")
     sim = sub.add_parser("simulate", help="the body on a Q4_1-style float-min grid (fake-quantized, lm_head float)")
     sim.add_argument("--scale-bits", type=int, choices=[8], default=None, help="int8 scales and minimums (default fp16)")
     a, options = ap.parse_known_args(argv)
@@ -418,8 +422,8 @@ def main(argv=None) -> int:
         sys.exit(f"smollm2_quality: no model.onnx in {model}; build it with python models/smollm2.py")
     tokenizer = model / "tokenizer.json"
     if a.what == "ort":  # before the fp32 reference's minutes
-        if a.calibration_samples < 1:
-            ap.error("--calibration-samples must be at least 1")
+        if a.calibration_samples < 1 or a.sequence_length < 1:
+            ap.error("--calibration-samples and --sequence-length must be at least 1")
         a.python = check_ort_python(a.algo, a.python)
     a.out.mkdir(parents=True, exist_ok=True)
     ref = fp32_reference(model, tokenizer, a.out, a.threads)
@@ -433,7 +437,7 @@ def main(argv=None) -> int:
     label = a.label or (" ".join(options) if a.what == "convert" else
                         f"simulated float-min grid, scale bits {a.scale_bits or 16}" if a.what == "simulate" else f"ORT {a.algo} block {a.block_size}"
                         + (" sym" if a.symmetric else " asym") + (" untied" if a.untie else "")
-                        + (f" {a.calibration_samples} samples" if a.algo == "gptq" else ""))
+                        + (f" {a.calibration_samples} x {a.sequence_length} tokens" if a.algo == "gptq" else ""))
     target = a.out / hashlib.sha256(label.encode()).hexdigest()[:12]
     for p in (target, *(target.with_name(target.name + x) for x in (".report.json", ".untied", ".feeds.npz"))):
         if p.is_dir():
@@ -446,7 +450,7 @@ def main(argv=None) -> int:
         row = run_simulate(model, target, a.scale_bits)
     else:
         row = run_ort(model, target, a.algo, a.block_size, a.symmetric, a.accuracy_level, a.untie, a.python,
-                      a.calibration_samples)
+                      a.calibration_samples, a.sequence_length)
     if a.what != "simulate":  # simulate: the body's bits, from the shapes (the lm_head stays float)
         row["bits_per_weight"] = round(bits_per_weight(target / "model.onnx", model / "model.onnx"), 4)
     got = score(target, tokenizer, a.threads)

@@ -83,10 +83,11 @@ def test_ort_torch_algos_without_torch_name_the_option(tmp_path, algo, python):
     assert not out.exists()
 
 
-def test_ort_calibration_samples_must_be_positive(tmp_path):
+@pytest.mark.parametrize("option", ["--calibration-samples", "--sequence-length"])
+def test_ort_calibration_sizes_must_be_positive(tmp_path, option):
     model, out = _folder(tmp_path), tmp_path / "q"
     with pytest.raises(SystemExit) as e:
-        sq.main(["--model", str(model), "--out", str(out), "ort", "gptq", "--calibration-samples", "0"])
+        sq.main(["--model", str(model), "--out", str(out), "ort", "gptq", option, "0"])
     assert e.value.code == 2 and not out.exists()
 
 
