@@ -232,7 +232,7 @@ def check_ort_python(algo: str, python: str | None) -> str:
     if proc.returncode != 0:
         why = (proc.stderr.strip().splitlines() or ["failed"])[-1]
         hint = (f"ort {algo} needs torch: give --python /path/to/venv/bin/python, a separate venv with torch, "
-                "onnxruntime, onnx and numpy (docs/methods.md)") if algo in TORCH_ALGOS else "give --python"
+                "onnxruntime, onnx, onnx-ir and numpy (docs/methods.md)") if algo in TORCH_ALGOS else "give --python"
         sys.exit(f"smollm2_quality: {exe} cannot import {', '.join(needs)} ({why}); {hint}")
     return exe
 
@@ -256,7 +256,7 @@ def ort_feeds(model: pathlib.Path, tokenizer: pathlib.Path, text: pathlib.Path, 
 def ort_quantize(source: str, target: str, algo: str, block_size: int, symmetric: bool, accuracy_level: int | None,
                  untie: bool, feeds: str | None = None) -> None:
     """ONNX Runtime's MatMulNBitsQuantizer on `source`, written to `target`/model.onnx. Needs only onnx,
-    onnxruntime and numpy (torch for hqq): run_ort runs it in a child, possibly another venv's Python."""
+    onnxruntime and numpy (and torch for hqq and gptq): run_ort runs it in a child, possibly another venv's Python."""
     import logging
 
     import onnx
@@ -304,7 +304,8 @@ def run_ort(model: pathlib.Path, target: pathlib.Path, algo: str, block_size: in
             accuracy_level: int | None, untie: bool, python: str | None = None, samples: int = 16,
             length: int = WINDOW) -> dict:
     """ONNX Runtime's MatMulNBitsQuantizer on the model (ort_quantize in a child process of `python`, default
-    this one, checked by check_ort_python: wall time and peak RSS are measured); the folder's side files copied beside the output.
+    this one, checked by check_ort_python: wall time and peak RSS are measured); the folder's side files
+    copied beside the output.
     untie: quantize the lm_head (a copy of the tied table, see untied_copy); rtn also quantizes the token
     Gather (GatherBlockQuantized). gptq: calibrated on `samples` windows of `length` tokens of wikitext-2 valid."""
     exe = python or sys.executable
@@ -327,6 +328,7 @@ def run_ort(model: pathlib.Path, target: pathlib.Path, algo: str, block_size: in
         elif p is not None and p.exists():
             p.unlink()
     if proc.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
         sys.exit(f"smollm2_quality: ONNX Runtime's {algo} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     for f in model.iterdir():
         if f.is_file() and not f.name.startswith("model.onnx"):
@@ -404,10 +406,10 @@ def main(argv=None) -> int:
     ort.add_argument("--block-size", type=int, default=32)
     ort.add_argument("--symmetric", action="store_true")
     ort.add_argument("--accuracy-level", type=int, default=None)
-    ort.add_argument("--untie", action="store_true", help="quantize the lm_head (own copy of the table) and the Gather "
-                     "(with ONNX Runtime 1.32 the output fails ONNX's checker, docs/methods.md)")
-    ort.add_argument("--python", help="the Python that runs ONNX Runtime's quantizer (default: this one); hqq needs "
-                     "torch: a separate venv with torch, onnxruntime, onnx and numpy")
+    ort.add_argument("--untie", action="store_true", help="quantize the lm_head (own copy of the table); rtn: and the "
+                     "Gather (with ONNX Runtime 1.32 the output fails ONNX's checker, docs/methods.md)")
+    ort.add_argument("--python", help="the Python that runs ONNX Runtime's quantizer (default: this one); hqq and gptq "
+                     "need torch: a separate venv with torch, onnxruntime, onnx, onnx-ir and numpy")
     ort.add_argument("--calibration-samples", type=int, default=16, help="gptq: windows of wikitext-2 valid "
                      "(default 16, as the convert rows)")
     ort.add_argument("--sequence-length", type=int, default=WINDOW, help="gptq: tokens per window (default 512)")
