@@ -4,11 +4,15 @@
     python tools/smollm2_quality.py --out q/ convert --method gptq --group-size 32 --double-quant --lm-head 4 \\
         --calibration-text ../shared/data/corpora/wikitext2_valid.txt --calibration-samples 8
     python tools/smollm2_quality.py --out q/ ort rtn --block-size 32             # ONNX Runtime's quantizer
+    python tools/smollm2_quality.py --out q/ ort hqq --block-size 32 --python /work/venv-torch/bin/python
 
 `convert ...` runs `int4onnx convert MODEL -o OUT/<label> ...` with the options given (a child process:
 wall time and peak RSS are measured; `--tokenizer` defaults to the folder's), `ort ALGO` runs ONNX
 Runtime's `MatMulNBitsQuantizer` (rtn: DefaultWeightOnlyQuantConfig, k_quant:
-KQuantWeightOnlyQuantConfig, hqq: HQQWeightOnlyQuantConfig, which needs torch) on the same model.
+KQuantWeightOnlyQuantConfig, hqq: HQQWeightOnlyQuantConfig, gptq: GPTQWeightOnlyQuantConfig on
+--calibration-samples windows of --sequence-length tokens of wikitext-2 valid; hqq and gptq import torch) on the same model,
+in a child process of `--python` (default this one; for hqq and gptq a separate venv with torch,
+onnxruntime, onnx, onnx-ir, numpy: the child needs nothing of int4onnx; the scoring stays in this process).
 Each result is scored the same way:
 
 - bits per weight: the bytes of every initializer of the output that is not one of the fp32 model's
@@ -212,49 +216,128 @@ def untied_copy(model: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
     return folder / "model.onnx"
 
 
-def run_ort(model: pathlib.Path, target: pathlib.Path, algo: str, block_size: int, symmetric: bool,
-            accuracy_level: int | None, untie: bool) -> dict:
-    """ONNX Runtime's MatMulNBitsQuantizer on the model; the folder's side files copied beside the output.
-    untie: quantize the lm_head (a copy of the tied table, see untied_copy) and the token Gather too
-    (GatherBlockQuantized; rtn only)."""
+ORT_ALGOS = ("rtn", "k_quant", "hqq", "gptq")
+TORCH_ALGOS = ("hqq", "gptq")  # ONNX Runtime's code for them imports torch (gptq: to_numpy, even on numpy feeds)
+CALIBRATION_TEXT = SHARED / "corpora" / "wikitext2_valid.txt"
+
+
+def check_ort_python(algo: str, python: str | None) -> str:
+    """The interpreter that runs ONNX Runtime's quantizer for `ort ALGO` (--python, else this one), checked
+    up front (before the minutes of the fp32 reference) to import what ALGO needs; exits with one line if not."""
+    exe = python or sys.executable
+    if python is not None and not (pathlib.Path(python).is_file() and os.access(python, os.X_OK)):
+        sys.exit(f"smollm2_quality: --python {python}: no such executable")
+    needs = ["onnxruntime.quantization.matmul_nbits_quantizer"] + (["torch"] if algo in TORCH_ALGOS else [])
+    proc = subprocess.run([exe, "-c", f"import {', '.join(needs)}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        hint = (f"ort {algo} needs torch: give --python /path/to/venv/bin/python, a separate venv with torch, "
+                "onnxruntime, onnx, onnx-ir and numpy (docs/methods.md)") if algo in TORCH_ALGOS else "give --python"
+        sys.exit(f"smollm2_quality: {exe} cannot import {', '.join(needs)} ({why}); {hint}")
+    return exe
+
+
+def ort_feeds(model: pathlib.Path, tokenizer: pathlib.Path, text: pathlib.Path, samples: int, length: int,
+              path: pathlib.Path) -> None:
+    """GPTQ's calibration feeds, as `int4onnx convert --calibration-text` builds them (`length`-token windows,
+    an empty past), written to one .npz (key "i/input name") for ort_quantize."""
+    from int4onnx.calibrate import FeedSource
+    from int4onnx.lm import LMInterface, session_inputs
+    from int4onnx.runtime import make_session
+
+    session = make_session(model / "model.onnx")
+    lm = LMInterface.from_session(session, path=model)
+    feeds = FeedSource(text=str(text), tokenizer=str(tokenizer), samples=samples,
+                       sequence_length=length).feeds(session_inputs(session), lm)
+    lm.settle_feeds(session, feeds)
+    np.savez(path, **{f"{i}/{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()})
+
+
+def ort_quantize(source: str, target: str, algo: str, block_size: int, symmetric: bool, accuracy_level: int | None,
+                 untie: bool, feeds: str | None = None) -> None:
+    """ONNX Runtime's MatMulNBitsQuantizer on `source`, written to `target`/model.onnx. Needs only onnx,
+    onnxruntime and numpy (and torch for hqq and gptq): run_ort runs it in a child, possibly another venv's Python."""
     import logging
 
     import onnx
+    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # a line per node otherwise
-
-    source = untied_copy(model / "model.onnx", target.with_name(target.name + ".untied")) if untie \
-        else model / "model.onnx"
     if algo == "rtn":
         ops = ("MatMul", "Gather") if untie else None
         config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
                                                   accuracy_level=accuracy_level, op_types_to_quantize=ops)
     elif algo == "k_quant":
         config = mnq.KQuantWeightOnlyQuantConfig()
-    else:
+    elif algo == "hqq":  # ONNX Runtime's HQQ quantizes MatMuls only (a Gather raises NotImplementedError)
         config = mnq.HQQWeightOnlyQuantConfig(block_size=block_size)
-    t = time.perf_counter()
-    # k_quant's model wrapper imports transformers when a config.json lies beside a model given by path
-    q = mnq.MatMulNBitsQuantizer(onnx.load(str(source)) if algo == "k_quant" else str(source), block_size=block_size, is_symmetric=symmetric,
-                                 accuracy_level=accuracy_level, algo_config=config)
+    else:
+        data = np.load(feeds)
+        samples: dict[int, dict] = {}
+        for key in data.files:
+            i, name = key.split("/", 1)
+            samples.setdefault(int(i), {})[name] = data[key]
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.items = iter([samples[i] for i in sorted(samples)])
+
+            def get_next(self):
+                return next(self.items, None)
+
+        config = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=Reader())  # ONNX Runtime's defaults
+    # k_quant's and GPTQ's model wrapper imports transformers when a config.json lies beside a model given by path
+    q = mnq.MatMulNBitsQuantizer(onnx.load(source) if algo in ("k_quant", "gptq") else source, block_size=block_size,
+                                 is_symmetric=symmetric, accuracy_level=accuracy_level, algo_config=config)
     q.process()
     proto = q.model.model  # the quantized ModelProto (both of ONNX Runtime's model wrappers have it)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):  # the k_quant path forgets it
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    target.mkdir(parents=True)
-    onnx.save_model(proto, str(target / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    out = pathlib.Path(target)
+    out.mkdir(parents=True)
+    onnx.save_model(proto, str(out / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    onnx.checker.check_model(str(out / "model.onnx"))
+
+
+def run_ort(model: pathlib.Path, target: pathlib.Path, algo: str, block_size: int, symmetric: bool,
+            accuracy_level: int | None, untie: bool, python: str | None = None, samples: int = 16,
+            length: int = WINDOW) -> dict:
+    """ONNX Runtime's MatMulNBitsQuantizer on the model (ort_quantize in a child process of `python`, default
+    this one, checked by check_ort_python: wall time and peak RSS are measured); the folder's side files
+    copied beside the output.
+    untie: quantize the lm_head (a copy of the tied table, see untied_copy); rtn also quantizes the token
+    Gather (GatherBlockQuantized). gptq: calibrated on `samples` windows of `length` tokens of wikitext-2 valid."""
+    exe = python or sys.executable
+    source = untied_copy(model / "model.onnx", target.with_name(target.name + ".untied")) if untie \
+        else model / "model.onnx"
+    feeds = target.with_name(target.name + ".feeds.npz") if algo == "gptq" else None
+    if feeds is not None:
+        ort_feeds(model, model / "tokenizer.json", CALIBRATION_TEXT, samples, length, feeds)
+    args = {"source": str(source), "target": str(target), "algo": algo, "block_size": block_size,
+            "symmetric": symmetric, "accuracy_level": accuracy_level, "untie": untie,
+            "feeds": str(feeds) if feeds else None}
+    child = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'tools')!r}); import smollm2_quality as s; "
+             "s.ort_quantize(**json.loads(sys.argv[1]))")
+    t = time.perf_counter()
+    proc = subprocess.run([exe, "-c", child, json.dumps(args)], capture_output=True, text=True)
     seconds = time.perf_counter() - t
+    for p in (source.parent if untie else None, feeds):
+        if p is not None and p.is_dir():
+            shutil.rmtree(p)
+        elif p is not None and p.exists():
+            p.unlink()
+    if proc.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        sys.exit(f"smollm2_quality: ONNX Runtime's {algo} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     for f in model.iterdir():
         if f.is_file() and not f.name.startswith("model.onnx"):
             shutil.copy2(f, target / f.name)
-    if untie:
-        shutil.rmtree(source.parent)
-    onnx.checker.check_model(str(target / "model.onnx"))
-    args = f"--block-size {block_size}" + (" --symmetric" if symmetric else "") + (" --untie" if untie else "") + \
-        (f" --accuracy-level {accuracy_level}" if accuracy_level is not None else "")
-    return {"command": f"python tools/smollm2_quality.py ort {algo} {args}", "convert_s": round(seconds, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    opts = f"--block-size {block_size}" + (" --symmetric" if symmetric else "") + (" --untie" if untie else "") + \
+        (f" --accuracy-level {accuracy_level}" if accuracy_level is not None else "") + \
+        (f" --calibration-samples {samples} --sequence-length {length}" if algo == "gptq" else "") + (" --python TORCH_PY" if exe != sys.executable else "")
+    return {"command": f"python tools/smollm2_quality.py ort {algo} {opts}", "convert_s": round(seconds, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
 
 
 def float_min_grid(w: np.ndarray, block: int, scale_bits: int | None) -> np.ndarray:
@@ -319,12 +402,17 @@ def main(argv=None) -> int:
     sub.add_parser("fp32", help="only the reference")
     sub.add_parser("convert", help="int4onnx convert with the options that follow (any convert option)")
     ort = sub.add_parser("ort", help="ONNX Runtime's MatMulNBitsQuantizer")
-    ort.add_argument("algo", choices=["rtn", "k_quant", "hqq"])
+    ort.add_argument("algo", choices=ORT_ALGOS)
     ort.add_argument("--block-size", type=int, default=32)
     ort.add_argument("--symmetric", action="store_true")
     ort.add_argument("--accuracy-level", type=int, default=None)
-    ort.add_argument("--untie", action="store_true", help="quantize the lm_head (own copy of the table) and the Gather "
-                     "(with ONNX Runtime 1.32 the output fails ONNX's checker, docs/methods.md)")
+    ort.add_argument("--untie", action="store_true", help="quantize the lm_head (own copy of the table); rtn: and the "
+                     "Gather (with ONNX Runtime 1.32 the output fails ONNX's checker, docs/methods.md)")
+    ort.add_argument("--python", help="the Python that runs ONNX Runtime's quantizer (default: this one); hqq and gptq "
+                     "need torch: a separate venv with torch, onnxruntime, onnx, onnx-ir and numpy")
+    ort.add_argument("--calibration-samples", type=int, default=16, help="gptq: windows of wikitext-2 valid "
+                     "(default 16, as the convert rows)")
+    ort.add_argument("--sequence-length", type=int, default=WINDOW, help="gptq: tokens per window (default 512)")
     sim = sub.add_parser("simulate", help="the body on a Q4_1-style float-min grid (fake-quantized, lm_head float)")
     sim.add_argument("--scale-bits", type=int, choices=[8], default=None, help="int8 scales and minimums (default fp16)")
     a, options = ap.parse_known_args(argv)
@@ -335,6 +423,10 @@ def main(argv=None) -> int:
     if not (model / "model.onnx").is_file():
         sys.exit(f"smollm2_quality: no model.onnx in {model}; build it with python models/smollm2.py")
     tokenizer = model / "tokenizer.json"
+    if a.what == "ort":  # before the fp32 reference's minutes
+        if a.calibration_samples < 1 or a.sequence_length < 1:
+            ap.error("--calibration-samples and --sequence-length must be at least 1")
+        a.python = check_ort_python(a.algo, a.python)
     a.out.mkdir(parents=True, exist_ok=True)
     ref = fp32_reference(model, tokenizer, a.out, a.threads)
     if a.what == "fp32":
@@ -346,9 +438,10 @@ def main(argv=None) -> int:
     options = [o for o in options if o != "--"]
     label = a.label or (" ".join(options) if a.what == "convert" else
                         f"simulated float-min grid, scale bits {a.scale_bits or 16}" if a.what == "simulate" else f"ORT {a.algo} block {a.block_size}"
-                        + (" sym" if a.symmetric else " asym") + (" untied" if a.untie else ""))
+                        + (" sym" if a.symmetric else " asym") + (" untied" if a.untie else "")
+                        + (f" {a.calibration_samples} x {a.sequence_length} tokens" if a.algo == "gptq" else ""))
     target = a.out / hashlib.sha256(label.encode()).hexdigest()[:12]
-    for p in (target, target.with_name(target.name + ".report.json"), target.with_name(target.name + ".untied")):
+    for p in (target, *(target.with_name(target.name + x) for x in (".report.json", ".untied", ".feeds.npz"))):
         if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
@@ -358,7 +451,8 @@ def main(argv=None) -> int:
     elif a.what == "simulate":
         row = run_simulate(model, target, a.scale_bits)
     else:
-        row = run_ort(model, target, a.algo, a.block_size, a.symmetric, a.accuracy_level, a.untie)
+        row = run_ort(model, target, a.algo, a.block_size, a.symmetric, a.accuracy_level, a.untie, a.python,
+                      a.calibration_samples, a.sequence_length)
     if a.what != "simulate":  # simulate: the body's bits, from the shapes (the lm_head stays float)
         row["bits_per_weight"] = round(bits_per_weight(target / "model.onnx", model / "model.onnx"), 4)
     got = score(target, tokenizer, a.threads)
