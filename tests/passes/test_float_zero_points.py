@@ -197,7 +197,8 @@ def test_matmulnbits_float_zero_points_of_a_type(tmp_path, compute):
     x = RNG.standard_normal((3, K)).astype(np.float32)
     y = make_session(path).run(None, {"x": x})[0]
     ref = x.astype(np.float64) @ W  # exact Q4_1 weights: reproduced to float rounding
-    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    tol = 1e-4 if compute == "fp32" else 2e-2  # (ONNX Runtime 1.3x runs float zero points on its float path)
+    np.testing.assert_allclose(y, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("kw,needle", [
