@@ -262,28 +262,27 @@ def float_min_grid(w: np.ndarray, block: int, scale_bits: int | None, coding: st
     a float minimum m per block of `block` along K). scale_bits None: d and m kept in float16 (Q4_1 itself,
     5.0 bits per weight at block 32); 8: d and m each rounded to int8 codes of a float32 super-scale per
     output column (4.5 + 64 / K bits per weight at block 32).
-    coding "zero-point": the minimum stored as a real zero point z = -m / d (w = (q - z) * d, the op's float
-    zero points, docs/format.md), z computed from the rounded d, then rounded to float16 or to int8 codes
-    of its own float32 super-scale per column; the codes are chosen against the rounded d and z."""
+    coding "zero-point": the minimum stored as a real zero point z = -m / d (w = (q - z) * d): the
+    converter's own grid (`--float-zero-points`, int4onnx.quant.grid), float16 d and z, or int8 codes of
+    float32 super-scales per column (`--double-quant` at K >= 256)."""
+    if coding == "zero-point":
+        from int4onnx.quant.grid import Grid
+        from int4onnx.quant.rtn import quantize_grid
+
+        grid = Grid(4, False, scale_dtype="int8" if scale_bits else "float16", float_zero_points=True)
+        return quantize_grid(w, grid, block).dequantize()
     K, N = w.shape
     g = w.reshape(K // block, block, N)
     lo, hi = g.min(axis=1), g.max(axis=1)
     d, m = (hi - lo) / 15, lo
-
-    def store(a):
-        if scale_bits is None:
-            return a.astype(np.float16).astype(np.float32)
+    if scale_bits is None:
+        d, m = d.astype(np.float16).astype(np.float32), m.astype(np.float16).astype(np.float32)
+    else:
         top = 2 ** (scale_bits - 1) - 1
-        step = np.maximum(np.abs(a).max(axis=0), 1e-30) / top  # one float32 super-scale per column
-        return (np.round(a / step) * step).astype(np.float32)
-
-    d = store(d)
+        for a in (d, m):
+            step = np.maximum(np.abs(a).max(axis=0), 1e-30) / top  # one float32 super-scale per column
+            a[...] = np.round(a / step) * step
     safe = np.where(d > 0, d, 1)
-    if coding == "zero-point":
-        z = store(np.where(d > 0, -m / safe, 0.0))
-        q = np.clip(np.round(g / safe[:, None, :] + z[:, None, :]), 0, 15)
-        return ((q - z[:, None, :]) * d[:, None, :]).reshape(K, N).astype(np.float32)
-    m = store(m)
     q = np.clip(np.round((g - m[:, None, :]) / safe[:, None, :]), 0, 15)
     return (q * d[:, None, :] + m[:, None, :]).reshape(K, N).astype(np.float32)
 
