@@ -254,3 +254,22 @@ def test_lm_head_symmetric_without_tied_table(tmp_path):
     heads = [layer for layer in r.layers if "lm_head" in (layer.decision or "")]
     assert heads and all(layer["symmetric"] for layer in heads)
     assert any(not layer["symmetric"] for layer in r.layers)
+
+
+def test_mixed_precision_counts_real_zero_points(tmp_path):
+    """--target-bits with real zero points: the cost model's bytes are the stored bytes (float zero points
+    of the scales' size, not packed nibbles), and the budget holds (matmulnbits: float32 scales and zero
+    points, 6 bits per weight at group 32)."""
+    from modelgen import tiny_lm
+    from test_calibration import V, lm_feeds_dir
+
+    lm = save(tiny_lm(V=V), tmp_path / "lm.onnx")
+    cal = lm_feeds_dir(tmp_path)
+    opts = dict(lm_head="4", group_size=32, format="matmulnbits", compute="fp32", float_zero_points=True)
+    base = int4onnx.quantize(lm, tmp_path / "base.onnx", **opts)
+    assert all(layer["bytes"] == layer["N"] * -(-layer["K"] // 32) * (16 + 4 + 4) for layer in base.layers)
+    target = base.bits_per_weight + 0.6
+    r = int4onnx.quantize(lm, tmp_path / "mp.onnx", method="gptq", calibration=str(cal), target_bits=target, **opts)
+    assert r.bits_per_weight <= target + 1e-9
+    assert any(layer["bits"] == 8 or layer["block_size"] < 32 for layer in r.layers)
+    assert all(layer.spec.float_zero_points for layer in r.layers)
