@@ -166,13 +166,25 @@ def nf4_codebook() -> np.ndarray:
     return np.frombuffer(ffi.buffer(lib.i4o_nf4_codebook(), 16 * 4), dtype=np.float32).copy()
 
 
+def _is_real(zero_points) -> bool:
+    """Real ("float") zero points [N, n_blocks] (a floating dtype), not packed uint8 integer ones."""
+    return zero_points is not None and np.asarray(zero_points).dtype.kind == "f"
+
+
 class _Weights:
     """Keeps the numpy buffers alive while C holds pointers into them. int8 scales (double quantization)
     need scales_scale, float32 [N] or [1] (the op's inputs scales and scales_scale); other scales are
-    used as float32."""
+    used as float32. zero_points: packed uint8 integer ones, or real ones, a float array [N, n_blocks]
+    (used as float32: i4o_weights.zero_points_float)."""
 
     def __init__(self, packed, scales, zero_points, K, N, bits, block_size, quant_type, scales_scale=None):
         self.packed = np.ascontiguousarray(packed, dtype=np.uint8)
+        self.zpf = None
+        if _is_real(zero_points):
+            self.zpf, zero_points = np.ascontiguousarray(zero_points, dtype=np.float32), None
+            nb = n_blocks(K, block_size)
+            if self.zpf.shape != (N, nb):
+                raise ValueError(f"real zero_points shape {self.zpf.shape} != {(N, nb)}")
         self.zp = None if zero_points is None else np.ascontiguousarray(zero_points, dtype=np.uint8)
         self.c = ffi.new("i4o_weights *")  # zero-filled: no int8 scales unless set below
         self.c.K, self.c.N, self.c.block_size, self.c.bits = K, N, block_size, bits
@@ -192,11 +204,13 @@ class _Weights:
             self.scales = np.ascontiguousarray(scales, dtype=np.float32)
             self.c.scales = _ptr(self.scales, "float *")
         self.c.zero_points = ffi.NULL if self.zp is None else _ptr(self.zp, "uint8_t *")
+        self.c.zero_points_float = ffi.NULL if self.zpf is None else _ptr(self.zpf, "float *")
 
 
 def dequantize(packed, scales, zero_points, K: int, N: int, bits: int, block_size: int,
                quant_type: str = "int", scales_scale: np.ndarray | None = None) -> np.ndarray:
-    """Portable-layout weight -> float32 [K, N] (zero_points packed, or None; int8 scales with scales_scale)."""
+    """Portable-layout weight -> float32 [K, N] (zero_points packed uint8, real float [N, n_blocks], or None;
+    int8 scales with scales_scale)."""
     w = _Weights(packed, scales, zero_points, K, N, bits, block_size, quant_type, scales_scale)
     out = np.empty((K, N), dtype=np.float32)
     _check(lib.i4o_dequantize(w.c, _ptr(out, "float *")), "dequantize")
@@ -207,6 +221,7 @@ def matmul(A: np.ndarray, packed, scales, zero_points, K: int, N: int, bits: int
            quant_type: str = "int", bias: np.ndarray | None = None, kernel: str | None = None,
            compute: str = "fp32", threads: int | None = None, scales_scale: np.ndarray | None = None) -> np.ndarray:
     """A [M, K] @ W (+ bias) with a named kernel (None = automatic), single-threaded, tasks in order.
+    zero_points: packed uint8 (integer), a float array [N, n_blocks] (real), or None (symmetric).
 
     threads: run the threaded driver with a test schedule instead (i4o_matmul_threads): 1 = the tasks
     in reverse order on this thread, 2..64 = on that many threads; the result must not change.
@@ -248,7 +263,8 @@ def kernel_tile(kernel: str) -> dict[str, int]:
 
 def kernel_grid(kernel: str) -> list[dict]:
     """The kernel's test cases (i4o_kernel_grid, derived from its tile; the C kernel test runs the same list):
-    dicts of M, K, N, block_size, bits, quant_type ("int" or "nf4"), symmetric and int8_scales (bools)."""
+    dicts of M, K, N, block_size, bits, quant_type ("int" or "nf4"), symmetric, int8_scales and real_zero_points
+    (bools)."""
     n = lib.i4o_kernel_grid(kernel.encode(), ffi.NULL, 0)
     if n < 0:
         raise NativeLibraryError(f"no test grid for kernel {kernel!r}")
@@ -256,5 +272,6 @@ def kernel_grid(kernel: str) -> list[dict]:
     lib.i4o_kernel_grid(kernel.encode(), cases, n)
     names = {v: k for k, v in QUANT_TYPES.items()}
     return [{"M": c.M, "K": c.K, "N": c.N, "block_size": c.block_size, "bits": c.bits,
-             "quant_type": names[c.quant_type], "symmetric": bool(c.symmetric), "int8_scales": bool(c.int8_scales)}
+             "quant_type": names[c.quant_type], "symmetric": bool(c.symmetric), "int8_scales": bool(c.int8_scales),
+             "real_zero_points": bool(c.real_zero_points)}
             for c in cases]

@@ -52,7 +52,7 @@ def numpy_pack_reference(codes: np.ndarray, bits: int, block: int, pad: np.ndarr
 
 
 def dequant_reference(codes, scales, zp, K, block, bits, quant_type="int"):
-    """float64 [K, N] from codes [N, K], scales [N, nb], zp [N, nb] or None."""
+    """float64 [K, N] from codes [N, K], scales [N, nb], zp [N, nb] (integer, or real: a float array) or None."""
     N = codes.shape[0]
     b = np.arange(K) // block
     if quant_type == "nf4":
@@ -77,7 +77,8 @@ def int8_scales(scales: np.ndarray) -> np.ndarray:
 
 def int8_path_reference(A, codes, scales, zp, K, block, bits, quant_type="int", bias=None):
     """numpy statement of the int8 compute path: per-block activation quantization, exact integer dots,
-    then per block, in block order, y += dot * (scale_a * scale_w) in float32."""
+    then per block, in block order, y += dot * (scale_a * scale_w) in float32. Real zero points (zp a float
+    array) are rounded to float16 and taken off in float32: dot = float(dot) - z * float(sum_q)."""
     M = A.shape[0]
     N = codes.shape[0]
     nb = -(-K // block)
@@ -97,6 +98,11 @@ def int8_path_reference(A, codes, scales, zp, K, block, bits, quant_type="int", 
         c = np.rint(_native.nf4_codebook() * 127).astype(np.int64)[c]  # (q is 0 past K)
         sw = (scales * np.float32(1 / 127)).astype(np.float32)
         dot = np.einsum("mbi,nbi->mnb", q, c)
+    elif zp is not None and np.asarray(zp).dtype.kind == "f":
+        z = np.asarray(zp).astype(np.float16).astype(np.float32)
+        zs = (z[None, :, :] * q.sum(axis=2).astype(np.float32)[:, None, :]).astype(np.float32)
+        dot = np.einsum("mbi,nbi->mnb", q, c).astype(np.float32) - zs
+        sw = scales.astype(np.float32)
     else:
         z = np.full((N, nb), 1 << (bits - 1), dtype=np.int64) if zp is None else zp.astype(np.int64)
         dot = np.einsum("mbi,nbi->mnb", q, c) - z[None, :, :] * q.sum(axis=2)[:, None, :]

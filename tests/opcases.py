@@ -8,6 +8,8 @@ case = {
   "compute": "fp32" | "int8", "sym": bool, "bias": bool, "int8_scales": bool,
   "scale_type": None (the type of A) | "float16" (float scales' type; float16 scales go with float A too),
   "weights_as_inputs": bool (fed at run time instead of initializers), "a_shape": [..., K],
+  "real_zp": None (integer zero points) | "float" | "float16" | "int8" (real zero points of that type, one
+             per block; int8 codes with zero_points_scale, a float32 super-scale per column),
   "seed": int, "mutations": [[kind, ...], ...]
 }
 Mutations (applied in order):
@@ -40,7 +42,7 @@ TYPES = {"float": np.float32, "float16": np.float16, "int8": np.int8, "uint8": n
 def valid_case(**kw) -> dict:
     case = dict(a_type="float", K=64, N=16, bits=4, block=32, quant_type="int", compute="fp32", sym=False,
                 bias=False, int8_scales=False, scale_type=None, weights_as_inputs=False, a_shape=None, seed=0,
-                mutations=[])
+                real_zp=None, mutations=[])
     case.update(kw)
     if case["a_shape"] is None:
         case["a_shape"] = [3, case["K"]]
@@ -73,7 +75,20 @@ def build(case: dict):
         "zero_points": None if zp is None else _native.pack_zero_points(zp, bits),
         "bias": rng.standard_normal(N).astype(a_np) if case["bias"] else None,
         "scales_scale": None,
+        "zero_points_scale": None,
     }
+    real = case.get("real_zp")
+    if real and zp is not None:  # real zero points: the integer ones moved by up to half a step
+        z = (zp + rng.uniform(-0.5, 0.5, zp.shape)).astype(np.float32)
+        if real == "int8":
+            zs = np.full(N, (levels - 1) / 127, np.float32)
+            z8 = np.clip(np.rint(z / zs[:, None]), -127, 127).astype(np.int8)
+            arrays["zero_points"], arrays["zero_points_scale"] = z8, zs
+            z = (z8.astype(np.float32) * zs[:, None]).astype(np.float32)
+        else:
+            arrays["zero_points"] = z.astype(TYPES[real])
+            z = arrays["zero_points"].astype(np.float32)
+        zp = z  # what the references take
     if case["int8_scales"]:
         s8 = rng.integers(1, 128, size=(N, nb)).astype(np.int8)
         ss = (rng.random(N) * 0.01 + 0.001).astype(np.float32)
@@ -86,12 +101,12 @@ def build(case: dict):
               "compute": case["compute"]}
     attrs = {name: values[name] for name in ATTRS}
     names = {n: (n if arrays[n] is not None else "") for n in INPUTS}
-    if names["zero_points"] == "" and (names["bias"] or names["scales_scale"]):
-        arrays["zero_points"] = np.zeros((0,), np.uint8)  # as the converter writes an inner gap
-        names["zero_points"] = "zero_points"
-    if names["bias"] == "" and names["scales_scale"]:
-        arrays["bias"] = np.zeros((0,), a_np)
-        names["bias"] = "bias"
+    gap_types = {"zero_points": np.uint8, "bias": a_np, "scales_scale": np.float32}
+    last = max(i for i, n in enumerate(INPUTS) if names[n])
+    for n in INPUTS[:last]:
+        if names[n] == "" and n in gap_types:  # an inner gap, as the converter writes it: a zero-element tensor
+            arrays[n] = np.zeros((0,), gap_types[n])
+            names[n] = n
     extra, n_out, a_feed = False, 1, None
     for m in case["mutations"]:
         kind = m[0]

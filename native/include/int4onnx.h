@@ -15,13 +15,19 @@
  *   - scales : [N, n_blocks] (float32, float16, or int8 with a per-column
  *              float32 super-scale, see docs/format.md); float16 scales go
  *              with float or float16 activations;
- *   - zero points (asymmetric only): uint8 [N, ceil(n_blocks * bits / 8)],
- *              same nibble order; symmetric weights have no zero-point tensor
- *              and an implied zero point of 2^(bits-1) (8 for 4-bit);
- *   - dequantized value: (code - zero_point) * scale for I4O_QUANT_INT,
+ *   - zero points (asymmetric only): integer, uint8 [N, ceil(n_blocks * bits / 8)],
+ *              same nibble order; or real ("float"), one per block [N, n_blocks]
+ *              (float32, float16, or int8 with a float32 super-scale, like the
+ *              scales; the C API takes them widened to float32); symmetric
+ *              weights have no zero-point tensor and an implied zero point of
+ *              2^(bits-1) (8 for 4-bit);
+ *   - dequantized value: (code - zero_point) * scale for I4O_QUANT_INT (in
+ *              float32: ((float)code - z) * scale for a real zero point z),
  *              i4o_nf4_codebook()[code] * scale for I4O_QUANT_NF4;
  *   - elements past K in the last block hold the code that dequantizes to
- *     exactly 0 (the row's last zero point, or the codebook's zero).
+ *     exactly 0 (the row's last zero point, or the codebook's zero); with real
+ *     zero points they hold whatever code the packer was given (kernels never
+ *     let them reach the result: activations past K are 0).
  * This is byte-for-byte the layout of ONNX Runtime's com.microsoft.MatMulNBits
  * (for power-of-two block sizes), which lets one packing serve both formats.
  */
@@ -48,10 +54,13 @@ enum {
   I4O_IN_A = 0,            /* float or float16 [..., K] */
   I4O_IN_B = 1,            /* uint8 [N, n_blocks, blob_bytes]: the packed codes */
   I4O_IN_SCALES = 2,       /* [N, n_blocks], type of A, float16, or int8 with I4O_IN_SCALES_SCALE */
-  I4O_IN_ZERO_POINTS = 3,  /* uint8 [N, zero_point_row_bytes] (asymmetric weights) */
+  I4O_IN_ZERO_POINTS = 3,  /* asymmetric weights: integer, uint8 [N, zero_point_row_bytes]; or real,
+                              [N, n_blocks] of float32 (float A), float16, or int8 with
+                              I4O_IN_ZERO_POINTS_SCALE */
   I4O_IN_BIAS = 4,         /* [N], type of A */
   I4O_IN_SCALES_SCALE = 5, /* float [N] or [1]: super-scale of int8 scales */
-  I4O_IN_COUNT = 6,
+  I4O_IN_ZERO_POINTS_SCALE = 6, /* float [N] or [1]: super-scale of int8 real zero points */
+  I4O_IN_COUNT = 7,
   I4O_IN_REQUIRED = 3
 };
 /* Attributes of MatMulInt4: K, N, bits, block_size are int64 and required; quant_type and compute are
@@ -66,7 +75,7 @@ enum {
   I4O_ATTR_COUNT = 6
 };
 /* Their names, indexed by the enums above (the only place they are spelled). */
-#define I4O_IN_NAMES {"A", "B", "scales", "zero_points", "bias", "scales_scale"}
+#define I4O_IN_NAMES {"A", "B", "scales", "zero_points", "bias", "scales_scale", "zero_points_scale"}
 #define I4O_ATTR_NAMES {"K", "N", "bits", "block_size", "quant_type", "compute"}
 
 /* How a code maps to a value. */
@@ -125,7 +134,9 @@ const float *i4o_nf4_codebook(void);
  * float32 super-scale (double quantization, as the op's inputs scales and scales_scale): `scales_int8`
  * with `scales_scale`, one per column (n_scales_scale = N) or one for the tensor (n_scales_scale = 1);
  * exactly one of `scales` and `scales_int8` is set. The value of a scale is then
- * (float)scales_int8[n, b] * scales_scale[n or 0] in float32. */
+ * (float)scales_int8[n, b] * scales_scale[n or 0] in float32.
+ * Zero points: integer (`zero_points`, packed), real (`zero_points_float`, float32 [N, n_blocks], the
+ * value ((float)code - z) * scale), or neither (symmetric); at most one is set, and NF4 takes none. */
 typedef struct i4o_weights {
   int64_t K, N, block_size;
   int bits;                     /* 4 or 8 */
@@ -136,6 +147,7 @@ typedef struct i4o_weights {
   const int8_t *scales_int8;    /* [N, n_blocks], or NULL with scales */
   const float *scales_scale;    /* [n_scales_scale], with scales_int8 */
   int64_t n_scales_scale;       /* N or 1, with scales_int8 */
+  const float *zero_points_float; /* [N, n_blocks] real zero points (float32, already widened), or NULL */
 } i4o_weights;
 
 /* Writes the float32 scales [N, n_blocks] of w (a copy, or the int8 scales expanded). */
@@ -172,10 +184,11 @@ int i4o_kernel_tile(const char *kernel, i4o_tile *out);
 
 /* One case of a kernel test: Y[M, N] = A[M, K] @ W (+ bias) for a weight in this format.
  * int8_scales: the scales are int8 codes times a float32 super-scale per column (--double-quant), given
- * to the kernel as i4o_weights.scales_int8 and scales_scale. */
+ * to the kernel as i4o_weights.scales_int8 and scales_scale. real_zero_points (asymmetric only): the
+ * zero points are real, i4o_weights.zero_points_float. */
 typedef struct i4o_test_case {
   int64_t M, K, N, block_size;
-  int bits, quant_type, symmetric, int8_scales;
+  int bits, quant_type, symmetric, int8_scales, real_zero_points;
 } i4o_test_case;
 
 /* The shape grid of a kernel, derived from its tile (the one list that the C and Python kernel tests

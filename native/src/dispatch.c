@@ -134,7 +134,7 @@ const i4o_kernel *i4o_choose_kernel(int compute, const i4o_wdesc *w, char *err, 
     const int r = isa_rank(k->isa);
     if (k->compute != compute || r < 0 || r > cap || r <= best_rank) continue;
     if (!i4o_cpu_has_isa(k->isa)) continue;
-    if (w && k->supports && !k->supports(w)) continue;
+    if (w && !i4o_kernel_supports(k, w)) continue;
     best = k;
     best_rank = r;
   }

@@ -159,11 +159,16 @@ static void round_scales_int8(i4o_wdesc *w, float *scales) { /* w->scales == sca
 
 /* ---- prepared weights ---- */
 
+static const float kRealZpProbe[1] = {0.0f};
+
+const float *i4o_real_zp_probe(void) { return kRealZpProbe; }
+
 void i4o_prepared_free(i4o_prepared *p) {
   if (!p) return;
   i4o_aligned_free(p->packed);
   free(p->scales);
   free(p->zp);
+  free(p->zpf);
   free(p);
 }
 
@@ -173,7 +178,8 @@ static int check_weights(const i4o_weights *w) {
   if (!w->scales == !w->scales_int8) return I4O_E_ARG; /* exactly one kind of scales */
   if (w->scales_int8 && (!w->scales_scale || (w->n_scales_scale != w->N && w->n_scales_scale != 1))) return I4O_E_ARG;
   if (w->quant_type != I4O_QUANT_INT && w->quant_type != I4O_QUANT_NF4) return I4O_E_ARG;
-  if (w->quant_type == I4O_QUANT_NF4 && (w->bits != 4 || w->zero_points)) return I4O_E_ARG;
+  if (w->zero_points && w->zero_points_float) return I4O_E_ARG; /* at most one kind of zero points */
+  if (w->quant_type == I4O_QUANT_NF4 && (w->bits != 4 || w->zero_points || w->zero_points_float)) return I4O_E_ARG;
   return I4O_OK;
 }
 
@@ -222,10 +228,19 @@ int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared *
     i4o_unpack_zero_points(src->zero_points, w->N, w->n_blocks, w->bits, p->zp);
     w->zp = p->zp;
   }
+  if (src->zero_points_float) {
+    p->zpf = (float *)malloc(n_scales * sizeof(float));
+    if (!p->zpf) goto nomem;
+    memcpy(p->zpf, src->zero_points_float, n_scales * sizeof(float));
+    /* the int8 path uses real zero points rounded to float16 (kernels may then store them in 16 bits) */
+    if (kernel->compute == I4O_COMPUTE_INT8)
+      for (size_t i = 0; i < n_scales; i++) p->zpf[i] = i4o_half_to_float(i4o_float_to_half(p->zpf[i]));
+    w->zpf = p->zpf;
+  }
   p->kernel = kernel;
   p->min_task_macs = min_task_macs();
   if (kernel->compute == I4O_COMPUTE_INT8) round_scales_int8(w, p->scales);
-  if (kernel->supports && !kernel->supports(w)) {
+  if (!i4o_kernel_supports(kernel, w)) {
     i4o_prepared_free(p);
     return I4O_E_KERNEL;
   }
@@ -241,6 +256,11 @@ int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared *
       free(p->scales);
       p->scales = NULL;
       w->scales = NULL;
+      if (p->zpf) { /* likewise the real zero points; w->zpf stays non-NULL as their flag */
+        free(p->zpf);
+        p->zpf = NULL;
+        w->zpf = i4o_real_zp_probe();
+      }
     }
   }
   *out = p;
@@ -447,13 +467,14 @@ int i4o_dequantize(const i4o_weights *w, float *out) {
     i4o_unpack_zero_points(w->zero_points, w->N, nb, w->bits, zp);
     d.zp = zp;
   }
+  d.zpf = w->zero_points_float;
   const float *cb = i4o_nf4_codebook();
   for (int64_t n = 0; n < w->N; n++)
     for (int64_t k = 0; k < w->K; k++) {
       const int64_t b = k / w->block_size;
       const float s = scales[n * nb + b];
       const int c = i4o_code(&d, n, k);
-      out[k * w->N + n] = w->quant_type == I4O_QUANT_NF4 ? cb[c] * s : (float)(c - i4o_zero_point(&d, n, b)) * s;
+      out[k * w->N + n] = w->quant_type == I4O_QUANT_NF4 ? cb[c] * s : ((float)c - i4o_zero_point_f(&d, n, b)) * s;
     }
   free(zp);
   free(scales);
@@ -491,7 +512,8 @@ int i4o_matmul_pfor(const char *kernel, int compute, const float *A, int64_t M, 
       return I4O_E_KERNEL;
     }
   } else {
-    const i4o_wdesc d = i4o_wdesc_make(w->K, w->N, w->bits, w->block_size, w->quant_type);
+    i4o_wdesc d = i4o_wdesc_make(w->K, w->N, w->bits, w->block_size, w->quant_type);
+    if (w->zero_points_float) d.zpf = i4o_real_zp_probe();
     k = i4o_choose_kernel(compute, &d, err, err_len);
     if (!k) return I4O_E_KERNEL;
   }

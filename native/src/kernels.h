@@ -19,13 +19,17 @@
 #define I4O_RESTRICT
 #endif
 
-/* A weight ready for the kernels: scales in fp32, zero points one per byte. */
+/* A weight ready for the kernels: scales in fp32, zero points one per byte (integer) or one float per
+ * block (real). */
 typedef struct i4o_wdesc {
   int64_t K, N, block_size, n_blocks, blob_bytes;
   int bits, quant_type;
   const uint8_t *data;   /* portable layout [N][n_blocks][blob_bytes] */
   const float *scales;   /* [N][n_blocks]; NULL in a prepared weight that its kernel has packed */
   const uint8_t *zp;     /* [N][n_blocks], or NULL: implied 2^(bits-1) */
+  const float *zpf;      /* [N][n_blocks] real zero points, or NULL (then zp decides). A kernel's supports()
+                            sees it non-NULL for real zero points before the data (i4o_real_zp_probe());
+                            the int8 kernels see it rounded to float16 values (i4o_prepare) */
 } i4o_wdesc;
 
 /* The one constructor: a weight's shape (n_blocks and blob_bytes derived), no data, scales or zero
@@ -43,8 +47,13 @@ static inline i4o_wdesc i4o_wdesc_make(int64_t K, int64_t N, int bits, int64_t b
   d.data = NULL;
   d.scales = NULL;
   d.zp = NULL;
+  d.zpf = NULL;
   return d;
 }
+
+/* A non-NULL zpf for asking a kernel's supports() about real zero points before any data exists
+ * (dispatch, the test grid); never read. */
+I4O_HIDDEN const float *i4o_real_zp_probe(void);
 
 /* Everything one gemm call sees. */
 typedef struct i4o_gemm_ctx {
@@ -63,8 +72,12 @@ typedef struct i4o_kernel {
   const char *name;      /* unique, e.g. "avx2_fp32" */
   const char *isa;       /* an entry of the architecture's ISA ladder in dispatch.c */
   int compute;           /* I4O_COMPUTE_FP32 or I4O_COMPUTE_INT8 */
-  /* Optional: can this kernel handle this weight? NULL = every valid weight. */
+  /* Optional: can this kernel handle this weight? NULL = every valid weight (real zero points only with
+   * real_zero_points below). Ask through i4o_kernel_supports(). */
   int (*supports)(const i4o_wdesc *w);
+  /* 1 if the kernel computes real zero points (w->zpf); 0 (the default): dispatch skips it for such
+   * weights (the scalar kernel runs), so each SIMD kernel can gain them on its own. */
+  int real_zero_points;
   /* Optional prepack at session start: bytes needed (0 = reads the portable layout) and fill. */
   size_t (*packed_bytes)(const i4o_wdesc *w);
   void (*pack)(const i4o_wdesc *w, void *dst);
@@ -105,6 +118,11 @@ static inline int i4o_zero_point(const i4o_wdesc *w, int64_t n, int64_t b) {
   return w->zp ? (int)w->zp[n * w->n_blocks + b] : (1 << (w->bits - 1));
 }
 
+/* The zero point of block b of column n as a float: the real one, or the integer one converted. */
+static inline float i4o_zero_point_f(const i4o_wdesc *w, int64_t n, int64_t b) {
+  return w->zpf ? w->zpf[n * w->n_blocks + b] : (float)i4o_zero_point(w, n, b);
+}
+
 /* Code of element k of column n (portable layout). */
 static inline int i4o_code(const i4o_wdesc *w, int64_t n, int64_t k) {
   const uint8_t *row = w->data + n * w->n_blocks * w->blob_bytes;
@@ -141,6 +159,12 @@ extern const i4o_kernel i4o_kernel_neondot_int8;
 extern const i4o_kernel i4o_kernel_i8mm_int8;
 #endif
 
+/* Can kernel k run weight w (real zero points included)? What dispatch, i4o_prepare and the test grid ask. */
+static inline int i4o_kernel_supports(const i4o_kernel *k, const i4o_wdesc *w) {
+  if (w->zpf && !k->real_zero_points) return 0;
+  return !k->supports || k->supports(w);
+}
+
 /* ---- dispatch.c ---- */
 /* Every kernel compiled in (whether or not this CPU runs it). */
 I4O_HIDDEN const i4o_kernel *const *i4o_all_kernels(size_t *count);
@@ -156,6 +180,7 @@ typedef struct i4o_prepared {
   void *packed;          /* owned, 64-byte aligned, or NULL */
   float *scales;         /* owned; freed (NULL) once packed: packed holds the scales */
   uint8_t *zp;           /* owned or NULL */
+  float *zpf;            /* owned or NULL: real zero points (float16 values for int8 kernels) */
   int64_t min_task_macs; /* least multiply-adds per i4o_run task (INT4ONNX_MIN_TASK_MACS, read at prepare) */
 } i4o_prepared;
 

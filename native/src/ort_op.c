@@ -32,7 +32,7 @@ typedef struct op_variant {
 typedef struct op_kernel {
   int64_t K, N, bits, block_size;
   int quant_type, compute;
-  int has_zp, has_bias, has_sscale;
+  int has_zp, has_bias, has_sscale, has_zscale;
   ONNXTensorElementDataType a_type;
   char name[160];
   i4o_prepared *prep; /* constant weights, prepared at session start; NULL = prepare per call */
@@ -124,8 +124,63 @@ static int is_empty(const OrtValue *v) {
 /* ---- weights: validate ORT tensors and build the kernel's view ---- */
 
 typedef struct weight_inputs {
-  const OrtValue *b, *scales, *zp, *sscale;
+  const OrtValue *b, *scales, *zp, *sscale, *zscale;
 } weight_inputs;
+
+/* A float32 super-scale input ([N] or [1]) of int8 codes: its data and step (1 per column, 0 one for all). */
+static OrtStatus *read_super_scale(const op_kernel *k, const OrtValue *v, const char *what, const float **out,
+                                   size_t *step) {
+  tensor_info ti;
+  void *p = NULL;
+  TRY(get_info(v, &ti));
+  if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || (ti.count != k->N && ti.count != 1) || ti.rank > 2)
+    return fail(ORT_INVALID_ARGUMENT, k->name, "%s must be float32 [N=%lld] or [1] (got %s, %lld elements)", what,
+                (long long)k->N, type_name(ti.type), (long long)ti.count);
+  *step = ti.count == k->N ? 1 : 0;
+  TRY(g_ort->GetTensorMutableData((OrtValue *)v, &p));
+  *out = (const float *)p;
+  return NULL;
+}
+
+/* Real zero points [N, n_blocks] (float32 for float A, float16, or int8 codes times zero_points_scale),
+ * widened to float32 into a new array *out (the caller frees it). */
+static OrtStatus *read_real_zero_points(const op_kernel *k, const OrtValue *zp, const tensor_info *ti,
+                                        const OrtValue *zscale, float **out) {
+  const int64_t nb = i4o_n_blocks(k->K, k->block_size);
+  char s[128];
+  const ONNXTensorElementDataType t = ti->type;
+  if (t != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 && t != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 &&
+      !(t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && k->a_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT))
+    return fail(ORT_INVALID_ARGUMENT, k->name,
+                "zero_points must be uint8 (integer, packed), or %s, float16 or int8 (real) (got %s)",
+                type_name(k->a_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? k->a_type : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16),
+                type_name(t));
+  if (ti->count != k->N * nb || ti->rank > 2 || (ti->rank == 2 && (ti->dims[0] != k->N || ti->dims[1] != nb))) {
+    shape_str(ti->dims, ti->rank < 8 ? ti->rank : 8, s, sizeof(s));
+    return fail(ORT_INVALID_ARGUMENT, k->name, "real zero_points (%s) have shape %s, expected [%lld, %lld] (one per block)",
+                type_name(t), s, (long long)k->N, (long long)nb);
+  }
+  const float *zs = NULL;
+  size_t zs_step = 0;
+  if (t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
+    if (!zscale) return fail(ORT_INVALID_ARGUMENT, k->name, "int8 zero_points need input %d (%s, float [N] or [1])",
+                             I4O_IN_ZERO_POINTS_SCALE, i4o_op_input_name(I4O_IN_ZERO_POINTS_SCALE));
+    TRY(read_super_scale(k, zscale, i4o_op_input_name(I4O_IN_ZERO_POINTS_SCALE), &zs, &zs_step));
+  } else if (zscale) {
+    return fail(ORT_INVALID_ARGUMENT, k->name, "zero_points_scale given but zero_points are not int8");
+  }
+  void *p = NULL;
+  TRY(g_ort->GetTensorMutableData((OrtValue *)zp, &p));
+  const size_t n = (size_t)(k->N * nb);
+  float *z = (float *)malloc(n * sizeof(float));
+  if (!z) return fail(ORT_FAIL, k->name, "out of memory for %zu zero points", n);
+  if (t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) i4o_half_to_float_n((const uint16_t *)p, z, (int64_t)n);
+  else if (t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) memcpy(z, p, n * sizeof(float));
+  else
+    for (size_t i = 0; i < n; i++) z[i] = (float)((const int8_t *)p)[i] * zs[zs_step * (i / (size_t)nb)];
+  *out = z;
+  return NULL;
+}
 
 static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4o_prepared **out) {
   const int64_t nb = i4o_n_blocks(k->K, k->block_size);
@@ -164,33 +219,35 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
   if (stype == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
     if (!sscale_val) return fail(ORT_INVALID_ARGUMENT, k->name, "int8 scales need input %d (%s, float [N] or [1])",
                                  I4O_IN_SCALES_SCALE, i4o_op_input_name(I4O_IN_SCALES_SCALE));
-    TRY(get_info(sscale_val, &ti));
-    if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || (ti.count != k->N && ti.count != 1) || ti.rank > 2)
-      return fail(ORT_INVALID_ARGUMENT, k->name, "scales_scale must be float32 [N=%lld] or [1] (got %s, %lld elements)",
-                  (long long)k->N, type_name(ti.type), (long long)ti.count);
-    sscale_step = ti.count == k->N ? 1 : 0;
-    TRY(g_ort->GetTensorMutableData((OrtValue *)sscale_val, &p));
-    sscale = (const float *)p;
+    TRY(read_super_scale(k, sscale_val, i4o_op_input_name(I4O_IN_SCALES_SCALE), &sscale, &sscale_step));
   } else if (sscale_val) {
     return fail(ORT_INVALID_ARGUMENT, k->name, "scales_scale given but scales are not int8");
   }
 
   const uint8_t *zp = NULL;
+  float *zpf = NULL; /* real zero points widened to float32 once, here (freed once prepared) */
+  const OrtValue *zscale_val = in->zscale && !is_empty(in->zscale) ? in->zscale : NULL;
   if (in->zp && !is_empty(in->zp)) {
     if (k->quant_type == I4O_QUANT_NF4) return fail(ORT_INVALID_ARGUMENT, k->name, "nf4 weights take no zero points");
     TRY(get_info(in->zp, &ti));
-    const int64_t row = i4o_zero_point_row_bytes(nb, (int)k->bits);
-    if (ti.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || ti.count != k->N * row || ti.rank > 2 ||
-        (ti.rank == 2 && ti.dims[0] != k->N)) {
-      shape_str(ti.dims, ti.rank < 8 ? ti.rank : 8, s, sizeof(s));
-      return fail(ORT_INVALID_ARGUMENT, k->name, "zero_points must be uint8 [%lld, %lld] (got %s, shape %s)",
-                  (long long)k->N, (long long)row, type_name(ti.type), s);
+    if (ti.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) {
+      const int64_t row = i4o_zero_point_row_bytes(nb, (int)k->bits);
+      if (ti.count != k->N * row || ti.rank > 2 || (ti.rank == 2 && ti.dims[0] != k->N)) {
+        shape_str(ti.dims, ti.rank < 8 ? ti.rank : 8, s, sizeof(s));
+        return fail(ORT_INVALID_ARGUMENT, k->name, "zero_points must be uint8 [%lld, %lld] (got %s, shape %s)",
+                    (long long)k->N, (long long)row, type_name(ti.type), s);
+      }
+      if (zscale_val) return fail(ORT_INVALID_ARGUMENT, k->name, "zero_points_scale given but zero_points are not int8");
+      TRY(g_ort->GetTensorMutableData((OrtValue *)in->zp, &p));
+      zp = (const uint8_t *)p;
+    } else {
+      TRY(read_real_zero_points(k, in->zp, &ti, zscale_val, &zpf));
     }
-    TRY(g_ort->GetTensorMutableData((OrtValue *)in->zp, &p));
-    zp = (const uint8_t *)p;
+  } else if (zscale_val) {
+    return fail(ORT_INVALID_ARGUMENT, k->name, "zero_points_scale given but there are no zero_points");
   }
 
-  i4o_weights w = {k->K, k->N, k->block_size, (int)k->bits, k->quant_type, data, NULL, zp, NULL, NULL, 0};
+  i4o_weights w = {k->K, k->N, k->block_size, (int)k->bits, k->quant_type, data, NULL, zp, NULL, NULL, 0, zpf};
   float *fs = NULL; /* float16 scales (of float or float16 A) widened to float32 once, here: kernels see float32 */
   if (stype == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) { /* i4o_prepare expands them */
     w.scales_int8 = (const int8_t *)scales_raw;
@@ -199,21 +256,27 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
   } else if (stype == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) {
     const size_t n_scales = (size_t)(k->N * nb);
     fs = (float *)malloc(n_scales * sizeof(float));
-    if (!fs) return fail(ORT_FAIL, k->name, "out of memory for %zu scales", n_scales);
+    if (!fs) {
+      free(zpf);
+      return fail(ORT_FAIL, k->name, "out of memory for %zu scales", n_scales);
+    }
     i4o_half_to_float_n((const uint16_t *)scales_raw, fs, (int64_t)n_scales);
     w.scales = fs;
   } else {
     w.scales = (const float *)scales_raw;
   }
-  const i4o_wdesc d = i4o_wdesc_make(k->K, k->N, (int)k->bits, k->block_size, k->quant_type);
+  i4o_wdesc d = i4o_wdesc_make(k->K, k->N, (int)k->bits, k->block_size, k->quant_type);
+  d.zpf = zpf;
   char err[256] = "";
   const i4o_kernel *kern = i4o_choose_kernel(k->compute, &d, err, sizeof(err));
   if (!kern) {
     free(fs);
+    free(zpf);
     return fail(ORT_FAIL, k->name, "%s", err);
   }
   int rc = i4o_prepare(&w, kern, out);
   free(fs);
+  free(zpf);
   if (rc) return fail(ORT_FAIL, k->name, "preparing weights failed (%s)", rc == I4O_E_NOMEM ? "out of memory" : "invalid weights");
   return NULL;
 }
@@ -342,14 +405,17 @@ static OrtStatus *ORT_API_CALL kernel_create(const OrtCustomOp *op, const OrtApi
   k->has_zp = has_input(info, n_inputs, I4O_IN_ZERO_POINTS);
   k->has_bias = has_input(info, n_inputs, I4O_IN_BIAS);
   k->has_sscale = has_input(info, n_inputs, I4O_IN_SCALES_SCALE);
+  k->has_zscale = has_input(info, n_inputs, I4O_IN_ZERO_POINTS_SCALE);
 
   /* Prepare now if every weight input is a constant initializer. */
-  weight_inputs in = {NULL, NULL, NULL, NULL};
+  weight_inputs in = {NULL, NULL, NULL, NULL, NULL};
   int all_const = 1, is_const = 0;
-  const size_t idx[4] = {I4O_IN_B, I4O_IN_SCALES, I4O_IN_ZERO_POINTS, I4O_IN_SCALES_SCALE};
-  const OrtValue **dst[4] = {&in.b, &in.scales, &in.zp, &in.sscale};
-  for (int i = 0; i < 4; i++) {
-    if ((idx[i] == I4O_IN_ZERO_POINTS && !k->has_zp) || (idx[i] == I4O_IN_SCALES_SCALE && !k->has_sscale)) continue;
+  const size_t idx[5] = {I4O_IN_B, I4O_IN_SCALES, I4O_IN_ZERO_POINTS, I4O_IN_SCALES_SCALE, I4O_IN_ZERO_POINTS_SCALE};
+  const OrtValue **dst[5] = {&in.b, &in.scales, &in.zp, &in.sscale, &in.zscale};
+  for (int i = 0; i < 5; i++) {
+    if ((idx[i] == I4O_IN_ZERO_POINTS && !k->has_zp) || (idx[i] == I4O_IN_SCALES_SCALE && !k->has_sscale) ||
+        (idx[i] == I4O_IN_ZERO_POINTS_SCALE && !k->has_zscale))
+      continue;
     CHECK(g_ort->KernelInfoGetConstantInput_tensor(info, idx[i], &is_const, dst[i]));
     if (!is_const) all_const = 0;
   }
@@ -428,11 +494,12 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
 
   i4o_prepared *prep = k->prep, *owned = NULL;
   if (!prep) { /* weights are graph inputs or computed: prepare for this call */
-    weight_inputs in = {NULL, NULL, NULL, NULL};
+    weight_inputs in = {NULL, NULL, NULL, NULL, NULL};
     TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_B, &in.b));
     TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_SCALES, &in.scales));
     if (k->has_zp) TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_ZERO_POINTS, &in.zp));
     if (k->has_sscale) TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_SCALES_SCALE, &in.sscale));
+    if (k->has_zscale) TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_ZERO_POINTS_SCALE, &in.zscale));
     if (!in.b || !in.scales) return fail(ORT_INVALID_ARGUMENT, k->name, "inputs B and scales are required");
     TRY(build_prepared(k, &in, &owned));
     prep = owned;
@@ -537,7 +604,9 @@ static ONNXTensorElementDataType ORT_API_CALL op_input_type(const OrtCustomOp *o
   switch (i) {
     case I4O_IN_A: case I4O_IN_BIAS: return v->a_type;
     case I4O_IN_SCALES: return v->scale_type;
-    case I4O_IN_SCALES_SCALE: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    case I4O_IN_SCALES_SCALE: case I4O_IN_ZERO_POINTS_SCALE: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    /* integer (uint8) or real (float32, float16, int8) zero points: any type here, build_prepared checks it */
+    case I4O_IN_ZERO_POINTS: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
     default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
   }
 }

@@ -15,7 +15,8 @@
  *   threads  cubes M = N = K = 1 .. 15 (block 16); 43 x 500 x 401 and, with c the driver's row slab at
  *            K = 64, N = N0: M in {2c + c/4, 2c + 3c/4} (the remainder joins the last slab, or makes
  *            its own) x 64 x N0 (block 32; 4-bit asym)
- * each in the six weight formats below (those the kernel supports), duplicates dropped.
+ * each in the eight weight formats below (those the kernel supports: real zero points only on kernels
+ * with real_zero_points), duplicates dropped.
  */
 #define _POSIX_C_SOURCE 200112L
 #include <pthread.h>
@@ -27,15 +28,17 @@
 #include "kernels.h"
 
 typedef struct fmt {
-  int bits, quant_type, symmetric, int8_scales;
+  int bits, quant_type, symmetric, int8_scales, real_zero_points;
 } fmt;
 
 static const fmt kFormats[] = {
-    {4, I4O_QUANT_INT, 1, 0}, {4, I4O_QUANT_INT, 0, 0}, {4, I4O_QUANT_NF4, 1, 0},
-    {8, I4O_QUANT_INT, 1, 0}, {8, I4O_QUANT_INT, 0, 0}, {4, I4O_QUANT_INT, 0, 1},
+    {4, I4O_QUANT_INT, 1, 0, 0}, {4, I4O_QUANT_INT, 0, 0, 0}, {4, I4O_QUANT_NF4, 1, 0, 0},
+    {8, I4O_QUANT_INT, 1, 0, 0}, {8, I4O_QUANT_INT, 0, 0, 0}, {4, I4O_QUANT_INT, 0, 1, 0},
+    {4, I4O_QUANT_INT, 0, 0, 1}, {8, I4O_QUANT_INT, 0, 0, 1},
 };
 #define N_FORMATS (int)(sizeof(kFormats) / sizeof(kFormats[0]))
-enum { F_ALL = (1 << N_FORMATS) - 1, F_INT4_ASYM = 1 << 1, F_LONG = 1 << 0 | 1 << 1 | 1 << 4 };
+/* the long-K and driver cases run the 4-bit asymmetric formats (integer and real zero points) */
+enum { F_ALL = (1 << N_FORMATS) - 1, F_INT4_ASYM = 1 << 1 | 1 << 6, F_LONG = 1 << 0 | 1 << 1 | 1 << 4 | 1 << 6 };
 
 typedef struct grid {
   const i4o_kernel *k;
@@ -51,8 +54,9 @@ static void add(grid *g, const int64_t *Ms, int nm, int64_t K, int64_t N, int64_
   for (int f = 0; f < N_FORMATS; f++) {
     if (!(fmts >> f & 1)) continue;
     /* what the kernel may ask about before it sees data (as i4o_choose_kernel) */
-    const i4o_wdesc d = i4o_wdesc_make(K, N, kFormats[f].bits, block, kFormats[f].quant_type);
-    if (g->k->supports && !g->k->supports(&d)) continue;
+    i4o_wdesc d = i4o_wdesc_make(K, N, kFormats[f].bits, block, kFormats[f].quant_type);
+    if (kFormats[f].real_zero_points) d.zpf = i4o_real_zp_probe();
+    if (!i4o_kernel_supports(g->k, &d)) continue;
     for (int i = 0; i < nm; i++) {
       if (Ms[i] < 1) continue;
       if (g->n == g->cap) {
@@ -66,7 +70,7 @@ static void add(grid *g, const int64_t *Ms, int nm, int64_t K, int64_t N, int64_
         g->cap = cap;
       }
       i4o_test_case c = {Ms[i], K, N, block, kFormats[f].bits, kFormats[f].quant_type, kFormats[f].symmetric,
-                         kFormats[f].int8_scales};
+                         kFormats[f].int8_scales, kFormats[f].real_zero_points};
       g->v[g->n++] = c;
     }
   }
@@ -74,7 +78,8 @@ static void add(grid *g, const int64_t *Ms, int nm, int64_t K, int64_t N, int64_
 
 static int same_weight(const i4o_test_case *a, const i4o_test_case *b) {
   return a->K == b->K && a->N == b->N && a->block_size == b->block_size && a->bits == b->bits &&
-         a->quant_type == b->quant_type && a->symmetric == b->symmetric && a->int8_scales == b->int8_scales;
+         a->quant_type == b->quant_type && a->symmetric == b->symmetric && a->int8_scales == b->int8_scales &&
+         a->real_zero_points == b->real_zero_points;
 }
 
 static void build(grid *g) {

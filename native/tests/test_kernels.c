@@ -72,6 +72,7 @@ typedef struct weights {
   float *scales;
   int8_t *scales_int8; /* int8_scales: the int8 codes and their per-column super-scales */
   float *scales_scale;
+  float *zpf; /* real_zero_points: [N][nb] */
   double *deq; /* [K][N] */
   double *absdeq;
 } weights;
@@ -90,6 +91,15 @@ static void make_weights(weights *t, const i4o_test_case *c) {
     if (zp) zp[i] = (uint8_t)(rnd() % (uint32_t)levels);
   }
   if (N * nb > 1) t->scales[rnd() % (uint32_t)(N * nb)] *= 16.0f; /* an outlier block */
+  t->zpf = NULL;
+  if (c->real_zero_points) { /* real zero points in [-1, levels + 1) in steps of 1/256; zp keeps the padding code */
+    t->zpf = (float *)xmalloc((size_t)(N * nb) * sizeof(float));
+    for (int64_t i = 0; i < N * nb; i++) {
+      t->zpf[i] = ((float)(rnd() % (uint32_t)(levels * 256 + 512)) - 256.0f) / 256.0f;
+      const float r = t->zpf[i] + 0.5f;
+      zp[i] = (uint8_t)(r < 0.0f ? 0 : (r >= (float)levels ? levels - 1 : (int)r));
+    }
+  }
   t->scales_int8 = NULL;
   t->scales_scale = NULL;
   if (c->int8_scales) { /* int8 codes times a per-column super-scale: the library expands them */
@@ -106,11 +116,11 @@ static void make_weights(weights *t, const i4o_test_case *c) {
     exit(2);
   }
   t->zp_packed = NULL;
-  if (zp) {
+  if (zp && !t->zpf) {
     t->zp_packed = (uint8_t *)xmalloc((size_t)(N * i4o_zero_point_row_bytes(nb, c->bits)));
     i4o_pack_zero_points(zp, N, nb, c->bits, t->zp_packed);
   }
-  i4o_weights w = {K, N, block, c->bits, c->quant_type, t->packed, t->scales, t->zp_packed, NULL, NULL, 0};
+  i4o_weights w = {K, N, block, c->bits, c->quant_type, t->packed, t->scales, t->zp_packed, NULL, NULL, 0, t->zpf};
   if (c->int8_scales) {
     w.scales = NULL;
     w.scales_int8 = t->scales_int8;
@@ -140,6 +150,7 @@ static void free_weights(weights *t) {
   free(t->scales);
   free(t->scales_int8);
   free(t->scales_scale);
+  free(t->zpf);
   free(t->deq);
   free(t->absdeq);
   memset(t, 0, sizeof(*t));
@@ -147,6 +158,7 @@ static void free_weights(weights *t) {
 
 static const char *fmt_name(const i4o_test_case *c) {
   if (c->quant_type == I4O_QUANT_NF4) return c->int8_scales ? "nf4-s8" : "nf4";
+  if (c->real_zero_points) return c->bits == 8 ? "int8-asym-rz" : (c->int8_scales ? "int4-asym-s8-rz" : "int4-asym-rz");
   static const char *const names[2][2][2] = {{{"int4-asym", "int4-asym-s8"}, {"int4-sym", "int4-sym-s8"}},
                                              {{"int8-asym", "int8-asym-s8"}, {"int8-sym", "int8-sym-s8"}}};
   return names[c->bits == 8][c->symmetric != 0][c->int8_scales != 0];

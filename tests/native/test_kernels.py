@@ -20,6 +20,9 @@ INT8_KERNELS = [k for k in KERNELS if k.endswith("_int8")]
 # the same list native/tests/test_kernels.c runs.
 GRIDS = {k: _native.kernel_grid(k) for k in KERNELS}
 TEST_THREADS = 3  # the threaded schedule's threads (the C test's default too)
+# The kernels that compute real zero points (i4o_kernel.real_zero_points); the others are left out of the
+# real-zero-point cases of their grid, and dispatch gives such weights to the next kernel down the ladder.
+REAL_ZP_KERNELS = {"scalar_fp32", "scalar_int8"}
 
 
 @pytest.fixture(autouse=True)
@@ -29,9 +32,10 @@ def finest_split(monkeypatch):
 
 
 def _fmt(case) -> str:
-    """A weight format's name: int4-sym, int4-asym, nf4, int8-sym, int8-asym; -s8 = int8 scales."""
+    """A weight format's name: int4-sym, int4-asym, nf4, int8-sym, int8-asym; -s8 = int8 scales, -rz = real
+    zero points."""
     name = "nf4" if case["quant_type"] == "nf4" else f"int{case['bits']}-{'sym' if case['symmetric'] else 'asym'}"
-    return name + ("-s8" if case["int8_scales"] else "")
+    return name + ("-s8" if case["int8_scales"] else "") + ("-rz" if case["real_zero_points"] else "")
 
 
 def _weight_key(case):
@@ -48,6 +52,16 @@ def _weights(K, N, block, bits, sym, quant_type, seed, int8_scales=False):
 def _case_weights(case, seed):
     return _weights(case["K"], case["N"], case["block_size"], case["bits"], case["symmetric"], case["quant_type"],
                     seed, case["int8_scales"])
+
+
+def _real_zero_points(q, seed):
+    """Real zero points [N, n_blocks] for an asymmetric RTN weight: its integer ones moved by up to half a
+    step, and a block below and one above the code range (a block of values all of one sign)."""
+    rng = np.random.default_rng(seed)
+    z = (q.zero_points + rng.uniform(-0.5, 0.5, q.zero_points.shape)).astype(np.float32)
+    z.flat[0] = -1.3
+    z.flat[-1] = (1 << q.bits) + 0.7
+    return z
 
 
 def _block_amax(A, block):
@@ -72,12 +86,15 @@ def test_kernel_grid(kernel, fmt):
         K, N, block, _ = key
         q = _case_weights(group[0], seed=K * 7 + N + block + n_weight)
         packed, zp = q.packed(), q.packed_zero_points()
+        z_ref = q.zero_points  # what the references take: integer [N, nb], real [N, nb], or None
+        if group[0]["real_zero_points"]:
+            zp = z_ref = _real_zero_points(q, seed=K + N)
         # int8 scales go to the kernel as they are stored (int8 codes and super-scales): the library expands them
         s8 = group[0]["int8_scales"]
         assert not s8 or (q.stored_scales().dtype == np.int8 and q.scales_scale.shape == (N,))
         args = (packed, q.stored_scales() if s8 else q.scales, zp, K, N, q.bits, block, q.quant_type)
         kw = {"scales_scale": q.scales_scale} if s8 else {}
-        w_ref = dequant_reference(q.codes, q.scales, q.zero_points, K, block, q.bits, q.quant_type)
+        w_ref = dequant_reference(q.codes, q.scales, z_ref, K, block, q.bits, q.quant_type)
         np.testing.assert_allclose(_native.dequantize(*args, **kw), w_ref, rtol=1e-6, atol=1e-7)
         rng = np.random.default_rng(K * N)
         bias = rng.standard_normal(N).astype(np.float32)
@@ -96,7 +113,7 @@ def test_kernel_grid(kernel, fmt):
             if compute == "fp32":
                 assert err.max() < 2e-6, f"{where}: max scaled error {err.max():.2e}"
                 continue
-            ref8 = int8_path_reference(A, q.codes, q.scales, q.zero_points, K, block, q.bits, q.quant_type, b)
+            ref8 = int8_path_reference(A, q.codes, q.scales, z_ref, K, block, q.bits, q.quant_type, b)
             err8 = np.abs(y - ref8) / bound
             assert err8.max() < 1e-6, f"{where}: max scaled error vs int8 reference {err8.max():.2e}"
             # and the int8 path stays close to the exact product: activation quantization moves each a by at
@@ -124,7 +141,8 @@ def test_grid_follows_the_tile(kernel):
         assert {t["kc"] - 16, t["kc"] + 16} <= {c["K"] for c in grid}
     tail = max(t["kr"] - 1, 1)
     assert (272 + tail, -(-(272 + tail) // 16) * 16) in {(c["K"], c["block_size"]) for c in grid}, "per-channel"
-    assert {_fmt(c) for c in grid} == {"int4-sym", "int4-asym", "nf4", "int8-sym", "int8-asym", "int4-asym-s8"}
+    real = {"int4-asym-rz", "int8-asym-rz"} if kernel in REAL_ZP_KERNELS else set()
+    assert {_fmt(c) for c in grid} == {"int4-sym", "int4-asym", "nf4", "int8-sym", "int8-asym", "int4-asym-s8"} | real
     assert {(c["M"], c["K"], c["N"]) for c in grid} >= {(43, 500, 401)} | {(s, s, s) for s in range(1, 16)}
 
 

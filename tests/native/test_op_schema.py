@@ -44,7 +44,7 @@ def test_python_view_equals_the_header():
 
 
 def test_op_inputs_places_values_by_name():
-    assert _native.op_inputs(A="a", scales_scale="s") == ["a", None, None, None, None, "s"]
+    assert _native.op_inputs(A="a", scales_scale="s") == ["a", None, None, None, None, "s", None]
     with pytest.raises(ValueError, match="no input"):
         _native.op_inputs(weights="w")
 
@@ -56,8 +56,9 @@ def test_docs_table_lists_the_slots():
 
 
 def test_op_runs_with_every_input_given_by_name():
-    # all six slots filled (asymmetric, bias, int8 scales with their super-scale), in the order OP_INPUTS says
-    case = valid_case(sym=False, bias=True, int8_scales=True)
+    # all seven slots filled (asymmetric with int8 real zero points and their super-scale, bias, int8 scales with
+    # their super-scale), in the order OP_INPUTS says
+    case = valid_case(sym=False, bias=True, int8_scales=True, real_zp="int8")
     model, _, _ = build(case)
     import onnx
 
