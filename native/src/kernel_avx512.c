@@ -45,9 +45,10 @@ AI __m512 dequant(__m512i raw, int i, int kind, int asym, __m512 lut, __m512 zf)
   return asym ? _mm512_sub_ps(v, zf) : v;
 }
 
-/* what dequant subtracts from the codes of group j in a record: its zero points, 128 for 8-bit
- * symmetric weights, 0 where the table holds the values */
+/* what dequant subtracts from the codes of group j in a record: its zero points (integer, or real: asym
+ * 2), 128 for 8-bit symmetric weights, 0 where the table holds the values */
 AI __m512 zero_points(const x86_rec *rl, const uint8_t *rec, int64_t j, int kind, int asym) {
+  if (asym == 2) return _mm512_load_ps(x86_rec_zpf_f32(rl, rec, j));
   if (asym) return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_rec_zp(rl, rec, j))));
   return kind == KIND_INT8 ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
 }
@@ -131,7 +132,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
 #define SMALL_FN(R, G)                                                                                            \
   T512 static void small_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0, int64_t ncols,  \
                                    int kind, int asym) {                                                          \
-    X86_SPECIALISE(kind, asym, small_tile, c, L, m, g0, ncols, R, G);                                             \
+    X86_SPECIALISE_RZ(kind, asym, small_tile, c, L, m, g0, ncols, R, G);                                             \
   }
 
 SMALL_FN(1, 1)
@@ -257,7 +258,7 @@ static const micro_fn kMicro[2][MR + 1] = {
 #define PANEL_FN(G)                                                                                             \
   T512 static void panel_##G(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k0, int64_t kc,        \
                              float *panel, int kind, int asym) {                                                \
-    X86_SPECIALISE(kind, asym, fill_panel, c, L, g0, k0, kc, panel, G);                                         \
+    X86_SPECIALISE_RZ(kind, asym, fill_panel, c, L, g0, k0, kc, panel, G);                                         \
   }
 PANEL_FN(1)
 PANEL_FN(2)
@@ -266,7 +267,7 @@ static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int6
   const i4o_wdesc *w = c->w;
   const x86_pk L = x86_pk_layout(w, 0);
   const int kind = x86_kind(w);
-  const int asym = w->zp != NULL;
+  const int asym = x86_asym(w);
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (64) */
   if (m1 - m0 < PANEL_MIN_ROWS) { /* few rows: row tiles of up to 4 (balanced) x whole supergroups */
     static const small_fn one_row[4] = {small_1x1, small_1x2, small_1x3, small_1x4};
@@ -322,7 +323,7 @@ const i4o_kernel i4o_kernel_avx512_fp32 = {
     .name = "avx512_fp32", .isa = "avx512", .compute = I4O_COMPUTE_FP32,
     .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32,
     .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
-    .gemm = avx512_fp32_gemm, .n_tile = 64, .m_tile = MR, /* tasks cover whole supergroups */
+    .gemm = avx512_fp32_gemm, .real_zero_points = 1, .n_tile = 64, .m_tile = MR, /* tasks cover whole supergroups */
     .tile = {MR, 16 * X86_SG, 8, KC}, /* few rows: a supergroup wide; panels: 12 x 32 */
 };
 #endif

@@ -25,7 +25,7 @@ T512 static void qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int
                             void *ws) {
   const i4o_qa_view v = i4o_qa_map(w, M, ws);
   const int64_t K = w->K, bs = w->block_size;
-  const int32_t zmul = w->zp ? 1 : x86_sym_zp(w);
+  const int32_t zmul = w->zp || w->zpf ? 1 : x86_sym_zp(w);
   const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
   for (int64_t m = m0; m < m1; m++) {
     const float *a = A + m * lda;
@@ -81,18 +81,24 @@ AI __m512 block_scales(const x86_rec *rl, const uint8_t *rec, int64_t j, int kin
   return kind == KIND_NF4 ? _mm512_mul_ps(sw, _mm512_set1_ps(1.0f / 127.0f)) : sw;
 }
 
-/* the zero points of group j in a block's record (weights with zero points) */
-AI __m512i block_zp(const x86_rec *rl, const uint8_t *rec, int64_t j) {
+/* the zero points of group j in a block's record (weights with zero points): integer ones as int32
+ * lanes, real ones (asym 2, float16 in the record) as float32 bits */
+AI __m512i block_zp(const x86_rec *rl, const uint8_t *rec, int64_t j, const int asym) {
+  if (asym == 2) return _mm512_castps_si512(_mm512_cvtph_ps(_mm256_load_si256((const __m256i *)x86_rec_zpf_f16(rl, rec, j))));
   return _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_rec_zp(rl, rec, j)));
 }
 
 /* block epilogue of a row: acc + (dot - zp * sum(q)) * (scale_a * scale_w), with the row's activation
  * scale sa and sum zs of the block (premultiplied by the shared zero point for weights without zero
- * points, x86_sym_zp) */
+ * points, x86_sym_zp). Real zero points (asym 2) as kernel_scalar.c: (float)dot - z * (float)sum(q). */
 AI __m512 block_fma(__m512 acc, __m512i dot, __m512 sw, __m512i zpv, float sa_, int32_t zs_, const int asym) {
+  const __m512 sa = _mm512_set1_ps(sa_);
+  if (asym == 2) {
+    const __m512 corr = _mm512_mul_ps(_mm512_castsi512_ps(zpv), _mm512_set1_ps((float)zs_));
+    return _mm512_fmadd_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(dot), corr), _mm512_mul_ps(sw, sa), acc);
+  }
   const __m512i zs = _mm512_set1_epi32(zs_);
   const __m512i corr = asym ? _mm512_mullo_epi32(zpv, zs) : zs;
-  const __m512 sa = _mm512_set1_ps(sa_);
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, corr)), _mm512_mul_ps(sw, sa), acc);
 }
 
@@ -164,7 +170,7 @@ AI void tile(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, int6
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) {
       sw[g] = block_scales(&rl, rec, j0 + g, kind);
-      zpv[g] = asym ? block_zp(&rl, rec, j0 + g) : _mm512_setzero_si512();
+      zpv[g] = asym ? block_zp(&rl, rec, j0 + g, asym) : _mm512_setzero_si512();
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
@@ -238,7 +244,7 @@ AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, 
         }
       }
       const __m512 sw = block_scales(&rl, rec, j0 + g, kind);
-      const __m512i zpv = asym ? block_zp(&rl, rec, j0 + g) : _mm512_setzero_si512();
+      const __m512i zpv = asym ? block_zp(&rl, rec, j0 + g, asym) : _mm512_setzero_si512();
 #pragma GCC unroll 4
       for (int r = 0; r < R; r++) {
         const __m512i dot = _mm512_add_epi32(a0[r], kind == KIND_INT4 ? _mm512_srai_epi32(a1[r], 4) : a1[r]);
@@ -259,10 +265,12 @@ AI void row_tile(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, 
   T512 static void row_##R##_##G##_##CH(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, int64_t m,        \
                                         int64_t g0, int64_t ncols, int kind, int asym) {                            \
     if (kind == KIND_INT4) {                                                                                        \
-      if (asym) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 1, CH);                                           \
+      if (asym == 2) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 2, CH);                                      \
+      else if (asym) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 1, CH);                                      \
       else row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT4, 0, CH);                                                \
     } else if (CH == 0) {                                                                                           \
       if (kind == KIND_NF4) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_NF4, 0, 0);                                 \
+      else if (asym == 2) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 2, 0);                                  \
       else if (asym) row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 1, 0);                                       \
       else row_tile(c, L, qa, m, g0, ncols, R, G, KIND_INT8, 0, 0);                                                 \
     }                                                                                                               \
@@ -284,7 +292,7 @@ static const row_fn kRowsFull[4][5] = {ROW_SET(1, 4), ROW_SET(2, 4), ROW_SET(3, 
 #define TILE_FN(R, G)                                                                                                 \
   T512 static void tile_##R##x##G(const i4o_gemm_ctx *c, const x86_pk *L, const i4o_qa_view *qa, int64_t m, int64_t g0,   \
                                   int64_t ncols, int kind, int asym) {                                                \
-    X86_SPECIALISE(kind, asym, tile, c, L, qa, m, g0, ncols, R, G);                                                   \
+    X86_SPECIALISE_RZ(kind, asym, tile, c, L, qa, m, g0, ncols, R, G);                                                   \
   }
 
 TILE_FN(1, 2)
@@ -305,7 +313,7 @@ static void vnni_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0,
   const x86_pk L = x86_pk_layout(w, 1);
   const i4o_qa_view qa = i4o_qa_map(w, c->M, c->a_ws);
   const int kind = x86_kind(w);
-  const int asym = w->zp != NULL;
+  const int asym = x86_asym(w);
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (64) */
   const int ch = kind != KIND_INT4 ? 0 : L.chunks == 2 ? 1 : L.chunks == 4 ? 2 : L.chunks == 8 ? 3 : L.chunks == 16 ? 4 : 0;
   if (m1 - m0 <= 4) { /* few rows: tiles as wide as the supergroups (one sequential stream) */
@@ -342,7 +350,7 @@ const i4o_kernel i4o_kernel_avx512vnni_int8 = {
     .name = "avx512vnni_int8", .isa = "avx512vnni", .compute = I4O_COMPUTE_INT8,
     .packed_bytes = i4o_x86_packed_bytes_int8, .pack = i4o_x86_pack_int8,
     .a_bytes = i4o_qa_bytes, .prepare_a = qa_prepare,
-    .gemm = vnni_gemm, .n_tile = 64, .m_tile = 1, /* tasks cover whole supergroups */
+    .gemm = vnni_gemm, .real_zero_points = 1, .n_tile = 64, .m_tile = 1, /* tasks cover whole supergroups */
     .tile = {MR8, 16 * X86_SG, 8, 0}, /* up to 4 rows x a supergroup, more rows 5 x 32 */
 };
 #endif

@@ -10,6 +10,16 @@
 size_t i4o_x86_packed_bytes_fp32(const i4o_wdesc *w) { return x86_pk_layout(w, 0).total; }
 size_t i4o_x86_packed_bytes_int8(const i4o_wdesc *w) { return x86_pk_layout(w, 1).total; }
 
+/* real zero point j of a group: float16 for int8 kernels (exact: i4o_prepare rounded it), else float32 */
+static void put_real_zp(uint8_t *zp, int j, float z, int int8) {
+  if (int8) {
+    const uint16_t h = i4o_float_to_half(z);
+    memcpy(zp + 2 * j, &h, 2);
+  } else {
+    memcpy(zp + 4 * j, &z, 4);
+  }
+}
+
 static void pack(const i4o_wdesc *w, void *dst, int int8) {
   const x86_pk L = x86_pk_layout(w, int8);
   uint8_t *base = (uint8_t *)dst;
@@ -28,7 +38,8 @@ static void pack(const i4o_wdesc *w, void *dst, int int8) {
         if (n >= w->N) { /* padding column: codes that dequantize to 0, scale 0 */
           for (int64_t t = 0; t < L.chunks; t++)
             for (int i = 0; i < 4; i++) out[t * 64 + 4 * j + i] = w->bits == 8 ? pad : (uint8_t)(pad | (pad << 4));
-          if (zp) zp[j] = pad;
+          if (zp && L.asym == 2) put_real_zp(zp, j, (float)pad, int8);
+          else if (zp) zp[j] = pad;
           continue;
         }
         float s = w->scales[n * L.nb + b];
@@ -38,7 +49,8 @@ static void pack(const i4o_wdesc *w, void *dst, int int8) {
         } else {
           memcpy(sc + 4 * j, &s, 4);
         }
-        if (zp) zp[j] = w->zp[n * L.nb + b];
+        if (zp && L.asym == 2) put_real_zp(zp, j, w->zpf[n * L.nb + b], int8);
+        else if (zp) zp[j] = w->zp[n * L.nb + b];
         const uint8_t *blob = w->data + (n * L.nb + b) * w->blob_bytes;
         for (int64_t t = 0; t < L.chunks; t++) {
           for (int i = 0; i < 4; i++) {

@@ -17,7 +17,9 @@
  *   codes  [gs][chunks * 64]
  *   scales [gs][16]  float32 (fp32 kernels) or float16 (int8 kernels, see below; NF4 scales are
  *                    divided by 127 in the kernel)
- *   zp     [gs][16]  uint8, only for weights with zero points
+ *   zp     [gs][16]  uint8, only for weights with zero points; real zero points: float32 (fp32
+ *                    kernels) or float16 (int8 kernels: i4o_prepare has rounded them to float16
+ *                    values, so the int8 path's definition in kernel_scalar.c sees the same z)
  * padded to 64 bytes; records run over b, then s. A row of decode (M = 1) over 64 columns therefore
  * reads one sequential stream. x86_rec holds a record's offsets (as MLAS's packed-B struct does); the
  * packer and every kernel address the packed weights only through the accessors below.
@@ -42,7 +44,7 @@ static inline int x86_kind(const i4o_wdesc *w) {
 }
 
 /* fn(args..., kind, asym) with kind and asym turned into constants: the five specialisations (NF4
- * weights have no zero points) */
+ * weights have no zero points). asym: 0 none, 1 integer zero points, 2 real ones (X86_SPECIALISE_RZ). */
 #define X86_SPECIALISE(kind, asym, fn, ...)    \
   do {                                         \
     if ((kind) == KIND_INT4) {                 \
@@ -57,6 +59,17 @@ static inline int x86_kind(const i4o_wdesc *w) {
     }                                          \
   } while (0)
 
+/* X86_SPECIALISE plus real zero points (asym = 2: x86_asym), for the kernels that compute them */
+#define X86_SPECIALISE_RZ(kind, asym, fn, ...)                                                  \
+  do {                                                                                         \
+    if ((asym) == 2 && (kind) == KIND_INT4) fn(__VA_ARGS__, KIND_INT4, 2);                      \
+    else if ((asym) == 2) fn(__VA_ARGS__, KIND_INT8, 2);                                        \
+    else X86_SPECIALISE(kind, asym, fn, __VA_ARGS__);                                           \
+  } while (0)
+
+/* 0: no zero points, 1: integer ones, 2: real ones */
+static inline int x86_asym(const i4o_wdesc *w) { return w->zpf ? 2 : w->zp != NULL; }
+
 #define X86_CHUNK 64 /* bytes of one chunk: codes of 16 columns x 4 bytes */
 
 /* Where the parts of one record lie (MLAS's packed-B struct in miniature): offsets from the record's
@@ -68,7 +81,8 @@ typedef struct x86_rec {
   int64_t codes_step;  /* codes [gs][chunks * 64]: bytes of one group's codes */
   int64_t scales_off;  /* scales [gs][16] from here, float32 or float16 ... */
   int64_t scales_step; /* ... 16 * 4 or 16 * 2 bytes per group */
-  int64_t zp_off;      /* zero points [gs][16] uint8 from here (weights with zero points) */
+  int64_t zp_off;      /* zero points [gs][16] from here (weights with zero points) ... */
+  int64_t zp_step;     /* ... 16 x uint8, or (real zero points) 16 x float16 or float32 bytes per group */
 } x86_rec;
 
 typedef struct x86_pk {
@@ -76,7 +90,8 @@ typedef struct x86_pk {
   int64_t chunks;        /* 64-byte chunks per (group, block) */
   int64_t block_bytes;   /* chunks * 64: one group's codes in a record */
   int64_t ssize;         /* bytes per scale: 4 (fp32 kernels) or 2 (int8 kernels) */
-  int asym;
+  int64_t zsize;         /* bytes per zero point: 0 (none), 1 (integer), or real: ssize (float32 / float16) */
+  int asym;              /* x86_asym(): 0, 1 (integer) or 2 (real) */
   x86_rec full, last;    /* records of full supergroups and of the last one (gs_last groups) */
   int64_t gs_last;       /* groups in the last supergroup */
   size_t colscale_off, total;
@@ -84,14 +99,15 @@ typedef struct x86_pk {
 
 static inline int64_t x86_align64(int64_t x) { return (x + 63) & ~(int64_t)63; }
 
-static inline x86_rec x86_rec_make(int64_t gs, int64_t block_bytes, int64_t ssize, int asym) {
+static inline x86_rec x86_rec_make(int64_t gs, int64_t block_bytes, int64_t ssize, int64_t zsize) {
   x86_rec r;
   r.gs = gs;
   r.codes_step = block_bytes;
   r.scales_off = gs * block_bytes;
   r.scales_step = 16 * ssize;
   r.zp_off = r.scales_off + gs * r.scales_step;
-  r.bytes = x86_align64(r.zp_off + (asym ? gs * 16 : 0));
+  r.zp_step = 16 * zsize;
+  r.bytes = x86_align64(r.zp_off + gs * r.zp_step);
   return r;
 }
 
@@ -103,10 +119,11 @@ static inline x86_pk x86_pk_layout(const i4o_wdesc *w, int int8_scales) {
   L.chunks = w->bits == 4 ? w->block_size / 8 : w->block_size / 4;
   L.block_bytes = L.chunks * X86_CHUNK;
   L.ssize = int8_scales ? 2 : 4;
-  L.asym = w->zp != NULL;
+  L.asym = x86_asym(w);
+  L.zsize = L.asym == 2 ? L.ssize : L.asym;
   L.gs_last = L.G % X86_SG ? L.G % X86_SG : X86_SG;
-  L.full = x86_rec_make(X86_SG, L.block_bytes, L.ssize, L.asym);
-  L.last = x86_rec_make(L.gs_last, L.block_bytes, L.ssize, L.asym);
+  L.full = x86_rec_make(X86_SG, L.block_bytes, L.ssize, L.zsize);
+  L.last = x86_rec_make(L.gs_last, L.block_bytes, L.ssize, L.zsize);
   const int64_t n_sg = (L.G + X86_SG - 1) / X86_SG;
   L.colscale_off = (size_t)((n_sg - 1) * L.nb * L.full.bytes + L.nb * L.last.bytes);
   L.total = L.colscale_off + (int8_scales ? (size_t)(L.G * 16 * 4) : 0);
@@ -147,9 +164,16 @@ static inline const float *x86_rec_scales_f32(const x86_rec *R, const uint8_t *r
 static inline const uint16_t *x86_rec_scales_f16(const x86_rec *R, const uint8_t *rec, int64_t j) {
   return (const uint16_t *)(const void *)(rec + R->scales_off + j * R->scales_step);
 }
-/* in a record: the 16 zero points of group j */
+/* in a record: the 16 zero points of group j: uint8 (integer), or real as float32 (fp32 kernels) or
+ * float16 (int8 kernels) */
 static inline const uint8_t *x86_rec_zp(const x86_rec *R, const uint8_t *rec, int64_t j) {
-  return rec + R->zp_off + j * 16;
+  return rec + R->zp_off + j * R->zp_step;
+}
+static inline const float *x86_rec_zpf_f32(const x86_rec *R, const uint8_t *rec, int64_t j) {
+  return (const float *)(const void *)x86_rec_zp(R, rec, j);
+}
+static inline const uint16_t *x86_rec_zpf_f16(const x86_rec *R, const uint8_t *rec, int64_t j) {
+  return (const uint16_t *)(const void *)x86_rec_zp(R, rec, j);
 }
 /* the same for group g and block b, from the start of the packed weights */
 static inline const uint8_t *x86_codes(const void *packed, const x86_pk *L, int64_t g, int64_t b) {
@@ -176,7 +200,7 @@ I4O_HIDDEN void i4o_x86_pack_fp32(const i4o_wdesc *w, void *dst);
 I4O_HIDDEN void i4o_x86_pack_int8(const i4o_wdesc *w, void *dst);
 
 /* ---- activations of the x86 int8 kernels: i4o_qa_view (kernels.h), sum premultiplied ----
- * sum[m][b] = zmul * sum(q): zmul = 1 for weights with zero points (the kernel multiplies by each
+ * sum[m][b] = zmul * sum(q): zmul = 1 for weights with zero points, integer or real (the kernel multiplies by each
  * column's zero point); without, the zero point that every column shares as the kernel sees the codes:
  * 8 for 4-bit, 128 for 8-bit and NF4 (codes run through a table offset by 128 to be unsigned); a kernel
  * whose dot product takes signed weights (x86_int8_256.inc with vpmaddubsw) passes 0 for those. */
