@@ -122,6 +122,15 @@ class QuantConfig:
         (activation-aware input-channel scaling, then clip search), "gptq" (error-compensating
         quantization on the calibration Gram matrices), "awq-gptq" (AWQ's input scaling, then GPTQ on
         the scaled weights). docs/methods.md has the details.
+    float_zero_points: asymmetric groups with a real zero point z = -min / scale (w = (q - z) * scale,
+        scale = (max - min) / (2^bits - 1) over the group, no forced zero in the range) instead of an
+        integer one; the zero points are stored like the scales: float16/float32 (the scales' dtype),
+        or int8 codes under a float32 super-scale per column (``zero_points_scale``) with
+        double_quant. int4onnx and matmulnbits (float zero points of A's type) formats only. A token
+        table tied to the lm_head keeps integer zero points (GatherBlockQuantized reads no others),
+        or symmetric codes with lm_head_symmetric.
+    lm_head_symmetric: symmetric codes for a 4-bit lm_head and the token table tied to it, whatever
+        `symmetric` says for the other layers (a tied table: 4.5 bits at group 32 with float16 scales).
     clip_search: awq and gptq also search each group's clipping range.
     act_order, damp: GPTQ options (visit channels by decreasing activation energy; damping as a
         fraction of the mean diagonal of the Gram matrix).
@@ -165,6 +174,12 @@ class QuantConfig:
     scale_dtype: str = option("auto", "Float scales of float32 models (int4onnx format): float16 (4.5 bits/weight at "
                                       "group 32 sym) or float32 (5.0). auto: float16, float32 for a layer whose "
                                       "range does not fit float16.", choices=SCALE_DTYPES)
+    float_zero_points: bool = option(False, "Asymmetric weights with a real (float) zero point per group, w = (q - z) "
+                                            "* s: the group's min..max range on the grid (int4onnx and matmulnbits "
+                                            "formats). Stored like the scales (int8 codes under a float32 super-scale "
+                                            "with --double-quant).")
+    lm_head_symmetric: bool = option(False, "Language models: a 4-bit lm_head (and the token table tied to it) "
+                                            "takes symmetric codes while the other layers are asymmetric.")
     clip_search: bool = option(True, "awq and gptq also search each group's clipping range.")
     act_order: bool = option(False, "gptq: quantize input channels by decreasing activation energy.")
     damp: float = option(0.01, "gptq: damping added to the Gram matrix diagonal (fraction of its mean).")
@@ -225,6 +240,12 @@ class QuantConfig:
                 raise ConfigError("nf4 is a symmetric 4-bit code: use bits=4 with symmetric quantization")
             if self.format != "int4onnx":
                 raise ConfigError("nf4 is only supported by the int4onnx format")
+        if self.float_zero_points:
+            if self.symmetric:
+                raise ConfigError("--float-zero-points is for asymmetric weights: drop --symmetric")
+            if self.format == "qdq":
+                raise ConfigError("--float-zero-points is not supported by --format qdq (DequantizeLinear takes "
+                                  "integer zero points); use --format int4onnx or matmulnbits")
         if self.double_quant and self.format != "int4onnx":
             raise ConfigError("double quantization (int8 scales) is only supported by the int4onnx format")
         if self.scale_dtype == "float16" and self.format != "int4onnx":

@@ -49,7 +49,12 @@ def apply_lm_policy(config: QuantConfig, lm_heads: list[MatMulTarget]) -> LayerC
     """The lm_head's precision from config.lm_head (its ``fixed`` keys: the lm_heads decided)."""
     specs, decisions, floats = {}, {}, {}
     if config.lm_head == "4":
-        return LayerChoices()
+        if not config.lm_head_symmetric:
+            return LayerChoices()
+        for t in lm_heads:
+            specs[t.key] = default_spec(config, t, lm_head=True)
+            decisions[t.key] = "lm_head 4-bit symmetric (--lm-head-symmetric)"
+        return LayerChoices(specs=specs, decisions=decisions)
     for t in lm_heads:
         if config.lm_head == "8":
             specs[t.key] = default_spec(config, t, bits=8)

@@ -340,11 +340,20 @@ def run_ort(model: pathlib.Path, target: pathlib.Path, algo: str, block_size: in
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
 
 
-def float_min_grid(w: np.ndarray, block: int, scale_bits: int | None) -> np.ndarray:
+def float_min_grid(w: np.ndarray, block: int, scale_bits: int | None, coding: str = "min") -> np.ndarray:
     """Dequantized [K, N] weight on a Q4_1-style grid (GGUF's Q4_1: w = d * q + m, q in 0..15, a scale d and
     a float minimum m per block of `block` along K). scale_bits None: d and m kept in float16 (Q4_1 itself,
     5.0 bits per weight at block 32); 8: d and m each rounded to int8 codes of a float32 super-scale per
-    output column (4.5 + 64 / K bits per weight at block 32). Simulation only: no format stores this today."""
+    output column (4.5 + 64 / K bits per weight at block 32).
+    coding "zero-point": the minimum stored as a real zero point z = -m / d (w = (q - z) * d): the
+    converter's own grid (`--float-zero-points`, int4onnx.quant.grid), float16 d and z, or int8 codes of
+    float32 super-scales per column (`--double-quant` at K >= 256)."""
+    if coding == "zero-point":
+        from int4onnx.quant.grid import Grid
+        from int4onnx.quant.rtn import quantize_grid
+
+        grid = Grid(4, False, scale_dtype="int8" if scale_bits else "float16", float_zero_points=True)
+        return quantize_grid(w, grid, block).dequantize()
     K, N = w.shape
     g = w.reshape(K // block, block, N)
     lo, hi = g.min(axis=1), g.max(axis=1)
@@ -361,7 +370,7 @@ def float_min_grid(w: np.ndarray, block: int, scale_bits: int | None) -> np.ndar
     return (q * d[:, None, :] + m[:, None, :]).reshape(K, N).astype(np.float32)
 
 
-def run_simulate(model: pathlib.Path, target: pathlib.Path, scale_bits: int | None) -> dict:
+def run_simulate(model: pathlib.Path, target: pathlib.Path, scale_bits: int | None, coding: str = "min") -> dict:
     """The fp32 model with every MatMul weight that is an initializer (the body; the tied lm_head reads a
     Transpose and stays float) replaced by its float_min_grid dequantization."""
     import onnx_ir as ir
@@ -376,7 +385,7 @@ def run_simulate(model: pathlib.Path, target: pathlib.Path, scale_bits: int | No
         if w is None or w.const_value is None or w.name not in m.graph.initializers:
             continue
         K, N = (int(x) for x in w.const_value.shape)
-        w.const_value = ir.Tensor(float_min_grid(w.const_value.numpy(), 32, scale_bits), name=w.name)
+        w.const_value = ir.Tensor(float_min_grid(w.const_value.numpy(), 32, scale_bits, coding), name=w.name)
         weights += K * N  # codes, d and m per block of 32; int8: two float32 super-scales per column
         stored += K * N * 4 + (K // 32) * N * 2 * (scale_bits or 16) + (N * 64 if scale_bits else 0)
     target.mkdir(parents=True)
@@ -384,7 +393,8 @@ def run_simulate(model: pathlib.Path, target: pathlib.Path, scale_bits: int | No
     for f in model.iterdir():
         if f.is_file() and not f.name.startswith("model.onnx"):
             shutil.copy2(f, target / f.name)
-    return {"command": "python tools/smollm2_quality.py simulate" + (f" --scale-bits {scale_bits}" if scale_bits else ""),
+    return {"command": "python tools/smollm2_quality.py simulate" + (f" --scale-bits {scale_bits}" if scale_bits else "")
+            + (f" --coding {coding}" if coding != "min" else ""),
             "convert_s": round(time.perf_counter() - t, 1), "bits_per_weight": round(stored / weights, 4)}
 
 
@@ -415,6 +425,8 @@ def main(argv=None) -> int:
     ort.add_argument("--sequence-length", type=int, default=WINDOW, help="gptq: tokens per window (default 512)")
     sim = sub.add_parser("simulate", help="the body on a Q4_1-style float-min grid (fake-quantized, lm_head float)")
     sim.add_argument("--scale-bits", type=int, choices=[8], default=None, help="int8 scales and minimums (default fp16)")
+    sim.add_argument("--coding", choices=["min", "zero-point"], default="min",
+                     help="store the float minimum m (Q4_1), or the real zero point z = -m / d (the op's float zero points)")
     a, options = ap.parse_known_args(argv)
     if options and a.what != "convert":
         ap.error(f"unrecognized arguments: {' '.join(options)}")
@@ -437,7 +449,8 @@ def main(argv=None) -> int:
 
     options = [o for o in options if o != "--"]
     label = a.label or (" ".join(options) if a.what == "convert" else
-                        f"simulated float-min grid, scale bits {a.scale_bits or 16}" if a.what == "simulate" else f"ORT {a.algo} block {a.block_size}"
+                        f"simulated float-min grid, scale bits {a.scale_bits or 16}" + ("" if a.coding == "min" else f", {a.coding} coding")
+                        if a.what == "simulate" else f"ORT {a.algo} block {a.block_size}"
                         + (" sym" if a.symmetric else " asym") + (" untied" if a.untie else "")
                         + (f" {a.calibration_samples} x {a.sequence_length} tokens" if a.algo == "gptq" else ""))
     target = a.out / hashlib.sha256(label.encode()).hexdigest()[:12]
@@ -449,7 +462,7 @@ def main(argv=None) -> int:
     if a.what == "convert":
         row = run_convert(model, target, options, tokenizer)
     elif a.what == "simulate":
-        row = run_simulate(model, target, a.scale_bits)
+        row = run_simulate(model, target, a.scale_bits, a.coding)
     else:
         row = run_ort(model, target, a.algo, a.block_size, a.symmetric, a.accuracy_level, a.untie, a.python,
                       a.calibration_samples, a.sequence_length)

@@ -125,7 +125,8 @@ def apply_tied_policy(plan: Selection, config: QuantConfig, graph: ir.Graph, tie
     The table is stored at the finer of --lm-head (for a lm_head; --bits for another MatMul) and
     --embedding ("float", the default of --embedding, leaves the choice to --lm-head): 8-bit by
     default. Both readers then use one int (not nf4) code with float scales of the table's type, so
-    that GatherBlockQuantized can read it. When the table cannot be shared that way, the MatMul stays
+    that GatherBlockQuantized can read it, and integer zero points (--float-zero-points leaves the table
+    on the integer grid; --lm-head-symmetric makes a 4-bit lm_head's table symmetric). When the table cannot be shared that way, the MatMul stays
     float too: a quantized copy beside the float table would make the output larger than the input."""
     heads = {t.key for t in lm_heads}
     specs, decisions, floats, tied_keys, tied_float = {}, {}, {}, {}, {}
@@ -154,14 +155,15 @@ def apply_tied_policy(plan: Selection, config: QuantConfig, graph: ir.Graph, tie
             logger.info("%s", why)
             continue
         t = targets[0]
-        spec = default_spec(config, t, bits=int(choice))
+        spec = default_spec(config, t, bits=int(choice), lm_head=key in heads)
         block = _gather_block(spec.block_size, t.K)
         # float scales (no int8 scales: the Gather takes float ones); float16 scales of a float32 model
         # reach the Gather through a Cast (QuantizeEmbeddingsPass._tied)
         scale_dtype = float_scale_dtype(config, t, spec.bits, spec.symmetric, "int") if spec.double_quant \
             else spec.scale_dtype
+        # and integer zero points: GatherBlockQuantized reads no real ones (--lm-head-symmetric: none at all)
         spec = dataclasses.replace(spec, quant_type="int", tensor_super_scale=False, block_size=block,
-                                   scale_dtype=scale_dtype)
+                                   scale_dtype=scale_dtype, float_zero_points=False)
         specs[key] = spec
         tied_keys[key] = tuple(embs)
         source = option + (f", --embedding {emb}" if emb != "float" else "")

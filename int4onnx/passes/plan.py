@@ -81,13 +81,15 @@ class LayerSpec:
     quant_type: str = "int"
     scale_dtype: str = "float32"   # stored scales: "float32", "float16", or "int8" (double quantization)
     tensor_super_scale: bool = False  # int8 scales: one float32 super-scale for the tensor, not one per column
+    float_zero_points: bool = False   # asymmetric: real zero points [N, n_blocks] of the scales' type (int8: + super-scales)
 
     @property
     def grid(self):
         """The quantization grid (int4onnx.quant.grid.Grid) this spec stores weights on."""
         from int4onnx.quant.grid import Grid
 
-        return Grid(self.bits, self.symmetric, self.quant_type, self.scale_dtype, self.tensor_super_scale)
+        return Grid(self.bits, self.symmetric, self.quant_type, self.scale_dtype, self.tensor_super_scale,
+                    self.float_zero_points and not self.symmetric)
 
     @property
     def double_quant(self) -> bool:
@@ -97,16 +99,20 @@ class LayerSpec:
         return _native.n_blocks(K, self.block_size)
 
     def storage_bytes(self, K: int, N: int) -> int:
-        """Bytes of codes, scales, zero points and (int8 scales) the float32 super-scales."""
+        """Bytes of codes, scales, zero points and (int8 scales) the float32 super-scales: real zero points
+        take one scale-sized value per group (int8 codes: plus their own super-scales)."""
         nb = self.n_blocks(K)
-        zp = 0 if self.symmetric else N * _native.zero_point_row_bytes(nb, self.bits)
-        super_scales = (4 if self.tensor_super_scale else 4 * N) if self.double_quant else 0
+        real = self.float_zero_points and not self.symmetric
+        zp = 0 if self.symmetric else N * nb * np.dtype(self.scale_dtype).itemsize if real \
+            else N * _native.zero_point_row_bytes(nb, self.bits)
+        super_scales = (4 if self.tensor_super_scale else 4 * N) * (2 if real else 1) if self.double_quant else 0
         return (N * nb * _native.blob_bytes(self.bits, self.block_size) + N * nb * np.dtype(self.scale_dtype).itemsize
                 + zp + super_scales)
 
     def describe(self) -> str:
         kind = "nf4" if self.quant_type == "nf4" else f"int{self.bits}"
-        return (f"{kind} block {self.block_size} {'sym' if self.symmetric else 'asym'}"
+        asym = "asym-float-zp" if self.float_zero_points and not self.symmetric else "asym"
+        return (f"{kind} block {self.block_size} {'sym' if self.symmetric else asym}"
                 + ((" int8-scales/tensor" if self.tensor_super_scale else " int8-scales") if self.double_quant else ""))
 
 

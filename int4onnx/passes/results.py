@@ -80,6 +80,8 @@ class LayerResult(JsonView):
              "block_size": spec.block_size, "symmetric": spec.symmetric, "quant_type": spec.quant_type,
              "scale_dtype": spec.scale_dtype, "bits_per_weight": round(self.bits_per_weight, 4),
              "bytes": self.storage_bytes, "method": self.method}
+        if spec.grid.float_zero_points:
+            d["float_zero_points"] = True
         metrics = {**self.error.to_dict(), **self.rtn_error.to_dict("rtn_")}
         d.update({k: round(v, 6) for k, v in metrics.items()})
         if self.dead_input_channels is not None:

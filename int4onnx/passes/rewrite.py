@@ -89,9 +89,18 @@ class RewriteMatMulsPass(PlanPass):
     def _lazy(self, base: str, shape, dtype: ir.DataType, make) -> ir.Value:
         return self.names.add_lazy(self.graph, base, shape, dtype, make)
 
+    def _super_scale(self, base: str, spec: LayerSpec, N: int, make) -> ir.Value:
+        """float32 super-scales [N] of int8 codes (scales or real zero points), or [1] for the tensor (the op
+        broadcasts it)."""
+        if spec.tensor_super_scale:
+            return self._lazy(base, (1,), ir.DataType.FLOAT, lambda: make()[:1].astype(np.float32))
+        return self._lazy(base, (N,), ir.DataType.FLOAT, lambda: make().astype(np.float32))
+
     def _weight_inputs(self, t: MatMulTarget) -> dict:
-        """The weight's initializers by op input name (B, scales, zero_points, scales_scale; None if absent),
-        and the block size the node states ("block"; None for a one-block DequantizeLinear)."""
+        """The weight's initializers by op input name (B, scales, zero_points, scales_scale,
+        zero_points_scale; None if absent), and the block size the node states ("block"; None for a
+        one-block DequantizeLinear). Real zero points are [N, n_blocks] of the scales' type (int8 codes
+        with their float32 super-scales in zero_points_scale)."""
         spec: LayerSpec = self.plan.specs[t.key]
         quant = self.quantizer
         key, K, N, bits = t.key, t.K, t.N, spec.bits
@@ -107,8 +116,13 @@ class RewriteMatMulsPass(PlanPass):
             data = self._lazy(f"{base}_q{bits}", (N, nbb, _native.blob_bytes(bits, block)), ir.DataType.UINT8,
                               lambda: quant(key).packed(block))
             sc = self._lazy(f"{base}_scales", (N, nb), scale_type, lambda: quant(key).stored_scales().astype(scale_np))
-            zpv = None
-            if not spec.symmetric:
+            zpv = zss = None
+            if spec.grid.float_zero_points:
+                zpv = self._lazy(f"{base}_zero_points", (N, nb), scale_type,
+                                 lambda: quant(key).stored_zero_points().astype(scale_np))
+                if spec.double_quant:
+                    zss = self._super_scale(f"{base}_zero_points_scale", spec, N, lambda: quant(key).zero_points_scale)
+            elif not spec.symmetric:
                 zpv = self._lazy(f"{base}_zero_points", (N, _native.zero_point_row_bytes(nb, bits)), ir.DataType.UINT8,
                                  lambda: quant(key).packed_zero_points())
             gzp = None
@@ -119,13 +133,9 @@ class RewriteMatMulsPass(PlanPass):
                                  lambda: quant(key).zero_points.reshape(N, nb, 1))
             ssv = None
             if spec.double_quant:
-                if spec.tensor_super_scale:  # one value for the tensor (the op broadcasts a [1] super-scale)
-                    ssv = self._lazy(f"{base}_scales_scale", (1,), ir.DataType.FLOAT,
-                                     lambda: quant(key).scales_scale[:1].astype(np.float32))
-                else:
-                    ssv = self._lazy(f"{base}_scales_scale", (N,), ir.DataType.FLOAT,
-                                     lambda: quant(key).scales_scale.astype(np.float32))
-            weights = {"B": data, "scales": sc, "zero_points": zpv, "scales_scale": ssv, "block": block}
+                ssv = self._super_scale(f"{base}_scales_scale", spec, N, lambda: quant(key).scales_scale)
+            weights = {"B": data, "scales": sc, "zero_points": zpv, "scales_scale": ssv, "zero_points_scale": zss,
+                       "block": block}
             if key in self.plan.tied:
                 self.record.tied_inputs[key] = {**weights, "gather_zero_points": gzp}
             return weights
@@ -154,7 +164,7 @@ class RewriteMatMulsPass(PlanPass):
         zv = None
         if not spec.symmetric:
             zv = self._lazy(f"{base}_zero_points", sshape, xtype, lambda: per_block(quant(key).zero_points).astype(x_np))
-        return {"B": xv, "scales": sv, "zero_points": zv, "scales_scale": None,
+        return {"B": xv, "scales": sv, "zero_points": zv, "scales_scale": None, "zero_points_scale": None,
                 "block": None if one_block else spec.block_size}
 
     def _empty(self, dtype: ir.DataType) -> ir.Value:
@@ -191,8 +201,9 @@ class RewriteMatMulsPass(PlanPass):
                       "quant_type": spec.quant_type, "compute": c.compute}
             attrs = [ir.AttrString(n, values[n]) if isinstance(values[n], str) else ir.AttrInt64(n, values[n])
                      for n in _native.OP_ATTRS]
+            extra = {} if w["zero_points_scale"] is None else {"zero_points_scale": w["zero_points_scale"]}
             inputs = _trim(_native.op_inputs(A=a, B=w["B"], scales=w["scales"], zero_points=w["zero_points"],
-                                             bias=folded, scales_scale=w["scales_scale"]))
+                                             bias=folded, scales_scale=w["scales_scale"], **extra))
             # no inner gaps: ONNX Runtime < 1.22 crashes on them in custom-op shape inference; a
             # zero-element tensor means "absent" to the op (zero points: symmetric; bias: none)
             gap_types = {"zero_points": ir.DataType.UINT8, "bias": t.dtype}

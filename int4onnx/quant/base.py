@@ -15,7 +15,8 @@ class QuantizedWeight:
 
     value(k, n) = (codes[n, k] - zero_point[n, b]) * scales[n, b] with b = k // block_size, or
     nf4_codebook[codes[n, k]] * scales[n, b] for quant_type "nf4". Symmetric weights have no zero
-    points (implied 2^(bits-1)).
+    points (implied 2^(bits-1)). Real ("float") zero points are float32 values (already rounded to
+    their stored type), stored like the scales: scale_dtype, or int8 codes times zero_points_scale[n].
     """
 
     K: int
@@ -24,12 +25,16 @@ class QuantizedWeight:
     block_size: int
     codes: np.ndarray              # uint8 [N, K]
     scales: np.ndarray             # float32 [N, n_blocks] (already rounded to scale_dtype)
-    zero_points: np.ndarray | None  # uint8 [N, n_blocks]
+    zero_points: np.ndarray | None  # uint8 [N, n_blocks]; float32 for real zero points
     quant_type: str = "int"
     scale_dtype: np.dtype = dataclasses.field(default_factory=lambda: np.dtype(np.float32))
     # double-quantized scales: scales == scale_codes * scales_scale[:, None] (int8 [N, nb], float32 [N])
     scale_codes: np.ndarray | None = None
     scales_scale: np.ndarray | None = None
+    # real zero points: float_zero_points; with int8 scales zero_points == zero_point_codes * zero_points_scale[:, None]
+    float_zero_points: bool = False
+    zero_point_codes: np.ndarray | None = None
+    zero_points_scale: np.ndarray | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -44,7 +49,14 @@ class QuantizedWeight:
         bs = block_size or self.block_size
         if bs != self.block_size and self.n_blocks != 1:
             raise ValueError("re-blocking is only possible for a single block per column")
-        return _native.pack_weights(self.codes, self.bits, bs, self.quant_type, self.zero_points)
+        return _native.pack_weights(self.codes, self.bits, bs, self.quant_type, self.padding_codes())
+
+    def padding_codes(self) -> np.ndarray | None:
+        """uint8 [N, n_blocks] codes the packer pads the last block with (value ~0): the zero points, or
+        real zero points rounded to the nearest code."""
+        if not self.float_zero_points:
+            return self.zero_points
+        return np.clip(np.rint(self.zero_points), 0, (1 << self.bits) - 1).astype(np.uint8)
 
     def stored_scales(self) -> np.ndarray:
         """Scales as written to the model: int8 codes for double-quantized scales, else scale_dtype."""
@@ -53,7 +65,19 @@ class QuantizedWeight:
         return self.scales.astype(self.scale_dtype)
 
     def packed_zero_points(self) -> np.ndarray | None:
+        """Integer zero points packed as the op reads them (uint8 [N, zero_point_row_bytes])."""
+        if self.float_zero_points:
+            raise ValueError("real zero points are not packed: use stored_zero_points()")
         return None if self.zero_points is None else _native.pack_zero_points(self.zero_points, self.bits)
+
+    def stored_zero_points(self) -> np.ndarray | None:
+        """Zero points as written to the model: packed integers, or real ones [N, n_blocks] as int8 codes
+        (with zero_points_scale) or in scale_dtype."""
+        if not self.float_zero_points:
+            return self.packed_zero_points()
+        if self.zero_point_codes is not None:
+            return self.zero_point_codes
+        return self.zero_points.astype(self.scale_dtype)
 
     def columns(self, start: int, stop: int) -> "QuantizedWeight":
         """Output columns start..stop-1 of this weight (views, no copy)."""
@@ -62,7 +86,8 @@ class QuantizedWeight:
 
         return dataclasses.replace(self, N=stop - start, codes=self.codes[start:stop], scales=self.scales[start:stop],
                                    zero_points=cut(self.zero_points), scale_codes=cut(self.scale_codes),
-                                   scales_scale=cut(self.scales_scale))
+                                   scales_scale=cut(self.scales_scale), zero_point_codes=cut(self.zero_point_codes),
+                                   zero_points_scale=cut(self.zero_points_scale))
 
     @classmethod
     def concat_columns(cls, parts: list["QuantizedWeight"]) -> "QuantizedWeight":
@@ -76,7 +101,8 @@ class QuantizedWeight:
 
         return dataclasses.replace(
             first, N=sum(p.N for p in parts), codes=join("codes"), scales=join("scales"),
-            zero_points=join("zero_points"), scale_codes=join("scale_codes"), scales_scale=join("scales_scale"))
+            zero_points=join("zero_points"), scale_codes=join("scale_codes"), scales_scale=join("scales_scale"),
+            zero_point_codes=join("zero_point_codes"), zero_points_scale=join("zero_points_scale"))
 
     def dequantize(self) -> np.ndarray:
         """float32 [K, N], computed in numpy from codes/scales (independent of the C packer)."""

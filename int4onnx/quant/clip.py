@@ -16,12 +16,11 @@ import numpy as np
 from int4onnx.quant.base import QuantizedWeight
 from int4onnx.quant.grid import (
     Grid,
+    column_super_scales,
     dequantize_values,
     from_blocks,
     group_params,
     quantize_values,
-    raw_scales,
-    super_scales,
     to_blocks,
 )
 from int4onnx.quant.rtn import make_weight
@@ -32,22 +31,26 @@ DEFAULT_MIN_SHRINK = 0.5
 
 def best_shrink(blocks: np.ndarray, grid: Grid, channel_weight: np.ndarray | None = None,
                 points: int = DEFAULT_POINTS, min_shrink: float = DEFAULT_MIN_SHRINK,
-                super_scale: np.ndarray | None = None, gram_blocks: np.ndarray | None = None) -> np.ndarray:
+                super_scale: np.ndarray | None = None, gram_blocks: np.ndarray | None = None,
+                zp_scale: np.ndarray | None = None) -> np.ndarray:
     """Per-group shrink factor [N, nb] minimising the squared error of [N, nb, bs] blocks: plain,
     weighted per input channel (channel_weight [nb, bs], zero for padding), or the output error of the
     group on the calibration inputs, e^T G_b e with the group's diagonal block of the Gram matrix
-    (gram_blocks [nb, bs, bs])."""
+    (gram_blocks [nb, bs, bs]). super_scale / zp_scale: the int8 scales' and real zero points' column
+    super-scales (default: column_super_scales of the blocks)."""
     best_err = np.full(blocks.shape[:2], np.inf)
     best = np.ones(blocks.shape[:2], dtype=np.float32)
-    if grid.scale_dtype == "int8" and super_scale is None:
-        super_scale = super_scales(raw_scales(blocks, grid)[0], grid)
+    if grid.scale_dtype == "int8" and (super_scale is None or (grid.float_zero_points and zp_scale is None)):
+        ss, zs = column_super_scales(blocks, grid)
+        super_scale = ss if super_scale is None else super_scale
+        zp_scale = zs if zp_scale is None else zp_scale
     if gram_blocks is not None:
         # e^T G_b e as one batched float32 product per shrink point ([nb] products of [N, bs] x [bs, bs]);
         # the blocks are normalised so that float32 cannot overflow (the argmin per group is unchanged)
         top = float(np.abs(gram_blocks).max()) if gram_blocks.size else 0.0
         gram32 = (gram_blocks / top if top > 0 else gram_blocks).astype(np.float32)
     for shrink in np.linspace(1.0, min_shrink, points, dtype=np.float32):
-        p = group_params(blocks, grid, shrink, super_scale)
+        p = group_params(blocks, grid, shrink, super_scale, zp_scale)
         s = p.scales[:, :, None]
         z = None if p.zero_points is None else p.zero_points[:, :, None]
         err = dequantize_values(quantize_values(blocks, s, z, grid), s, z, grid) - blocks
@@ -92,9 +95,9 @@ def quantize_clip(w_kn: np.ndarray, grid: Grid, block_size: int, channel_weight:
     if channel_weight is not None:
         cw = to_blocks(np.asarray(channel_weight, dtype=np.float32)[:, None], block_size)[0]
     gb = gram_diagonal_blocks(gram, block_size) if gram is not None else None
-    ss = super_scales(raw_scales(blocks, grid)[0], grid) if grid.scale_dtype == "int8" else None
-    shrink = best_shrink(blocks, grid, cw, points, min_shrink, ss, gb)
-    p = group_params(blocks, grid, shrink, ss)
+    ss, zs = column_super_scales(blocks, grid)
+    shrink = best_shrink(blocks, grid, cw, points, min_shrink, ss, gb, zs)
+    p = group_params(blocks, grid, shrink, ss, zs)
     codes = quantize_values(blocks, p.scales[:, :, None], None if p.zero_points is None else p.zero_points[:, :, None],
                             grid)
     return make_weight(K, N, block_size, grid, from_blocks(codes, K), p)

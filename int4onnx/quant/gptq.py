@@ -26,11 +26,10 @@ from int4onnx.quant.clip import best_shrink
 from int4onnx.quant.grid import (
     Grid,
     GroupParams,
+    column_super_scales,
     dequantize_values,
     group_params,
     quantize_values,
-    raw_scales,
-    super_scales,
     to_blocks,
 )
 from int4onnx.quant.rtn import make_weight
@@ -90,8 +89,9 @@ def _upper_inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
 
 
 def _params(values: np.ndarray, grid: Grid, block_size: int, weight: np.ndarray | None, clip: bool,
-            super_scale: np.ndarray | None) -> GroupParams:
-    """Group parameters for [N, g] values of one group (g <= block_size; padded with zeros)."""
+            supers: tuple) -> GroupParams:
+    """Group parameters for [N, g] values of one group (g <= block_size; padded with zeros); supers: the
+    column super-scales (column_super_scales) of int8 scales and zero points, fixed for the weight."""
     blocks = np.zeros((values.shape[0], 1, block_size), dtype=np.float64)
     blocks[:, 0, :values.shape[1]] = values
     shrink = 1.0
@@ -100,8 +100,8 @@ def _params(values: np.ndarray, grid: Grid, block_size: int, weight: np.ndarray 
         if weight is not None:
             cw = np.zeros((1, block_size), dtype=np.float32)
             cw[0, :weight.shape[0]] = weight / max(float(np.max(weight)), 1e-300)  # normalised: no overflow
-        shrink = best_shrink(blocks.astype(np.float32), grid, cw, super_scale=super_scale)
-    return group_params(blocks, grid, shrink, super_scale)
+        shrink = best_shrink(blocks.astype(np.float32), grid, cw, super_scale=supers[0], zp_scale=supers[1])
+    return group_params(blocks, grid, shrink, *supers)
 
 
 def quantize_gptq(w_kn: np.ndarray, gram: np.ndarray, grid: Grid, block_size: int, damp: float = DEFAULT_DAMP,
@@ -130,14 +130,15 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
     H[dead, dead] = float(live.mean()) if live.size else 1.0
     diag = np.diag(H).copy()
 
-    ss = None
-    if grid.scale_dtype == "int8":  # super-scales fixed up front from the original weights
-        ss = super_scales(raw_scales(to_blocks(W.T.astype(np.float32), bs), grid)[0], grid)
+    # int8 scales (and zero points): super-scales fixed up front from the original weights
+    ss, zs = supers = column_super_scales(to_blocks(W.T.astype(np.float32), bs), grid)
 
     scales = np.zeros((N, nb), np.float32)
     inv_scales = np.zeros((nb, N), np.float32)  # 1 / scale per group, as quantize_values computes it
     zps = None if grid.symmetric or grid.quant_type == "nf4" else np.zeros((N, nb), np.float32)
     scodes = np.zeros((N, nb), np.int8) if ss is not None else None
+    zcodes = np.zeros((N, nb), np.int8) if zs is not None else None
+    real_zp = grid.float_zero_points
 
     def set_group(g: int, p: GroupParams) -> None:
         scales[:, g] = p.scales[:, 0]
@@ -146,12 +147,14 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
             zps[:, g] = p.zero_points[:, 0]
         if scodes is not None:
             scodes[:, g] = p.scale_codes[:, 0]
+        if zcodes is not None:
+            zcodes[:, g] = p.zero_point_codes[:, 0]
 
     if act_order:
         perm = np.argsort(-diag, kind="stable")
         for g in range(nb):  # static groups from the original weights
             lo, hi = g * bs, min(K, (g + 1) * bs)
-            set_group(g, _params(W[:, lo:hi], grid, bs, diag[lo:hi], clip, ss))
+            set_group(g, _params(W[:, lo:hi], grid, bs, diag[lo:hi], clip, supers))
     else:
         perm = np.arange(K)
     Wk = np.ascontiguousarray(W.T[perm])     # [K, N]: row i = i-th channel visited (rows are contiguous)
@@ -177,7 +180,7 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
             g = k // bs
             if not act_order and k % bs == 0:
                 hi = min(i2 - i1, i + bs)
-                set_group(g, _params(W1[i:hi].T, grid, bs, diag[k:k + hi - i], clip, ss))
+                set_group(g, _params(W1[i:hi].T, grid, bs, diag[k:k + hi - i], clip, supers))
             w = W1[i]
             if nf4:
                 s, z = scales[:, g], None
@@ -185,13 +188,16 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
                 deq = dequantize_values(c, s, z, grid)
             else:  # quantize_values and dequantize_values, inlined (same operations and types)
                 q = w * inv_scales[g]
+                if real_zp:  # round(w / s + z): the zero point is not an integer
+                    q += zps_g[g]
                 np.rint(q, out=q)
                 if zps_g is None:
                     np.clip(q, -half, half - 1, out=q)
                     q += half
                     deq = (q.astype(np.float32) - np.float32(half)) * scales_g[g]
                 else:
-                    q += zps_g[g]
+                    if not real_zp:
+                        q += zps_g[g]
                     np.clip(q, 0, grid.qmax, out=q)
                     deq = (q.astype(np.float32) - zps_g[g]) * scales_g[g]
                 c = q
@@ -200,4 +206,4 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
             W1[i + 1:] -= U1[i, i + 1:, None] * err
             E1[i] = err
         Wk[i2:] -= U[i1:i2, i2:].T @ E1
-    return make_weight(K, N, bs, grid, codes.T, GroupParams(scales, zps, scodes, ss))
+    return make_weight(K, N, bs, grid, codes.T, GroupParams(scales, zps, scodes, ss, zcodes, zs))

@@ -13,10 +13,13 @@ def make_weight(K: int, N: int, block_size: int, grid: Grid, codes_nk: np.ndarra
     return QuantizedWeight(
         K=K, N=N, bits=grid.bits, block_size=block_size, codes=np.ascontiguousarray(codes_nk, dtype=np.uint8),
         scales=np.ascontiguousarray(p.scales, dtype=np.float32),
-        zero_points=None if p.zero_points is None else np.ascontiguousarray(p.zero_points, dtype=np.uint8),
+        zero_points=None if p.zero_points is None else np.ascontiguousarray(
+            p.zero_points, dtype=np.float32 if grid.float_zero_points else np.uint8),
         quant_type=grid.quant_type,
         scale_dtype=np.dtype(np.float32 if grid.scale_dtype == "int8" else grid.scale_dtype),
-        scale_codes=p.scale_codes, scales_scale=p.super_scale)
+        scale_codes=p.scale_codes, scales_scale=p.super_scale,
+        float_zero_points=grid.float_zero_points and p.zero_points is not None,
+        zero_point_codes=p.zero_point_codes, zero_points_scale=p.zero_points_scale)
 
 
 def quantize_grid(w_kn: np.ndarray, grid: Grid, block_size: int, shrink=1.0,
@@ -39,7 +42,8 @@ def quantize_rtn(w_kn: np.ndarray, bits: int = 4, block_size: int = 32, symmetri
         to the most negative code; codes are round(w / scale) clamped to [-2^(bits-1), 2^(bits-1)-1]
         and stored offset by 2^(bits-1).
     asymmetric: the range [min(w, 0), max(w, 0)] is split into 2^bits - 1 steps; the zero point
-        is round(-min / scale), so 0 is exact.
+        is round(-min / scale), so 0 is exact. (quantize_grid with Grid.float_zero_points: the range
+        [min(w), max(w)] with a real zero point -min / scale.)
     nf4: scale = max |w|; each value takes the nearest codebook level of w / scale.
     scale_dtype int8 (double quantization): scales are stored as int8 times a per-column float32
         super-scale (the column's largest |scale| / 127); codes are chosen against the rounded scales.

@@ -52,7 +52,8 @@ def describe(path) -> dict:
             layers.append(dict(node=node.name, format="int4onnx", K=a["K"], N=a["N"], bits=a["bits"],
                                block_size=a["block_size"], symmetric=zp is None,
                                quant_type=a.get("quant_type", "int"), compute=a.get("compute", "fp32"),
-                               bytes=_nbytes(ins["B"]) + _nbytes(ins["scales"]) + _nbytes(zp) + _nbytes(ins["scales_scale"])))
+                               bytes=_nbytes(ins["B"]) + _nbytes(ins["scales"]) + _nbytes(zp) + _nbytes(ins["scales_scale"])
+                               + _nbytes(ins.get("zero_points_scale"))))
         elif node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
             ins = _named_inputs(node, MATMULNBITS_INPUTS)
             layers.append(dict(node=node.name, format="matmulnbits", K=a["K"], N=a["N"], bits=a["bits"],

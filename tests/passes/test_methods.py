@@ -17,6 +17,8 @@ GRIDS = {
     "nf4": Grid(4, True, "nf4"),
     "asym-int8-scales": Grid(4, False, scale_dtype="int8"),
     "int8": Grid(8, False),
+    "asym-float-zp": Grid(4, False, float_zero_points=True),
+    "asym-float-zp-int8": Grid(4, False, scale_dtype="int8", float_zero_points=True),
 }
 
 
@@ -63,15 +65,13 @@ def gptq_reference(W, H, grid, bs, damp):
     Wt = W.T.astype(np.float64).copy()
     Hinv = np.linalg.inv(H + np.eye(K) * damp * np.mean(np.diag(H)))
     codes = np.zeros((N, K), np.uint8)
-    ss = None
-    if grid.scale_dtype == "int8":
-        from int4onnx.quant.grid import raw_scales, super_scales, to_blocks
-        ss = super_scales(raw_scales(to_blocks(W, bs), grid)[0], grid)
+    from int4onnx.quant.grid import column_super_scales, to_blocks
+    ss, zs = column_super_scales(to_blocks(W, bs), grid)
     for k in range(K):
         if k % bs == 0:
             block = np.zeros((N, 1, bs))
             block[:, 0, : min(bs, K - k)] = Wt[:, k:k + bs]
-            p = group_params(block, grid, 1.0, ss)
+            p = group_params(block, grid, 1.0, ss, zs)
             s, z = p.scales[:, 0], None if p.zero_points is None else p.zero_points[:, 0]
         codes[:, k] = quantize_values(Wt[:, k], s, z, grid)
         err = (Wt[:, k] - dequantize_values(codes[:, k], s, z, grid)) / Hinv[k, k]
@@ -114,7 +114,7 @@ def test_gptq_dead_channels_and_singular_gram():
 def test_clip_search_never_worse_than_rtn_per_group():
     W = np.random.default_rng(3).standard_normal((128, 20)).astype(np.float32)
     W[7, 3] = 9.0
-    for g in (GRIDS["asym"], GRIDS["sym"], GRIDS["nf4"]):
+    for g in (GRIDS["asym"], GRIDS["sym"], GRIDS["nf4"], GRIDS["asym-float-zp"]):
         c = quantize_clip(W, g, 32).dequantize()
         r = quantize_grid(W, g, 32).dequantize()
         per_group_c = ((c - W) ** 2).reshape(4, 32, 20).sum(1)

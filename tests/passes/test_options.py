@@ -55,9 +55,10 @@ COMMAND_LINES = [
      "--exclude", "a", "--exclude", "b.*", "--dtype", "nf4", "--double-quant", "--no-clip-search", "--act-order",
      "--damp", "0.05", "--calibration-text", "t.txt", "--tokenizer", "tok.json", "--calibration-samples", "3",
      "--sequence-length", "8", "--calibration-skip-chars", "5", "--target-bits", "5.5",
-     "--sensitivity-samples", "2", "--lm-head", "4", "--embedding", "8"],
+     "--sensitivity-samples", "2", "--lm-head", "4", "--embedding", "8", "--lm-head-symmetric"],
     ["--bits", "8", "--asymmetric", "--format", "matmulnbits", "--method", "clip", "--calibration", "cal.npz",
-     "--max-error", "0.01", "--lm-head", "float", "--group-size", "-1", "--scale-dtype", "float32"],
+     "--max-error", "0.01", "--lm-head", "float", "--group-size", "-1", "--scale-dtype", "float32",
+     "--float-zero-points"],
 ]
 
 

@@ -29,6 +29,12 @@ def test_float_min_grid_reproduces_q4_1():
     np.testing.assert_array_equal(sq.float_min_grid(w, 32, None), w)
     w8 = sq.float_min_grid(w, 32, 8)
     assert 0 < np.abs(w8 - w).max() < 16 * 0.5 * 0.02 / 127 + 0.5 * 0.2 / 127
+    # zero-point coding (the converter's --float-zero-points grid): float16 z = -m / d is within float16
+    # rounding of z (|z| <= 20 here) times d; int8 z codes are within half a step of the column's |z| / 127
+    wz = sq.float_min_grid(w, 32, None, "zero-point")
+    assert 0 < np.abs(wz - w).max() < 0.02 * 20 * 2 ** -10
+    wz8 = sq.float_min_grid(w, 32, 8, "zero-point")
+    assert 0 < np.abs(wz8 - w).max() < 16 * 0.5 * 0.02 / 127 + 0.02 * 0.5 * 20 / 127
 
 
 def test_agreement_is_the_common_prefix():
