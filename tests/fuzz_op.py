@@ -83,6 +83,9 @@ def cases(draw):
         int8_scales=draw(st.sampled_from([False, False, True])), scale_type=draw(st.sampled_from([None, "float16"])),
         weights_as_inputs=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)))
+    # real zero points (asymmetric weights): float32 only with float32 activations
+    real = [None, None, "float16", "int8"] + (["float"] if case["a_type"] == "float" else [])
+    case["real_zp"] = draw(st.sampled_from(real))
     case["a_shape"] = draw(st.lists(st.integers(0, 4), max_size=3)) + [case["K"]]
     case["mutations"] = draw(st.lists(_mutation(case), max_size=3))
     return case

@@ -51,7 +51,7 @@ static void neon_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_
       for (int64_t b = 0; b < w->n_blocks; b++) {
         const float s = w->scales[n * w->n_blocks + b];
         const float32x4_t vs = vdupq_n_f32(s);
-        const float32x4_t vz = vdupq_n_f32((float)i4o_zero_point(w, n, b));
+        const float32x4_t vz = vdupq_n_f32(i4o_zero_point_f(w, n, b)); /* integer or real */
         const uint8_t *p = col + b * w->blob_bytes;
         for (int64_t k = b * bs; k < (b + 1) * bs && k < K; k += 16, p += chunk_bytes) {
           const uint8x16_t codes = load16_codes(p, w->bits);
@@ -90,6 +90,6 @@ static void neon_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_
 
 const i4o_kernel i4o_kernel_neon_fp32 = {
     .name = "neon_fp32", .isa = "neon", .compute = I4O_COMPUTE_FP32,
-    .gemm = neon_fp32_gemm, .n_tile = 1, .m_tile = 1, .tile = {ROWS, 1, 16, 0},
+    .gemm = neon_fp32_gemm, .real_zero_points = 1, .n_tile = 1, .m_tile = 1, .tile = {ROWS, 1, 16, 0},
 };
 #endif

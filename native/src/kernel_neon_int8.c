@@ -120,6 +120,8 @@ KINLINE int32x4_t reduce4(const int32x4_t a[4]) {
 typedef struct blk_params {
   float sw[NC];
   int32_t corr[NC];
+  int real;     /* real zero points: dot + corr * sum is sum(q * code); then - zf * (float)sum, as scalar_int8 */
+  float zf[NC];
   float sa[MAXR];
   int32_t sum[MAXR];
 } blk_params;
@@ -131,8 +133,10 @@ KINLINE void block_params(const i4o_wdesc *w, const i4o_qa_view *qa, const int64
     float sw = w->scales[col[c] * nb + b];
     if (nf4) sw *= (1.0f / 127.0f); /* as in scalar_int8 */
     p->sw[c] = sw;
-    p->corr[c] = nf4 ? 0 : (bits == 8 ? 128 : 0) - i4o_zero_point(w, col[c], b);
+    p->corr[c] = nf4 ? 0 : (bits == 8 ? 128 : 0) - (w->zpf ? 0 : i4o_zero_point(w, col[c], b));
+    p->zf[c] = w->zpf ? w->zpf[col[c] * nb + b] : 0.0f;
   }
+  p->real = w->zpf != NULL;
   for (int r = 0; r < rows; r++) {
     p->sa[r] = qa->scale[(m + r) * nb + b];
     p->sum[r] = qa->sum[(m + r) * nb + b];
@@ -152,9 +156,12 @@ KINLINE void facc_zero(facc_t *f) {
 KINLINE void facc_block(facc_t *f, const int32x4_t *dot, int rows, const blk_params *p) {
   const float32x4_t sw = vld1q_f32(p->sw);
   const int32x4_t corr = vld1q_s32(p->corr);
+  const float32x4_t zf = vld1q_f32(p->zf);
   for (int r = 0; r < rows; r++) {
     const int32x4_t d = vmlaq_n_s32(dot[r], corr, p->sum[r]);
-    f->v[r] = vaddq_f32(f->v[r], vmulq_f32(vcvtq_f32_s32(d), vmulq_n_f32(sw, p->sa[r])));
+    float32x4_t df = vcvtq_f32_s32(d);
+    if (p->real) df = vsubq_f32(df, vmulq_n_f32(zf, (float)p->sum[r]));
+    f->v[r] = vaddq_f32(f->v[r], vmulq_f32(df, vmulq_n_f32(sw, p->sa[r])));
   }
 }
 
@@ -187,7 +194,9 @@ KINLINE void facc_block(facc_t *f, const int32x4_t *dot, int rows, const blk_par
     vst1q_s32(d, dot[r]);
     for (int c = 0; c < NC; c++) {
       const int32_t v = (int32_t)((uint32_t)d[c] + (uint32_t)p->corr[c] * (uint32_t)p->sum[r]);
-      f->v[r][c] += (float)v * (p->sa[r] * p->sw[c]);
+      float vf = (float)v;
+      if (p->real) vf -= p->zf[c] * (float)p->sum[r];
+      f->v[r][c] += vf * (p->sa[r] * p->sw[c]);
     }
   }
 }
@@ -231,14 +240,14 @@ KINLINE int32x4_t acc_mull(int32x4_t acc, int8x16_t q, int8x16_t w) {
 const i4o_kernel i4o_kernel_neon_int8 = {
     .name = "neon_int8", .isa = "neon", .compute = I4O_COMPUTE_INT8,
     .a_bytes = i4o_qa_bytes, .prepare_a = i4o_qa_prepare,
-    .gemm = neon_int8_gemm, .n_tile = NC, .m_tile = 1, .tile = {MULL_ROWS, NC, 32, 0}, /* 32 codes a step */
+    .gemm = neon_int8_gemm, .real_zero_points = 1, .n_tile = NC, .m_tile = 1, .tile = {MULL_ROWS, NC, 32, 0}, /* 32 codes a step */
 };
 
 #if defined(__aarch64__)
 const i4o_kernel i4o_kernel_neondot_int8 = {
     .name = "neondot_int8", .isa = "neondot", .compute = I4O_COMPUTE_INT8,
     .a_bytes = i4o_qa_bytes, .prepare_a = i4o_qa_prepare,
-    .gemm = neondot_int8_gemm, .n_tile = NC, .m_tile = 1, .tile = {4, NC, 32, 0},
+    .gemm = neondot_int8_gemm, .real_zero_points = 1, .n_tile = NC, .m_tile = 1, .tile = {4, NC, 32, 0},
 };
 
 /* ---- i8mm: smmla multiplies a 2x8 block of two activation rows by an 8x2 block of two weight
@@ -313,7 +322,7 @@ I8MM_TARGET KINLINE void i8mm_dot(const int8_t *const *q, const uint8_t *const *
 const i4o_kernel i4o_kernel_i8mm_int8 = {
     .name = "i8mm_int8", .isa = "i8mm", .compute = I4O_COMPUTE_INT8,
     .a_bytes = i4o_qa_bytes, .prepare_a = i4o_qa_prepare,
-    .gemm = i8mm_int8_gemm, .n_tile = NC, .m_tile = 1, .tile = {4, NC, 32, 0},
+    .gemm = i8mm_int8_gemm, .real_zero_points = 1, .n_tile = NC, .m_tile = 1, .tile = {4, NC, 32, 0},
 };
 #endif /* __aarch64__ */
 #endif /* I4O_ARM_NEON_KERNELS */

@@ -22,7 +22,8 @@ GRIDS = {k: _native.kernel_grid(k) for k in KERNELS}
 TEST_THREADS = 3  # the threaded schedule's threads (the C test's default too)
 # The kernels that compute real zero points (i4o_kernel.real_zero_points); the others are left out of the
 # real-zero-point cases of their grid, and dispatch gives such weights to the next kernel down the ladder.
-REAL_ZP_KERNELS = {"scalar_fp32", "scalar_int8", "avx512_fp32", "avx512vnni_int8", "avx2_fp32", "avx2_int8", "avxvnni_int8"}
+REAL_ZP_KERNELS = {"scalar_fp32", "scalar_int8", "avx512_fp32", "avx512vnni_int8", "avx2_fp32", "avx2_int8", "avxvnni_int8",
+                   "neon_fp32", "neon_int8", "neondot_int8", "i8mm_int8"}
 
 
 @pytest.fixture(autouse=True)
