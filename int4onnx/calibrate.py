@@ -21,6 +21,7 @@ in memory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -34,7 +35,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
-from int4onnx._threads import blas_threads_for
+from int4onnx._threads import blas_threads_for, cpu_threads
 from int4onnx.errors import CalibrationError, OutputError, first_line
 from int4onnx.lm import InputSpec, LMInterface, is_past_input
 
@@ -481,6 +482,22 @@ def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict
     stats: dict[str, ActivationStats] = {}
     names = list(uniq)
     store = GramStore() if gram else None
+
+    def update(outs: list[np.ndarray]) -> None:
+        for name, x in zip(names, outs, strict=True):
+            if name not in stats:
+                stats[name] = ActivationStats(int(x.shape[-1]))
+                if store is not None:
+                    stats[name]._gram_source = functools.partial(store.gram, name)
+                    stats[name].store = store
+            stats[name].update(x)
+            if store is not None:
+                store.append(name, x)
+
+    # With more than one CPU, a worker thread updates the statistics of sample i (numpy and BLAS release
+    # the GIL) while ONNX Runtime runs sample i + 1: two samples' activations in memory instead of one
+    pool = concurrent.futures.ThreadPoolExecutor(1) if cpu_threads() > 1 and len(feeds) > 1 else None
+    pending: concurrent.futures.Future | None = None
     try:
         if lm is not None:
             lm.settle_feeds(runner.session, feeds)
@@ -492,23 +509,26 @@ def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict
             except Exception as exc:  # ONNX Runtime rejects the feed (e.g. a dimension the graph needs)
                 first = first_line(exc)
                 raise CalibrationError(f"calibration sample {i}: ONNX Runtime cannot run the model on it: {first}") from exc
-            for name, x in zip(names, outs, strict=True):
-                if name not in stats:
-                    stats[name] = ActivationStats(int(x.shape[-1]))
-                    if store is not None:
-                        stats[name]._gram_source = functools.partial(store.gram, name)
-                        stats[name].store = store
-                stats[name].update(x)
-                if store is not None:
-                    store.append(name, x)
+            if pending is not None:
+                pending.result()  # the previous sample's statistics (and any error they raised)
+            if pool is None:
+                update(outs)
+            else:
+                pending = pool.submit(update, outs)
             del outs
+        if pending is not None:
+            pending.result()
         if progress:
             progress(len(feeds), len(feeds), "calibrating")
     except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # the worker stops appending before the store goes
         if store is not None:
             store.close()
         raise
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
         runner.close()
     return stats
 
