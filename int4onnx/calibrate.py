@@ -484,7 +484,8 @@ def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict
     store = GramStore() if gram else None
 
     def update(outs: list[np.ndarray]) -> None:
-        for name, x in zip(names, outs, strict=True):
+        for i, name in enumerate(names):
+            x, outs[i] = outs[i], None  # each activation freed once used: the next run's outputs fill in
             if name not in stats:
                 stats[name] = ActivationStats(int(x.shape[-1]))
                 if store is not None:
