@@ -396,10 +396,13 @@ class ModelRunner:
     The model is serialised once (to a temporary directory with external data when it is large or
     has external data);
     the ir.Model is left as it was. ``overridable`` names initializers that may be replaced per run
-    by feeding arrays under their names (they become graph inputs too)."""
+    by feeding arrays under their names (they become graph inputs too). ``only_extra``: the session's
+    outputs are the extra values alone (ONNX Runtime then drops what only the model's outputs need,
+    e.g. an LM's lm_head and its [tokens, vocab] logits)."""
 
     def __init__(self, model: ir.Model, extra: Iterable[ir.Value] = (), overridable: Iterable[str] = (),
-                 threads: int | None = None, dtypes: dict[str, ir.DataType] | None = None):
+                 threads: int | None = None, dtypes: dict[str, ir.DataType] | None = None,
+                 only_extra: bool = False):
         import onnx
 
         from int4onnx import io
@@ -407,8 +410,10 @@ class ModelRunner:
 
         graph = model.graph
         inputs = {v.name for v in graph.inputs}
+        kept = list(graph.outputs)  # the model's outputs, restored after serialising
+        self.model_outputs = [o.name for o in kept]
         self.fed = {}   # requested value name -> graph input name (activation that is a model input)
-        added, typed = [], []
+        typed = []
         self.extra_names: list[str] = []
         for v in extra:
             if v.name in self.fed or v.name in self.extra_names:
@@ -421,8 +426,11 @@ class ModelRunner:
                 v.type = ir.TensorType((dtypes or {}).get(v.name) or ir.DataType.FLOAT)
             if not v.is_graph_output():
                 graph.outputs.append(v)
-                added.append(v)
             self.extra_names.append(v.name)
+        if only_extra and self.extra_names:
+            for o in kept:
+                if o.name not in self.extra_names:
+                    graph.outputs.remove(o)
         self.tmp = None
         try:
             # ONNX Runtime cannot resolve external data of a model given as bytes: a model whose weights
@@ -436,8 +444,8 @@ class ModelRunner:
             else:
                 proto = ir.serde.serialize_model(model)
         finally:
-            for v in added:
-                graph.outputs.remove(v)
+            graph.outputs.clear()
+            graph.outputs.extend(kept)
             for v in typed:
                 v.type = None
         over = set(overridable)
@@ -452,7 +460,6 @@ class ModelRunner:
             self.session = make_session(path, threads=threads)
         else:
             self.session = make_session(proto.SerializeToString(), threads=threads)
-        self.model_outputs = [o.name for o in model.graph.outputs]
 
     def run(self, feed: dict, names: list[str]) -> list[np.ndarray]:
         want = [n for n in names if n not in self.fed]
@@ -478,7 +485,7 @@ def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict
     uniq: dict[str, ir.Value] = {}
     for v in values:
         uniq.setdefault(v.name, v)
-    runner = ModelRunner(model, uniq.values(), dtypes=dtypes)
+    runner = ModelRunner(model, uniq.values(), dtypes=dtypes, only_extra=True)
     stats: dict[str, ActivationStats] = {}
     names = list(uniq)
     store = GramStore() if gram else None

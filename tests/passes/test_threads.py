@@ -1,10 +1,10 @@
-"""The calibrated methods' threads (issue 13 item 6): GPTQ by slices of output columns, AWQ's search by
-points, calibration statistics beside ONNX Runtime's next run. Each gives the result of the one-thread
-code bit for bit."""
+"""The calibrated methods' speed-ups (issue 13 item 6): GPTQ by slices of output columns in threads, AWQ's
+search by points, calibration statistics beside ONNX Runtime's next run, calibration sessions without
+the model's own outputs. Each gives the result of the plain code bit for bit."""
 
 import numpy as np
 import pytest
-from modelgen import matmul_model, save
+from modelgen import matmul_model, save, tiny_lm
 
 from int4onnx import _threads, calibrate, io
 from int4onnx.config import QuantConfig
@@ -100,3 +100,23 @@ def test_a_calibration_error_in_the_worker_reaches_the_caller(tmp_path, monkeypa
     with pytest.raises(calibrate.CalibrationError, match="NaN"):
         calibrate.collect_statistics(model, values, [{"x": np.ones((2, 8), np.float32)}, {"x": bad},
                                                      {"x": np.ones((2, 8), np.float32)}], gram=True)
+
+
+def test_calibration_session_without_the_model_outputs(tmp_path):
+    """only_extra drops the LM's logits (and what only they need: the lm_head) from the session; the
+    recorded activations are the same."""
+    model = io.load_model(save(tiny_lm(V=40), tmp_path / "lm.onnx"))
+    values = [t.node.inputs[0] for t in select_matmuls(model, QuantConfig()).targets]
+    names = list(dict.fromkeys(v.name for v in values))
+    outputs = [o.name for o in model.graph.outputs]
+    feed = {"input_ids": RNG.integers(0, 40, (2, 9), dtype=np.int64)}
+    full = calibrate.ModelRunner(model, values)
+    slim = calibrate.ModelRunner(model, values, only_extra=True)
+    assert [o.name for o in model.graph.outputs] == outputs  # the model is left as it was
+    assert {o.name for o in slim.session.get_outputs()} == set(names)
+    assert set(outputs) <= {o.name for o in full.session.get_outputs()}
+    assert slim.model_outputs == full.model_outputs == outputs
+    for a, b in zip(full.run(feed, names), slim.run(feed, names), strict=True):
+        np.testing.assert_array_equal(a, b)
+    full.close()
+    slim.close()
