@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 from threadpoolctl import ThreadpoolController
 
@@ -25,3 +26,23 @@ def blas_threads_for(dim: int):
     if dim <= SMALL:
         return _controller().limit(limits=1, user_api="blas")
     return contextlib.nullcontext()
+
+
+# Threads for work split by output columns (GPTQ, AWQ's search): no slice narrower than this
+MIN_SLICE_COLUMNS = 128
+
+
+def cpu_threads() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def column_slices(n: int, threads: int | None = None) -> list[slice]:
+    """[0, n) cut into at most `threads` (default cpu_threads()) near-equal slices of at least
+    MIN_SLICE_COLUMNS columns (one slice when n is small)."""
+    parts = max(1, min(threads or cpu_threads(), n // MIN_SLICE_COLUMNS))
+    edges = [n * i // parts for i in range(parts + 1)]
+    return [slice(edges[i], edges[i + 1]) for i in range(parts)]

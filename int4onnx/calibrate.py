@@ -21,6 +21,7 @@ in memory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -34,7 +35,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
-from int4onnx._threads import blas_threads_for
+from int4onnx._threads import blas_threads_for, cpu_threads
 from int4onnx.errors import CalibrationError, OutputError, first_line
 from int4onnx.lm import InputSpec, LMInterface, is_past_input
 
@@ -395,10 +396,13 @@ class ModelRunner:
     The model is serialised once (to a temporary directory with external data when it is large or
     has external data);
     the ir.Model is left as it was. ``overridable`` names initializers that may be replaced per run
-    by feeding arrays under their names (they become graph inputs too)."""
+    by feeding arrays under their names (they become graph inputs too). ``only_extra``: the session's
+    outputs are the extra values alone (ONNX Runtime then drops what only the model's outputs need,
+    e.g. an LM's lm_head and its [tokens, vocab] logits)."""
 
     def __init__(self, model: ir.Model, extra: Iterable[ir.Value] = (), overridable: Iterable[str] = (),
-                 threads: int | None = None, dtypes: dict[str, ir.DataType] | None = None):
+                 threads: int | None = None, dtypes: dict[str, ir.DataType] | None = None,
+                 only_extra: bool = False):
         import onnx
 
         from int4onnx import io
@@ -406,8 +410,10 @@ class ModelRunner:
 
         graph = model.graph
         inputs = {v.name for v in graph.inputs}
+        kept = list(graph.outputs)  # the model's outputs, restored after serialising
+        self.model_outputs = [o.name for o in kept]
         self.fed = {}   # requested value name -> graph input name (activation that is a model input)
-        added, typed = [], []
+        typed = []
         self.extra_names: list[str] = []
         for v in extra:
             if v.name in self.fed or v.name in self.extra_names:
@@ -420,8 +426,11 @@ class ModelRunner:
                 v.type = ir.TensorType((dtypes or {}).get(v.name) or ir.DataType.FLOAT)
             if not v.is_graph_output():
                 graph.outputs.append(v)
-                added.append(v)
             self.extra_names.append(v.name)
+        if only_extra and self.extra_names:
+            for o in kept:
+                if o.name not in self.extra_names:
+                    graph.outputs.remove(o)
         self.tmp = None
         try:
             # ONNX Runtime cannot resolve external data of a model given as bytes: a model whose weights
@@ -435,8 +444,8 @@ class ModelRunner:
             else:
                 proto = ir.serde.serialize_model(model)
         finally:
-            for v in added:
-                graph.outputs.remove(v)
+            graph.outputs.clear()
+            graph.outputs.extend(kept)
             for v in typed:
                 v.type = None
         over = set(overridable)
@@ -451,7 +460,6 @@ class ModelRunner:
             self.session = make_session(path, threads=threads)
         else:
             self.session = make_session(proto.SerializeToString(), threads=threads)
-        self.model_outputs = [o.name for o in model.graph.outputs]
 
     def run(self, feed: dict, names: list[str]) -> list[np.ndarray]:
         want = [n for n in names if n not in self.fed]
@@ -477,10 +485,27 @@ def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict
     uniq: dict[str, ir.Value] = {}
     for v in values:
         uniq.setdefault(v.name, v)
-    runner = ModelRunner(model, uniq.values(), dtypes=dtypes)
+    runner = ModelRunner(model, uniq.values(), dtypes=dtypes, only_extra=True)
     stats: dict[str, ActivationStats] = {}
     names = list(uniq)
     store = GramStore() if gram else None
+
+    def update(outs: list[np.ndarray]) -> None:
+        for i, name in enumerate(names):
+            x, outs[i] = outs[i], None  # each activation freed once used: the next run's outputs fill in
+            if name not in stats:
+                stats[name] = ActivationStats(int(x.shape[-1]))
+                if store is not None:
+                    stats[name]._gram_source = functools.partial(store.gram, name)
+                    stats[name].store = store
+            stats[name].update(x)
+            if store is not None:
+                store.append(name, x)
+
+    # With more than one CPU, a worker thread updates the statistics of sample i (numpy and BLAS release
+    # the GIL) while ONNX Runtime runs sample i + 1: two samples' activations in memory instead of one
+    pool = concurrent.futures.ThreadPoolExecutor(1) if cpu_threads() > 1 and len(feeds) > 1 else None
+    pending: concurrent.futures.Future | None = None
     try:
         if lm is not None:
             lm.settle_feeds(runner.session, feeds)
@@ -492,23 +517,26 @@ def collect_statistics(model: ir.Model, values: list[ir.Value], feeds: list[dict
             except Exception as exc:  # ONNX Runtime rejects the feed (e.g. a dimension the graph needs)
                 first = first_line(exc)
                 raise CalibrationError(f"calibration sample {i}: ONNX Runtime cannot run the model on it: {first}") from exc
-            for name, x in zip(names, outs, strict=True):
-                if name not in stats:
-                    stats[name] = ActivationStats(int(x.shape[-1]))
-                    if store is not None:
-                        stats[name]._gram_source = functools.partial(store.gram, name)
-                        stats[name].store = store
-                stats[name].update(x)
-                if store is not None:
-                    store.append(name, x)
+            if pending is not None:
+                pending.result()  # the previous sample's statistics (and any error they raised)
+            if pool is None:
+                update(outs)
+            else:
+                pending = pool.submit(update, outs)
             del outs
+        if pending is not None:
+            pending.result()
         if progress:
             progress(len(feeds), len(feeds), "calibrating")
     except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # the worker stops appending before the store goes
         if store is not None:
             store.close()
         raise
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
         runner.close()
     return stats
 

@@ -280,7 +280,9 @@ class LMInterface:
                 self.empty_past = True
             else:
                 try:
-                    out = session.run([self.logits] if self.logits else None,
+                    listed = getattr(session, "get_outputs", None)  # calibration's session has no logits
+                    has_logits = listed is None or self.logits in {o.name for o in listed()}
+                    out = session.run([self.logits] if self.logits and has_logits else None,
                                       self.window_feed(np.zeros((1, 1), np.int64), empty_past=True))[0]
                     self.empty_past = bool(np.isfinite(out).all())
                 except Exception as exc:  # noqa: BLE001 - ONNX Runtime refuses the 0-length dimension

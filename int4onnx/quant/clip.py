@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from int4onnx._threads import blas_threads_for
 from int4onnx.quant.base import QuantizedWeight
 from int4onnx.quant.grid import (
     Grid,
@@ -96,7 +97,10 @@ def quantize_clip(w_kn: np.ndarray, grid: Grid, block_size: int, channel_weight:
         cw = to_blocks(np.asarray(channel_weight, dtype=np.float32)[:, None], block_size)[0]
     gb = gram_diagonal_blocks(gram, block_size) if gram is not None else None
     ss, zs = column_super_scales(blocks, grid)
-    shrink = best_shrink(blocks, grid, cw, points, min_shrink, ss, gb, zs)
+    # one BLAS thread: the batched [N, bs] x [bs, bs] products are small, and OpenBLAS's threads made them
+    # 6 to 12 times more CPU (0.9 -> 0.14 s for a 576 x 1536 layer, measured on a loaded 2-core machine)
+    with blas_threads_for(block_size):
+        shrink = best_shrink(blocks, grid, cw, points, min_shrink, ss, gb, zs)
     p = group_params(blocks, grid, shrink, ss, zs)
     codes = quantize_values(blocks, p.scales[:, :, None], None if p.zero_points is None else p.zero_points[:, :, None],
                             grid)

@@ -18,24 +18,28 @@ Cost: O(K^3) for the inverse plus O(K^2 N) for the updates per layer; memory O(K
 
 from __future__ import annotations
 
+import concurrent.futures
+import math
+
 import numpy as np
 
-from int4onnx._threads import blas_threads_for
+from int4onnx._threads import blas_threads_for, column_slices
 from int4onnx.quant.base import QuantizedWeight
 from int4onnx.quant.clip import best_shrink
 from int4onnx.quant.grid import (
     Grid,
     GroupParams,
-    column_super_scales,
     dequantize_values,
     group_params,
     quantize_values,
+    column_super_scales,
     to_blocks,
 )
 from int4onnx.quant.rtn import make_weight
 
 DEFAULT_DAMP = 0.01
 LAZY_BLOCK = 128
+SUB_BLOCK = 16  # channels per rank-1 sub-block inside a lazy block (_gptq)
 
 
 # A channel whose calibration energy (Gram diagonal) is below this fraction of the mean is "dead"
@@ -105,20 +109,34 @@ def _params(values: np.ndarray, grid: Grid, block_size: int, weight: np.ndarray 
 
 
 def quantize_gptq(w_kn: np.ndarray, gram: np.ndarray, grid: Grid, block_size: int, damp: float = DEFAULT_DAMP,
-                  act_order: bool = False, clip: bool = False, lazy_block: int = LAZY_BLOCK) -> QuantizedWeight:
-    """[K, N] weight and the [K, K] Gram matrix of its inputs -> QuantizedWeight."""
-    with blas_threads_for(max(w_kn.shape)):
-        return _gptq(w_kn, gram, grid, block_size, damp, act_order, clip, lazy_block)
+                  act_order: bool = False, clip: bool = False, lazy_block: int = LAZY_BLOCK,
+                  threads: int | None = None) -> QuantizedWeight:
+    """[K, N] weight and the [K, K] Gram matrix of its inputs -> QuantizedWeight.
 
-
-def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool, clip: bool,
-          lazy_block: int) -> QuantizedWeight:
+    Output columns are independent once the inverse factor U is known, so slices of columns run in
+    `threads` threads (default: the CPUs this process may use; numpy releases the GIL in its loops and
+    BLAS calls); the result is the same whatever the number of threads."""
     w_kn = np.asarray(w_kn, dtype=np.float32)
     K, N = w_kn.shape
-    bs = block_size
-    nb = -(-K // bs)
-    W = w_kn.T.astype(np.float64)            # [N, K]: column k = input channel k
+    with blas_threads_for(K):
+        diag, perm, U = _inverse_factor(gram, damp, act_order)
+    # int8 scales (and zero points): super-scales fixed up front from the original weights (all columns)
+    supers = column_super_scales(to_blocks(w_kn, block_size), grid)
+    parts = column_slices(N, threads)
+    if len(parts) == 1:
+        with blas_threads_for(max(K, N)):
+            return _gptq(w_kn, diag, perm, U, supers, grid, block_size, act_order, clip, lazy_block)
+    with blas_threads_for(0), concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
+        # one BLAS thread per worker
+        done = pool.map(lambda sl: _gptq(w_kn[:, sl], diag, perm, U, tuple(None if x is None else x[sl] for x in supers),
+                                         grid, block_size, act_order, clip, lazy_block), parts)
+        return QuantizedWeight.concat_columns(list(done))
+
+
+def _inverse_factor(gram, damp: float, act_order: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(diagonal of the Gram after dead-channel handling [K], channel order [K], U [K, K] in that order)."""
     H = np.array(gram, dtype=np.float64)
+    K = H.shape[0]
     # Dead (or nearly dead) channels: the calibration data never (hardly) exercises them, so the output
     # error on it says nothing about their weights, and error compensation would dump the other
     # channels' errors on them. Decouple them (no row/column in H): GPTQ then rounds them to nearest
@@ -129,9 +147,19 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
     live = np.diag(H)[~dead]
     H[dead, dead] = float(live.mean()) if live.size else 1.0
     diag = np.diag(H).copy()
+    perm = np.argsort(-diag, kind="stable") if act_order else np.arange(K)
+    return diag, perm, _upper_inverse_cholesky(H[np.ix_(perm, perm)], damp)
 
-    # int8 scales (and zero points): super-scales fixed up front from the original weights
-    ss, zs = supers = column_super_scales(to_blocks(W.T.astype(np.float32), bs), grid)
+
+def _gptq(w_kn, diag, perm, U, supers: tuple, grid: Grid, block_size: int, act_order: bool, clip: bool,
+          lazy_block: int) -> QuantizedWeight:
+    """GPTQ on [K, N] columns with the inverse factor U and channel order perm of _inverse_factor and
+    the columns' super-scales of int8 scales and zero points (column_super_scales: each None or [N])."""
+    ss, zs = supers
+    K, N = w_kn.shape
+    bs = block_size
+    nb = -(-K // bs)
+    W = w_kn.T.astype(np.float64)            # [N, K]: column k = input channel k
 
     scales = np.zeros((N, nb), np.float32)
     inv_scales = np.zeros((nb, N), np.float32)  # 1 / scale per group, as quantize_values computes it
@@ -151,16 +179,11 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
             zcodes[:, g] = p.zero_point_codes[:, 0]
 
     if act_order:
-        perm = np.argsort(-diag, kind="stable")
         for g in range(nb):  # static groups from the original weights
             lo, hi = g * bs, min(K, (g + 1) * bs)
             set_group(g, _params(W[:, lo:hi], grid, bs, diag[lo:hi], clip, supers))
-    else:
-        perm = np.arange(K)
     Wk = np.ascontiguousarray(W.T[perm])     # [K, N]: row i = i-th channel visited (rows are contiguous)
     del W
-    U = _upper_inverse_cholesky(H[np.ix_(perm, perm)], damp)
-    del H
     # per-group columns of the parameters, transposed once so that each channel reads contiguous rows
     scales_g = scales.T                       # views: set_group writes through them
     zps_g = None if zps is None else zps.T
@@ -170,40 +193,50 @@ def _gptq(w_kn, gram, grid: Grid, block_size: int, damp: float, act_order: bool,
     codes = np.zeros((K, N), np.uint8)
     # without act-order, a block of columns must hold whole groups so group parameters see updated weights
     B = bs * max(1, lazy_block // bs) if not act_order else lazy_block
+    # inside a block, each channel's error goes to the rest of its sub-block of `sub` channels at once
+    # (rank-1 updates, elementwise) and to the block's later channels once per sub-block (one matrix
+    # product): the lazy batch update of the GPTQ paper applied again within the block. Without
+    # act-order a group starts on a sub-block boundary, so its parameters see every earlier update.
+    sub = SUB_BLOCK if act_order else math.gcd(bs, SUB_BLOCK)
     for i1 in range(0, K, B):
         i2 = min(i1 + B, K)
         W1 = Wk[i1:i2].copy()                 # [B, N]
         E1 = np.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            k = perm[i1 + i]
-            g = k // bs
-            if not act_order and k % bs == 0:
-                hi = min(i2 - i1, i + bs)
-                set_group(g, _params(W1[i:hi].T, grid, bs, diag[k:k + hi - i], clip, supers))
-            w = W1[i]
-            if nf4:
-                s, z = scales[:, g], None
-                c = quantize_values(w, s, z, grid)
-                deq = dequantize_values(c, s, z, grid)
-            else:  # quantize_values and dequantize_values, inlined (same operations and types)
-                q = w * inv_scales[g]
-                if real_zp:  # round(w / s + z): the zero point is not an integer
-                    q += zps_g[g]
-                np.rint(q, out=q)
-                if zps_g is None:
-                    np.clip(q, -half, half - 1, out=q)
-                    q += half
-                    deq = (q.astype(np.float32) - np.float32(half)) * scales_g[g]
-                else:
-                    if not real_zp:
+        for j1 in range(0, i2 - i1, sub):
+            j2 = min(j1 + sub, i2 - i1)
+            for i in range(j1, j2):
+                k = perm[i1 + i]
+                g = k // bs
+                if not act_order and k % bs == 0:
+                    hi = min(i2 - i1, i + bs)
+                    set_group(g, _params(W1[i:hi].T, grid, bs, diag[k:k + hi - i], clip, supers))
+                w = W1[i]
+                if nf4:
+                    s, z = scales[:, g], None
+                    c = quantize_values(w, s, z, grid)
+                    deq = dequantize_values(c, s, z, grid)
+                else:  # quantize_values and dequantize_values, inlined (same operations and types)
+                    q = w * inv_scales[g]
+                    if real_zp:  # round(w / s + z): the zero point is not an integer
                         q += zps_g[g]
-                    np.clip(q, 0, grid.qmax, out=q)
-                    deq = (q.astype(np.float32) - zps_g[g]) * scales_g[g]
-                c = q
-            codes[k] = c
-            err = (w - deq) / U1[i, i]
-            W1[i + 1:] -= U1[i, i + 1:, None] * err
-            E1[i] = err
+                    np.rint(q, out=q)
+                    if zps_g is None:
+                        np.clip(q, -half, half - 1, out=q)
+                        q += half
+                        deq = (q.astype(np.float32) - np.float32(half)) * scales_g[g]
+                    else:
+                        if not real_zp:
+                            q += zps_g[g]
+                        np.clip(q, 0, grid.qmax, out=q)
+                        deq = (q.astype(np.float32) - zps_g[g]) * scales_g[g]
+                    c = q
+                codes[k] = c
+                err = (w - deq) / U1[i, i]
+                if i + 1 < j2:
+                    W1[i + 1:j2] -= U1[i, i + 1:j2, None] * err
+                E1[i] = err
+            if j2 < i2 - i1:
+                W1[j2:] -= U1[j1:j2, j2:].T @ E1[j1:j2]
         Wk[i2:] -= U[i1:i2, i2:].T @ E1
     return make_weight(K, N, bs, grid, codes.T, GroupParams(scales, zps, scodes, ss, zcodes, zs))

@@ -242,17 +242,17 @@ def test_sensitivity_runs_each_layer_once_on_short_windows(tmp_path, lm, monkeyp
     real_run = calibrate.ModelRunner.run
 
     def run(self, feed, names):
-        runs.append((tuple(k for k in feed if k != "input_ids"), feed["input_ids"].shape[1]))
+        runs.append((tuple(k for k in feed if k != "input_ids"), feed["input_ids"].shape))
         return real_run(self, feed, names)
 
     monkeypatch.setattr(calibrate.ModelRunner, "run", run)
     r = int4onnx.quantize(lm, tmp_path / "mp.onnx", lm_head="4", group_size=32, method="gptq", calibration=str(cal),
                           target_bits=6.0)
     sens = runs[6:]  # after the 6 calibration runs
-    assert all(n == tokens for _, n in sens)
+    assert all(shape == (windows, tokens) for _, shape in sens)  # the windows as one batch
     layers = {w for w, _ in sens if w}
     assert len(layers) == len(r.layers) + sum(1 for s in r.skipped if "mixed precision" in s["reason"])
-    assert len(sens) == windows * (1 + len(layers))  # the float model once, then each layer once
+    assert len(sens) == 1 + len(layers)  # the float model once, then each layer once
     for layer in r.layers:  # estimates for every option, ordered as their precision
         e = layer["sensitivity"]
         assert e["error_float"] == 0 and e["error_8"] < e["error_4/g16"] < e["error_4"]
