@@ -29,10 +29,10 @@ from int4onnx.quant.clip import best_shrink
 from int4onnx.quant.grid import (
     Grid,
     GroupParams,
+    column_super_scales,
     dequantize_values,
     group_params,
     quantize_values,
-    column_super_scales,
     to_blocks,
 )
 from int4onnx.quant.rtn import make_weight
