@@ -29,7 +29,9 @@ session start, so this measures whether the stored type changes anything at run 
 Every round runs each variant once, in turn (int4onnx.tools.bench.time_alternating); medians per variant.
 ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/tools/bench.py); ggml
 keeps its OpenMP threads' default spinning, and the benchmark waits 50 ms (untimed) after each ggml round so
-they are asleep before the next variant runs.
+they are asleep before the next variant runs; with --spin it waits so after every variant. Spinning matters for
+short ops: per-op thread wake-up then dominates (cache case on the 16-core Xeon, 4 threads: i4o_int8 80 us per
+1024x1024 layer without spinning, 14.5 us with it).
 Reported per variant: median ms per chain, effective weight GB/s (bytes of the weights as stored --
 codes + scales, or fp32 -- divided by the time), GFLOP/s (2*M*K*N*L / time); per M the speed-ups
 i4o_int8/nbits_acc4, i4o_fp32/nbits_acc0, i4o_*/fp32 and i4o_int8/ggml_* (peer median / our median);
@@ -65,6 +67,7 @@ from int4onnx import _native
 from int4onnx.runtime import make_session
 from int4onnx.tools.bench import NO_SPIN, SPIN, SelfTimed, time_alternating
 
+SETTLE_S = 0.05  # untimed wait after a variant whose threads spin on after its run (ggml always; ONNX Runtime with --spin)
 CASES = {"dram": (4096, 4096, 16), "cache": (1024, 1024, 4)}  # dram: at least 16 layers, more if the LLC asks
 VARIANTS = ("fp32", "nbits_acc0", "nbits_acc4", "i4o_fp32", "i4o_int8")
 # ggml's CPU backend through tools/ggml_chain.c (--ggml): weight type, buffer type, environment
@@ -309,15 +312,13 @@ class GgmlChain:
     """A ggml_chain process holding one chain's weights (loaded, and repacked, once); each `run(M)` times
     one round inside the process and returns it as SelfTimed, so the pipe's round trip is not counted."""
 
-    def __init__(self, exe: str, variant: str, K: int, N: int, L: int, threads: int, spin: bool = True):
+    def __init__(self, exe: str, variant: str, K: int, N: int, L: int, threads: int):
         wtype, buft, extra_env = GGML_VARIANTS[variant]
         env = {**os.environ, **extra_env}
-        self.settle = 0.0
-        if not spin:
-            # ggml (OpenMP) keeps its threads spinning for a while after each graph, as llama.cpp runs it;
-            # let them fall asleep (outside the timed part) before the next variant runs. 5 ms was not
-            # enough on a 16-core Xeon (i4o_int8 at M = 1 on 16 threads: 2.88 ms after 5 ms, 2.09 ms after 50 ms)
-            self.settle = 0.05
+        # ggml (OpenMP) keeps its threads spinning for a while after each graph, as llama.cpp runs it;
+        # let them fall asleep (outside the timed part) before the next variant runs. 5 ms was not
+        # enough on a 16-core Xeon (i4o_int8 at M = 1 on 16 threads: 2.88 ms after 5 ms, 2.09 ms after 50 ms)
+        self.settle = SETTLE_S
         self.proc = subprocess.Popen([exe, "--k", str(K), "--n", str(N), "--layers", str(L), "--threads", str(threads),
                                       "--type", wtype, "--buft", buft], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
@@ -373,7 +374,7 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
                 if ggml_exe is None:
                     raise GgmlError(f"{v} needs --ggml")
                 try:
-                    runners_ggml[v] = GgmlChain(ggml_exe, v, K, N, L, threads, spin=spin)
+                    runners_ggml[v] = GgmlChain(ggml_exe, v, K, N, L, threads)
                     err = runners_ggml[v].check(1)
                 except GgmlError as exc:
                     if v not in optional:
@@ -400,7 +401,8 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
             feeds = {"x": x}
             outs = {v: s.run(None, feeds)[0] for v, s in sessions.items()}
             ref = outs.get("fp32")
-            runners = {v: (lambda s=s, f=feeds: s.run(None, f)) for v, s in sessions.items()}
+            runners = {v: (_settled(lambda s=s, f=feeds: s.run(None, f)) if spin else (lambda s=s, f=feeds: s.run(None, f)))
+                       for v, s in sessions.items()}
             runners.update({v: (lambda g=g, m=M: g.run(m)) for v, g in runners_ggml.items()})
             runners = {v: runners[v] for v in variants}
             # short chains get more rounds so that every variant runs at least ~0.5 s in total
@@ -422,6 +424,20 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
     finally:
         for g in runners_ggml.values():
             g.close()
+
+
+def _settled(fn):
+    """fn timed, then SETTLE_S untimed: with --spin each session's threads spin on after its run and would
+    take the cores from the next variant (on a 16-core Xeon ggml's 8-thread chain took 10.9 ms instead of
+    ~0.2 ms right after spinning ONNX Runtime sessions); within one run they spin between the chain's MatMuls,
+    as in an application."""
+    def run() -> SelfTimed:
+        t = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - t
+        time.sleep(SETTLE_S)
+        return SelfTimed(elapsed)
+    return run
 
 
 def _session(model: onnx.ModelProto, threads: int, spin: bool):

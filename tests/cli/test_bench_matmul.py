@@ -97,7 +97,7 @@ def test_ggml_chain_matches_its_float64_reference(bm, tmp_path):
     assert "CPU_REPACK" in bm.ggml_list(exe)["bufts"]
     for variant, tol in (("ggml_q4_0", 0.03), ("ggml_f32", 1e-5)):
         for threads in (1, 2):
-            g = bm.GgmlChain(exe, variant, 256, 256, 3, threads, spin=True)
+            g = bm.GgmlChain(exe, variant, 256, 256, 3, threads)
             try:
                 for M in (1, 5):
                     assert g.check(M) < tol
