@@ -136,24 +136,34 @@ typedef void (*small_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t,
 
 /* ---- many rows: dequantized panel + 6 x 16 micro-kernel ---- */
 
-/* panel[k][16] = dequantized weights of group g for k in [k0, k0 + kc) */
+/* panel[k][16] = dequantized weights of group g for k in [k0, k0 + kc), block by block (k0 and the block
+ * starts are multiples of 16; kc may end inside a block): no division and record lookup per chunk */
 AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g, int64_t k0, int64_t kc, float *panel,
                    const int kind, const int asym) {
   const int per_chunk = kind == KIND_INT8 ? 4 : 8;
   const __m256 cb_lo = nf4_levels(0), cb_hi = nf4_levels(1);
-  const int64_t bs = L->bs, j = g % X86_SG;
+  const int64_t bs = L->bs, j = g % X86_SG, k1 = k0 + kc;
   const x86_rec rl = x86_sg_rec(L, g);
-  for (int64_t k = k0; k < k0 + kc; k += per_chunk) {
-    const int64_t b = k / bs, t = (k - b * bs) / per_chunk;
+  for (int64_t b = k0 / bs, kb = b * bs; kb < k1; b++, kb += bs) {
     const uint8_t *rec = x86_record(c->packed, L, g, b);
-#pragma GCC unroll 8
+    const uint8_t *pc = x86_rec_codes(&rl, rec, j);
+    const int64_t ks = kb > k0 ? kb : k0, ke = kb + bs < k1 ? kb + bs : k1;
+    __m256 s[2], zf[2];
+#pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
-      const __m256i raw = _mm256_load_si256((const __m256i *)(x86_rec_codes(&rl, rec, j) + t * X86_CHUNK + 32 * h));
-      const __m256 s = _mm256_load_ps(x86_rec_scales_f32(&rl, rec, j) + 8 * h);
-      const __m256 zf = zero_point(&rl, rec, j, h, kind, asym);
+      s[h] = _mm256_load_ps(x86_rec_scales_f32(&rl, rec, j) + 8 * h);
+      zf[h] = zero_point(&rl, rec, j, h, kind, asym);
+    }
+    for (int64_t k = ks; k < ke; k += per_chunk) {
+      const uint8_t *chunk = pc + (k - kb) / per_chunk * X86_CHUNK;
+      float *dst = panel + (k - k0) * 16;
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; h++) {
+        const __m256i raw = _mm256_load_si256((const __m256i *)(chunk + 32 * h));
 #pragma GCC unroll 8
-      for (int i = 0; i < per_chunk; i++)
-        _mm256_store_ps(panel + (k - k0 + i) * 16 + 8 * h, _mm256_mul_ps(dequant(raw, i, kind, zf, cb_lo, cb_hi), s));
+        for (int i = 0; i < per_chunk; i++)
+          _mm256_store_ps(dst + i * 16 + 8 * h, _mm256_mul_ps(dequant(raw, i, kind, zf[h], cb_lo, cb_hi), s[h]));
+      }
     }
   }
 }
@@ -170,15 +180,29 @@ PANEL_FN(KIND_INT8, 1, panel_int8_asym)
 PANEL_FN(KIND_INT4, 2, panel_int4_real)
 PANEL_FN(KIND_INT8, 2, panel_int8_real)
 
-/* C[m .. m+R, n .. n+16) (+)= A[m .. m+R, k0 .. k0+kc) @ panel, A read in place (row pointers, like MLAS's
- * SGEMM kernel: no packed copy, which the driver would make on one thread per row slab); first = overwrite
- * (plus bias), else accumulate. FULL: all 16 columns exist (plain loads and stores: vmaskmovps stores are
- * microcoded on AMD cores) */
-AI void micro(const i4o_gemm_ctx *c, const float *a, const float *panel, int64_t m, int64_t n, int64_t ncols,
+/* activations packed once per call for the panel path (x86_panel_a_bytes) */
+static size_t panel_a_bytes(const i4o_wdesc *w, int64_t M) {
+  return M < PANEL_MIN_ROWS ? 64 : x86_panel_a_bytes(M, w->K, MR);
+}
+
+static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
+                            void *ws) {
+  if (M < PANEL_MIN_ROWS) return;
+  const int64_t K = w->K;
+  for (int64_t m = m0; m < m1; m += MR) { /* m0 is a multiple of MR (m_tile) */
+    float *ap = (float *)ws + (m / MR) * K * MR;
+    const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+    x86_panel_a_fill(ap, A + m * lda, lda, rows, MR, 0, K);
+  }
+}
+
+/* C[m .. m+R, n .. n+16) (+)= packed A @ panel; first = overwrite (plus bias), else accumulate. FULL: all 16
+ * columns exist (plain loads and stores: vmaskmovps stores are microcoded on AMD cores) */
+AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n, int64_t ncols,
               int64_t kc, int first, const int R, const int FULL) {
   __m256 acc[MR][2];
   const __m256i mk[2] = {x86_mask8(ncols), x86_mask8(ncols - 8)};
-  const int64_t lda = c->lda, ldc = c->ldc;
+  const int64_t ldc = c->ldc;
   float *cm = c->C + m * ldc + n;
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
@@ -192,7 +216,7 @@ AI void micro(const i4o_gemm_ctx *c, const float *a, const float *panel, int64_t
     const __m256 w0 = _mm256_load_ps(panel + k * 16), w1 = _mm256_load_ps(panel + k * 16 + 8);
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
-      const __m256 av = _mm256_broadcast_ss(a + r * lda + k);
+      const __m256 av = _mm256_broadcast_ss(ap + k * MR + r);
       acc[r][0] = _mm256_fmadd_ps(av, w0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(av, w1, acc[r][1]);
     }
@@ -207,10 +231,10 @@ AI void micro(const i4o_gemm_ctx *c, const float *a, const float *panel, int64_t
 }
 
 #define MICRO_FN(R)                                                                                             \
-  T256 static void micro_##R(const i4o_gemm_ctx *c, const float *a, const float *panel, int64_t m, int64_t n,   \
+  T256 static void micro_##R(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n,  \
                              int64_t ncols, int64_t kc, int first) {                                            \
-    if (ncols >= 16) micro(c, a, panel, m, n, ncols, kc, first, R, 1);                                          \
-    else micro(c, a, panel, m, n, ncols, kc, first, R, 0);                                                      \
+    if (ncols >= 16) micro(c, ap, panel, m, n, ncols, kc, first, R, 1);                                         \
+    else micro(c, ap, panel, m, n, ncols, kc, first, R, 0);                                                     \
   }
 MICRO_FN(1)
 MICRO_FN(2)
@@ -228,7 +252,7 @@ static void avx2_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_
   const int kind = x86_kind(w);
   const int asym = x86_asym(w);
   const int64_t g_begin = n0 / 16, g_end = (n1 + 15) / 16; /* n0 is a multiple of n_tile (16) */
-  if (m1 - m0 < PANEL_MIN_ROWS) {
+  if (c->M < PANEL_MIN_ROWS) { /* prepare_a packed the activations only for the panel path */
     static const small_fn by_rows[5] = {NULL, small_1x1, small_2x1, small_3x1, small_4x1};
     for (int64_t g = g_begin; g < g_end; g++) {
       const int64_t ncols = n1 - 16 * g;
@@ -249,13 +273,14 @@ static void avx2_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_
                                        {panel_int8, panel_int8_asym, panel_int8_real}};
   const panel_fn fill = kind == KIND_NF4 ? panel_nf4 : fills[kind == KIND_INT8][asym];
   float panel[KC * 16] __attribute__((aligned(64)));
+  const float *ap_all = (const float *)c->a_ws;
   for (int64_t k0 = 0; k0 < w->K; k0 += KC) {
     const int64_t kc = w->K - k0 < KC ? w->K - k0 : KC;
     for (int64_t g = g_begin; g < g_end; g++) {
       fill(c, &L, g, k0, kc, panel);
-      for (int64_t m = m0, rows; m < m1; m += rows) {
-        rows = x86_tile_rows(m1 - m, MR);
-        kMicro[rows](c, c->A + m * c->lda + k0, panel, m, 16 * g, n1 - 16 * g, kc, k0 == 0);
+      for (int64_t m = m0; m < m1; m += MR) {
+        const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+        kMicro[rows](c, ap_all + (m / MR) * w->K * MR + k0 * MR, panel, m, 16 * g, n1 - 16 * g, kc, k0 == 0);
       }
     }
   }
@@ -264,6 +289,7 @@ static void avx2_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_
 const i4o_kernel i4o_kernel_avx2_fp32 = {
     .name = "avx2_fp32", .isa = "avx2", .compute = I4O_COMPUTE_FP32,
     .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32,
+    .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
     .gemm = avx2_fp32_gemm, .real_zero_points = 1, .n_tile = 16, .m_tile = MR,
     .tile = {MR, 16, 8, KC}, /* 6 x 16 micro-kernel, 8 codes a chunk, KC-deep panels */
 };

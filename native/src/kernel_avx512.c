@@ -179,10 +179,35 @@ AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k
   }
 }
 
-/* C[m .. m+R, cols] (+)= A[m .. m+R, k0 .. k0+kc) @ panel, A read in place (row pointers, like MLAS's SGEMM
- * kernel: no packed copy, which the driver would make on one thread per row slab); first = overwrite (plus
- * bias), else accumulate */
-AI void micro(const i4o_gemm_ctx *c, const float *a, const float *panel, int64_t m, int64_t n, int64_t ncols,
+/* Activations for the panel path, packed once per call (x86_panel_a_bytes) */
+static size_t panel_a_bytes(const i4o_wdesc *w, int64_t M) {
+  return M < PANEL_MIN_ROWS ? 64 : x86_panel_a_bytes(M, w->K, MR);
+}
+
+T512 static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
+                                 void *ws) {
+  if (M < PANEL_MIN_ROWS) return;
+  const int64_t K = w->K;
+  for (int64_t m = m0; m < m1; m += MR) { /* m0 is a multiple of MR (m_tile) */
+    float *ap = (float *)ws + (m / MR) * K * MR;
+    const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+    const float *a = A + m * lda;
+    int64_t k = 0;
+    if (rows == MR) {
+      /* 16 k at a time: 12 row loads, scatter through a small transpose in registers */
+      for (; k + 16 <= K; k += 16) {
+        float t[MR][16];
+        for (int r = 0; r < MR; r++) _mm512_storeu_ps(t[r], _mm512_loadu_ps(a + r * lda + k));
+        for (int kk = 0; kk < 16; kk++)
+          for (int r = 0; r < MR; r++) ap[(k + kk) * MR + r] = t[r][kk];
+      }
+    }
+    x86_panel_a_fill(ap, a, lda, rows, MR, k, K);
+  }
+}
+
+/* C[m .. m+R, cols] (+)= packed A @ panel; first = overwrite (plus bias), else accumulate */
+AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n, int64_t ncols,
               int64_t kc, int first, const int R, const int G) {
   __m512 acc[MR][2];
   __mmask16 mk[2];
@@ -201,7 +226,7 @@ AI void micro(const i4o_gemm_ctx *c, const float *a, const float *panel, int64_t
     for (int g = 0; g < G; g++) wv[g] = _mm512_load_ps(panel + k * 16 * G + 16 * g);
 #pragma GCC unroll 12
     for (int r = 0; r < R; r++) {
-      const __m512 av = _mm512_set1_ps(a[r * c->lda + k]);
+      const __m512 av = _mm512_set1_ps(ap[k * MR + r]);
 #pragma GCC unroll 2
       for (int g = 0; g < G; g++) acc[r][g] = _mm512_fmadd_ps(av, wv[g], acc[r][g]);
     }
@@ -213,9 +238,9 @@ AI void micro(const i4o_gemm_ctx *c, const float *a, const float *panel, int64_t
 }
 
 #define MICRO_FN(R, G)                                                                                    \
-  T512 static void micro_##R##x##G(const i4o_gemm_ctx *c, const float *a, const float *panel, int64_t m,    \
+  T512 static void micro_##R##x##G(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m,   \
                                    int64_t n, int64_t ncols, int64_t kc, int first) {                     \
-    micro(c, a, panel, m, n, ncols, kc, first, R, G);                                                    \
+    micro(c, ap, panel, m, n, ncols, kc, first, R, G);                                                    \
   }
 #define MICRO_ROWS(G) \
   MICRO_FN(1, G) MICRO_FN(2, G) MICRO_FN(3, G) MICRO_FN(4, G) MICRO_FN(5, G) MICRO_FN(6, G) \
@@ -268,6 +293,7 @@ static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int6
   /* per K chunk, every column panel of the task is dequantized once, then swept by the micro-kernel
    * over all rows of the task */
   float panel[KC * 32] __attribute__((aligned(64)));
+  const float *ap_all = (const float *)c->a_ws;
   for (int64_t k0 = 0; k0 < w->K; k0 += KC) {
     const int64_t kc = w->K - k0 < KC ? w->K - k0 : KC;
     for (int64_t g = g_begin; g < g_end; g += 2) {
@@ -287,9 +313,9 @@ static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int6
           _mm_prefetch((const char *)x86_scales(c->packed, &L, gn, b), _MM_HINT_T1);
         }
       }
-      for (int64_t m = m0, rows; m < m1; m += rows) {
-        rows = x86_tile_rows(m1 - m, MR);
-        kMicro[G - 1][rows](c, c->A + m * c->lda + k0, panel, m, n, ncols, kc, k0 == 0);
+      for (int64_t m = m0; m < m1; m += MR) {
+        const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+        kMicro[G - 1][rows](c, ap_all + (m / MR) * w->K * MR + k0 * MR, panel, m, n, ncols, kc, k0 == 0);
       }
     }
   }
@@ -298,6 +324,7 @@ static void avx512_fp32_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int6
 const i4o_kernel i4o_kernel_avx512_fp32 = {
     .name = "avx512_fp32", .isa = "avx512", .compute = I4O_COMPUTE_FP32,
     .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32,
+    .a_bytes = panel_a_bytes, .prepare_a = panel_prepare_a,
     .gemm = avx512_fp32_gemm, .real_zero_points = 1, .n_tile = 64, .m_tile = MR, /* tasks cover whole supergroups */
     .tile = {MR, 16 * X86_SG, 8, KC}, /* few rows: a supergroup wide; panels: 12 x 32 */
 };

@@ -49,12 +49,4 @@ X86_AI512 void x86_store16(const i4o_gemm_ctx *c, int64_t m, int64_t n, int64_t 
                           scaled ? _mm512_fmadd_ps(acc[r * stride], s, bias) : _mm512_add_ps(acc[r * stride], bias));
 }
 
-/* Rows of the next call of an fp32 panel micro-kernel of mr rows, `left` rows before the task's end: mr,
- * but a last tile of 1-3 rows (2-6 accumulators: the FMA latency, not its throughput, would bound them)
- * shares the rows of the one before it (mr + 1 .. mr + 3 rows: two tiles of about half) */
-static inline int x86_tile_rows(int64_t left, int mr) {
-  if (left >= 2 * mr || left <= mr) return (int)(left < mr ? left : mr);
-  return left <= mr + 3 ? (int)(left + 1) / 2 : mr;
-}
-
 #endif /* I4O_X86_SIMD_H_ */
