@@ -212,7 +212,30 @@ AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_
       else if (FULL) acc[r][h] = _mm256_loadu_ps(first ? c->bias + n + 8 * h : cm + r * ldc + 8 * h);
       else acc[r][h] = _mm256_maskload_ps(first ? c->bias + n + 8 * h : cm + r * ldc + 8 * h, mk[h]);
     }
-  for (int64_t k = 0; k < kc; k++) {
+  int64_t k = 0;
+  if (R <= 3) { /* 2-6 accumulators would wait on the FMA latency: odd k into a second set */
+    __m256 acc2[3][2];
+#pragma GCC unroll 3
+    for (int r = 0; r < R; r++) acc2[r][0] = acc2[r][1] = _mm256_setzero_ps();
+    for (; k + 2 <= kc; k += 2) {
+      const __m256 w0 = _mm256_load_ps(panel + k * 16), w1 = _mm256_load_ps(panel + k * 16 + 8);
+      const __m256 v0 = _mm256_load_ps(panel + k * 16 + 16), v1 = _mm256_load_ps(panel + k * 16 + 24);
+#pragma GCC unroll 3
+      for (int r = 0; r < R; r++) {
+        const __m256 av = _mm256_broadcast_ss(ap + k * MR + r), bv = _mm256_broadcast_ss(ap + k * MR + MR + r);
+        acc[r][0] = _mm256_fmadd_ps(av, w0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(av, w1, acc[r][1]);
+        acc2[r][0] = _mm256_fmadd_ps(bv, v0, acc2[r][0]);
+        acc2[r][1] = _mm256_fmadd_ps(bv, v1, acc2[r][1]);
+      }
+    }
+#pragma GCC unroll 3
+    for (int r = 0; r < R; r++) {
+      acc[r][0] = _mm256_add_ps(acc[r][0], acc2[r][0]);
+      acc[r][1] = _mm256_add_ps(acc[r][1], acc2[r][1]);
+    }
+  }
+  for (; k < kc; k++) {
     const __m256 w0 = _mm256_load_ps(panel + k * 16), w1 = _mm256_load_ps(panel + k * 16 + 8);
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
