@@ -347,11 +347,12 @@ typedef struct run_state {
   i4o_gemm_ctx ctx;
   void *a_ws;
   int64_t m_chunk, n_chunk, m_tasks, n_tasks;
+  int64_t p_chunk, p_tasks; /* prepare_a's row chunks (multiples of m_tile) */
 } run_state;
 
 static void prepare_task(void *data, size_t i) {
   run_state *s = (run_state *)data;
-  int64_t m0 = (int64_t)i * s->m_chunk, m1 = (int64_t)i == s->m_tasks - 1 ? s->ctx.M : m0 + s->m_chunk;
+  int64_t m0 = (int64_t)i * s->p_chunk, m1 = (int64_t)i == s->p_tasks - 1 ? s->ctx.M : m0 + s->p_chunk;
   s->p->kernel->prepare_a(&s->p->w, s->ctx.A, s->ctx.lda, s->ctx.M, m0, m1, s->a_ws);
 }
 
@@ -434,7 +435,12 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
     s.a_ws = ws_take(k->a_bytes(&p->w, M), &ws_cap);
     if (!s.a_ws) return I4O_E_NOMEM;
     s.ctx.a_ws = s.a_ws;
-    pfor(pctx, prepare_task, (size_t)s.m_tasks, &s);
+    /* rows in up to 16 chunks of their own: one gemm row slab (the fp32 panel path's at M <= 516) would
+     * leave all of A to one thread while the others wait */
+    const int64_t m_tile = k->m_tile > 0 ? k->m_tile : 1;
+    s.p_chunk = round_up((M + 15) / 16, m_tile);
+    s.p_tasks = (M + s.p_chunk - 1) / s.p_chunk;
+    pfor(pctx, prepare_task, (size_t)s.p_tasks, &s);
   }
   pfor(pctx, gemm_task, (size_t)(s.n_tasks * s.m_tasks), &s);
   ws_give(s.a_ws, ws_cap);

@@ -136,24 +136,34 @@ typedef void (*small_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t,
 
 /* ---- many rows: dequantized panel + 6 x 16 micro-kernel ---- */
 
-/* panel[k][16] = dequantized weights of group g for k in [k0, k0 + kc) */
+/* panel[k][16] = dequantized weights of group g for k in [k0, k0 + kc), block by block (k0 and the block
+ * starts are multiples of 16; kc may end inside a block): no division and record lookup per chunk */
 AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g, int64_t k0, int64_t kc, float *panel,
                    const int kind, const int asym) {
   const int per_chunk = kind == KIND_INT8 ? 4 : 8;
   const __m256 cb_lo = nf4_levels(0), cb_hi = nf4_levels(1);
-  const int64_t bs = L->bs, j = g % X86_SG;
+  const int64_t bs = L->bs, j = g % X86_SG, k1 = k0 + kc;
   const x86_rec rl = x86_sg_rec(L, g);
-  for (int64_t k = k0; k < k0 + kc; k += per_chunk) {
-    const int64_t b = k / bs, t = (k - b * bs) / per_chunk;
+  for (int64_t b = k0 / bs, kb = b * bs; kb < k1; b++, kb += bs) {
     const uint8_t *rec = x86_record(c->packed, L, g, b);
-#pragma GCC unroll 8
+    const uint8_t *pc = x86_rec_codes(&rl, rec, j);
+    const int64_t ks = kb > k0 ? kb : k0, ke = kb + bs < k1 ? kb + bs : k1;
+    __m256 s[2], zf[2];
+#pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
-      const __m256i raw = _mm256_load_si256((const __m256i *)(x86_rec_codes(&rl, rec, j) + t * X86_CHUNK + 32 * h));
-      const __m256 s = _mm256_load_ps(x86_rec_scales_f32(&rl, rec, j) + 8 * h);
-      const __m256 zf = zero_point(&rl, rec, j, h, kind, asym);
+      s[h] = _mm256_load_ps(x86_rec_scales_f32(&rl, rec, j) + 8 * h);
+      zf[h] = zero_point(&rl, rec, j, h, kind, asym);
+    }
+    for (int64_t k = ks; k < ke; k += per_chunk) {
+      const uint8_t *chunk = pc + (k - kb) / per_chunk * X86_CHUNK;
+      float *dst = panel + (k - k0) * 16;
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; h++) {
+        const __m256i raw = _mm256_load_si256((const __m256i *)(chunk + 32 * h));
 #pragma GCC unroll 8
-      for (int i = 0; i < per_chunk; i++)
-        _mm256_store_ps(panel + (k - k0 + i) * 16 + 8 * h, _mm256_mul_ps(dequant(raw, i, kind, zf, cb_lo, cb_hi), s));
+        for (int i = 0; i < per_chunk; i++)
+          _mm256_store_ps(dst + i * 16 + 8 * h, _mm256_mul_ps(dequant(raw, i, kind, zf[h], cb_lo, cb_hi), s[h]));
+      }
     }
   }
 }
@@ -186,19 +196,46 @@ static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, int
   }
 }
 
-/* C[m .. m+R, n .. n+16) (+)= packed A @ panel; first = overwrite (plus bias), else accumulate */
+/* C[m .. m+R, n .. n+16) (+)= packed A @ panel; first = overwrite (plus bias), else accumulate. FULL: all 16
+ * columns exist (plain loads and stores: vmaskmovps stores are microcoded on AMD cores) */
 AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n, int64_t ncols,
-              int64_t kc, int first, const int R) {
+              int64_t kc, int first, const int R, const int FULL) {
   __m256 acc[MR][2];
-  __m256i mk[2] = {x86_mask8(ncols), x86_mask8(ncols - 8)};
+  const __m256i mk[2] = {x86_mask8(ncols), x86_mask8(ncols - 8)};
+  const int64_t ldc = c->ldc;
+  float *cm = c->C + m * ldc + n;
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
     for (int h = 0; h < 2; h++) {
-      if (first) acc[r][h] = c->bias ? _mm256_maskload_ps(c->bias + n + 8 * h, mk[h]) : _mm256_setzero_ps();
-      else acc[r][h] = _mm256_maskload_ps(c->C + (m + r) * c->ldc + n + 8 * h, mk[h]);
+      if (first && !c->bias) acc[r][h] = _mm256_setzero_ps();
+      else if (FULL) acc[r][h] = _mm256_loadu_ps(first ? c->bias + n + 8 * h : cm + r * ldc + 8 * h);
+      else acc[r][h] = _mm256_maskload_ps(first ? c->bias + n + 8 * h : cm + r * ldc + 8 * h, mk[h]);
     }
-  for (int64_t k = 0; k < kc; k++) {
+  int64_t k = 0;
+  if (R <= 3) { /* 2-6 accumulators would wait on the FMA latency: odd k into a second set */
+    __m256 acc2[3][2];
+#pragma GCC unroll 3
+    for (int r = 0; r < R; r++) acc2[r][0] = acc2[r][1] = _mm256_setzero_ps();
+    for (; k + 2 <= kc; k += 2) {
+      const __m256 w0 = _mm256_load_ps(panel + k * 16), w1 = _mm256_load_ps(panel + k * 16 + 8);
+      const __m256 v0 = _mm256_load_ps(panel + k * 16 + 16), v1 = _mm256_load_ps(panel + k * 16 + 24);
+#pragma GCC unroll 3
+      for (int r = 0; r < R; r++) {
+        const __m256 av = _mm256_broadcast_ss(ap + k * MR + r), bv = _mm256_broadcast_ss(ap + k * MR + MR + r);
+        acc[r][0] = _mm256_fmadd_ps(av, w0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(av, w1, acc[r][1]);
+        acc2[r][0] = _mm256_fmadd_ps(bv, v0, acc2[r][0]);
+        acc2[r][1] = _mm256_fmadd_ps(bv, v1, acc2[r][1]);
+      }
+    }
+#pragma GCC unroll 3
+    for (int r = 0; r < R; r++) {
+      acc[r][0] = _mm256_add_ps(acc[r][0], acc2[r][0]);
+      acc[r][1] = _mm256_add_ps(acc[r][1], acc2[r][1]);
+    }
+  }
+  for (; k < kc; k++) {
     const __m256 w0 = _mm256_load_ps(panel + k * 16), w1 = _mm256_load_ps(panel + k * 16 + 8);
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
@@ -210,13 +247,17 @@ AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
-    for (int h = 0; h < 2; h++) _mm256_maskstore_ps(c->C + (m + r) * c->ldc + n + 8 * h, mk[h], acc[r][h]);
+    for (int h = 0; h < 2; h++) {
+      if (FULL) _mm256_storeu_ps(cm + r * ldc + 8 * h, acc[r][h]);
+      else _mm256_maskstore_ps(cm + r * ldc + 8 * h, mk[h], acc[r][h]);
+    }
 }
 
 #define MICRO_FN(R)                                                                                             \
   T256 static void micro_##R(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n,  \
                              int64_t ncols, int64_t kc, int first) {                                            \
-    micro(c, ap, panel, m, n, ncols, kc, first, R);                                                             \
+    if (ncols >= 16) micro(c, ap, panel, m, n, ncols, kc, first, R, 1);                                         \
+    else micro(c, ap, panel, m, n, ncols, kc, first, R, 0);                                                     \
   }
 MICRO_FN(1)
 MICRO_FN(2)
