@@ -147,7 +147,7 @@ class QuantConfig:
     max_error: promote the most sensitive layers until the estimated relative error of the model
         outputs on the calibration data is at most this.
     sensitivity_samples: calibration samples in the end-to-end part of the sensitivity pass (a large
-        LM's windows are cut to a budget of multiply-adds: SmolLM2-135M runs 3 x 42 tokens per layer).
+        LM's windows are cut to a budget of multiply-adds: SmolLM2-135M runs 2 x 32 tokens per layer).
     lm_head: "8" (default), "4" (like the other layers) or "float": the final projection of a
         language model (a MatMul whose output is a graph output, in a model with a token embedding).
     embedding: "float" (default), "8" or "4": quantize token-embedding Gather tables (ONNX
