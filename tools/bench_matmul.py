@@ -540,7 +540,8 @@ def avx2_only_exec(argv: list[str]) -> str:
     so = os.path.join(tmp, "cpuid_avx2only.so")
     r = subprocess.run([cc, "-O2", "-shared", "-fPIC", os.path.join(TOOLS, "cpuid_avx2only.c"), "-o", so],
                        capture_output=True, text=True)
-    env = dict(os.environ, LD_PRELOAD=":".join(p for p in (so, os.environ.get("LD_PRELOAD", "")) if p),
+    # after what is preloaded already: a sanitizer's runtime must stay first in the list
+    env = dict(os.environ, LD_PRELOAD=":".join(p for p in (os.environ.get("LD_PRELOAD", ""), so) if p),
                INT4ONNX_ISA="avx2", **{AVX2_ONLY_ENV: so})
     why = f"{cc} failed: {r.stderr.strip()[:200]}" if r.returncode else None
     if why is None:

@@ -112,7 +112,13 @@ def _has_cpuid_faulting(shim_dir) -> bool:
     so = os.path.join(shim_dir, "shim.so")
     subprocess.run([shutil.which("cc") or "gcc", "-O2", "-shared", "-fPIC", os.path.join(TOOLS, "cpuid_avx2only.c"),
                     "-o", so], check=True)
-    return subprocess.run(["true"], env=dict(os.environ, LD_PRELOAD=so)).returncode == 0
+    return subprocess.run(["true"], env=_preload(so)).returncode == 0
+
+
+def _preload(so) -> dict:
+    """the environment with `so` preloaded after what is preloaded already (make test-sanitize preloads
+    the sanitizer runtime, which must stay first)"""
+    return dict(os.environ, LD_PRELOAD=":".join(p for p in (os.environ.get("LD_PRELOAD", ""), so) if p))
 
 
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="needs a C compiler")
@@ -124,7 +130,7 @@ def test_avx2_only_shim_hides_avx512_or_says_why(bm, tmp_path, monkeypatch, caps
                  "except ImportError:\n from numpy.core._multiarray_umath import __cpu_features__ as f\n"
                  "print(f['AVX512F'], f['AVX2'])")
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                             env=dict(os.environ, LD_PRELOAD=os.path.join(str(tmp_path), "shim.so")))
+                             env=_preload(os.path.join(str(tmp_path), "shim.so")))
         assert out.stdout.split() == ["False", "True"], out.stderr
         return
     monkeypatch.setattr(bm.tempfile, "tempdir", str(tmp_path))
