@@ -29,7 +29,8 @@ session start, so this measures whether the stored type changes anything at run 
 Every round runs each variant once, in turn (int4onnx.tools.bench.time_alternating); medians per variant.
 ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/tools/bench.py); ggml
 keeps its OpenMP threads' default spinning, and the benchmark waits 50 ms (untimed) after each ggml round so
-they are asleep before the next variant runs; with --spin it waits so after every variant. Spinning matters for
+they are asleep before the next variant runs; with --spin every sample is the median of 10 calls back to back (as
+an application decodes), followed by that wait, for every variant. Spinning matters for
 short ops: per-op thread wake-up then dominates (cache case on the 16-core Xeon, 4 threads: i4o_int8 80 us per
 1024x1024 layer without spinning, 14.5 us with it).
 Reported per variant: median ms per chain, effective weight GB/s (bytes of the weights as stored --
@@ -67,6 +68,7 @@ from int4onnx import _native
 from int4onnx.runtime import make_session
 from int4onnx.tools.bench import NO_SPIN, SPIN, SelfTimed, time_alternating
 
+SPIN_BURST = 10  # with --spin, calls per sample back to back (then one settle wait): spinning between calls counts
 SETTLE_S = 0.05  # untimed wait after a variant whose threads spin on after its run (ggml always; ONNX Runtime with --spin)
 CASES = {"dram": (4096, 4096, 16), "cache": (1024, 1024, 4)}  # dram: at least 16 layers, more if the LLC asks
 VARIANTS = ("fp32", "nbits_acc0", "nbits_acc4", "i4o_fp32", "i4o_int8")
@@ -339,8 +341,9 @@ class GgmlChain:
         self.proc.stdin.flush()
         return self._read()
 
-    def run(self, M: int) -> SelfTimed:
-        out = self._cmd(f"run {M} 1")
+    def run(self, M: int, burst: int = 1) -> SelfTimed:
+        """`burst` rounds back to back in the process; their median, then the settle wait."""
+        out = self._cmd(f"run {M} {burst}")
         if self.settle:
             time.sleep(self.settle)
         return SelfTimed(out["median_ms"] / 1e3)
@@ -401,12 +404,14 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
             feeds = {"x": x}
             outs = {v: s.run(None, feeds)[0] for v, s in sessions.items()}
             ref = outs.get("fp32")
-            runners = {v: (_settled(lambda s=s, f=feeds: s.run(None, f)) if spin else (lambda s=s, f=feeds: s.run(None, f)))
+            burst = SPIN_BURST if spin else 1
+            runners = {v: (_settled(lambda s=s, f=feeds: s.run(None, f), burst) if spin else (lambda s=s, f=feeds: s.run(None, f)))
                        for v, s in sessions.items()}
-            runners.update({v: (lambda g=g, m=M: g.run(m)) for v, g in runners_ggml.items()})
+            runners.update({v: (lambda g=g, m=M: g.run(m, burst)) for v, g in runners_ggml.items()})
             runners = {v: runners[v] for v in variants}
-            # short chains get more rounds so that every variant runs at least ~0.5 s in total
-            timings = time_alternating(runners, repeats=repeats, warmup=2, min_seconds=0.5)
+            # short chains get more rounds so that every variant runs at least ~0.5 s in total (not with --spin:
+            # there every round sleeps SETTLE_S per variant, and a burst already gives each sample its length)
+            timings = time_alternating(runners, repeats=repeats, warmup=2, min_seconds=0 if spin else 0.5)
             flops = 2.0 * M * K * N * L
             for v in variants:
                 t = timings[v].median
@@ -426,17 +431,20 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
             g.close()
 
 
-def _settled(fn):
-    """fn timed, then SETTLE_S untimed: with --spin each session's threads spin on after its run and would
-    take the cores from the next variant (on a 16-core Xeon ggml's 8-thread chain took 10.9 ms instead of
-    ~0.2 ms right after spinning ONNX Runtime sessions); within one run they spin between the chain's MatMuls,
-    as in an application."""
+def _settled(fn, burst: int = 1):
+    """`burst` calls of fn back to back, timed one by one (their median is the sample), then SETTLE_S untimed:
+    with --spin each session's threads spin on after its run and would take the cores from the next variant (on
+    a 16-core Xeon ggml's 8-thread chain took 10.9 ms instead of ~0.2 ms right after spinning ONNX Runtime
+    sessions); within a burst they spin between the chain's MatMuls and between calls, as in an application
+    decoding token after token (ggml's rounds run the same way: `GgmlChain.run(M, burst)`)."""
     def run() -> SelfTimed:
-        t = time.perf_counter()
-        fn()
-        elapsed = time.perf_counter() - t
+        times = []
+        for _ in range(burst):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
         time.sleep(SETTLE_S)
-        return SelfTimed(elapsed)
+        return SelfTimed(float(np.median(times)))
     return run
 
 
