@@ -142,12 +142,22 @@ static OrtStatus *read_super_scale(const op_kernel *k, const OrtValue *v, const 
   return NULL;
 }
 
+/* A per-block input (scales, real zero points): [N, n_blocks], or flat with N * n_blocks elements. */
+static OrtStatus *check_per_block(const op_kernel *k, const tensor_info *ti, const char *what) {
+  const int64_t nb = i4o_n_blocks(k->K, k->block_size);
+  if (ti->count == k->N * nb && ti->rank <= 2 && (ti->rank < 2 || (ti->dims[0] == k->N && ti->dims[1] == nb)))
+    return NULL;
+  char s[128];
+  shape_str(ti->dims, ti->rank < 8 ? ti->rank : 8, s, sizeof(s));
+  return fail(ORT_INVALID_ARGUMENT, k->name, "%s have shape %s, expected [%lld, %lld] (one per block)", what, s,
+              (long long)k->N, (long long)nb);
+}
+
 /* Real zero points [N, n_blocks] (float32 for float A, float16, or int8 codes times zero_points_scale),
  * widened to float32 into a new array *out (the caller frees it). */
 static OrtStatus *read_real_zero_points(const op_kernel *k, const OrtValue *zp, const tensor_info *ti,
                                         const OrtValue *zscale, float **out) {
   const int64_t nb = i4o_n_blocks(k->K, k->block_size);
-  char s[128];
   const ONNXTensorElementDataType t = ti->type;
   if (t != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 && t != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 &&
       !(t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && k->a_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT))
@@ -155,11 +165,9 @@ static OrtStatus *read_real_zero_points(const op_kernel *k, const OrtValue *zp, 
                 "zero_points must be uint8 (integer, packed), or %s, float16 or int8 (real) (got %s)",
                 type_name(k->a_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? k->a_type : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16),
                 type_name(t));
-  if (ti->count != k->N * nb || ti->rank > 2 || (ti->rank == 2 && (ti->dims[0] != k->N || ti->dims[1] != nb))) {
-    shape_str(ti->dims, ti->rank < 8 ? ti->rank : 8, s, sizeof(s));
-    return fail(ORT_INVALID_ARGUMENT, k->name, "real zero_points (%s) have shape %s, expected [%lld, %lld] (one per block)",
-                type_name(t), s, (long long)k->N, (long long)nb);
-  }
+  char what[48];
+  snprintf(what, sizeof(what), "real zero_points (%s)", type_name(t));
+  TRY(check_per_block(k, ti, what));
   const float *zs = NULL;
   size_t zs_step = 0;
   if (t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
@@ -202,10 +210,7 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
   const uint8_t *data = (const uint8_t *)p;
 
   TRY(get_info(in->scales, &ti));
-  if (ti.count != k->N * nb || (ti.rank == 2 && (ti.dims[0] != k->N || ti.dims[1] != nb)) || ti.rank > 2) {
-    shape_str(ti.dims, ti.rank < 8 ? ti.rank : 8, s, sizeof(s));
-    return fail(ORT_INVALID_ARGUMENT, k->name, "scales have shape %s, expected [%lld, %lld]", s, (long long)k->N, (long long)nb);
-  }
+  TRY(check_per_block(k, &ti, "scales"));
   const ONNXTensorElementDataType stype = ti.type;
   if (stype != k->a_type && stype != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && stype != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16)
     return fail(ORT_INVALID_ARGUMENT, k->name, "scales must be %s, float16 or int8 (got %s)", type_name(k->a_type),
