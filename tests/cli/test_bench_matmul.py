@@ -146,3 +146,22 @@ def test_avx2_only_without_a_compiler_is_one_line(bm, monkeypatch, capsys):
     monkeypatch.delenv(bm.AVX2_ONLY_ENV, raising=False)
     assert bm.main(["--avx2-only"]) == 2
     assert capsys.readouterr().err.strip() == "error: --avx2-only needs a C compiler (cc, or set CC)"
+
+
+def test_spin_samples_are_bursts_with_one_settle_wait(bm, monkeypatch):
+    calls, sleeps = [], []
+    monkeypatch.setattr(bm.time, "sleep", lambda s: sleeps.append(s))
+    sample = bm._settled(lambda: calls.append(1), burst=5)()
+    assert len(calls) == 5 and sleeps == [bm.SETTLE_S]
+    assert isinstance(sample, SelfTimed) and 0 <= sample.seconds < 0.1
+
+
+def test_cache_layers_set_the_chain_length(bm, tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert bm.main(["--case", "cache", "--cache-layers", "2", "--m", "1", "--threads", "1", "--variants", "i4o_int8",
+                    "--repeats", "1", "--no-stream", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["layers"] for r in rows] == [2]
+    with pytest.raises(SystemExit):
+        bm.main(["--case", "cache", "--cache-layers", "0"])
+    assert "--cache-layers must be at least 1" in capsys.readouterr().err
