@@ -165,3 +165,15 @@ def test_cache_layers_set_the_chain_length(bm, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bm.main(["--case", "cache", "--cache-layers", "0"])
     assert "--cache-layers must be at least 1" in capsys.readouterr().err
+
+
+def test_op_floor_times_every_split(capsys):
+    spec = importlib.util.spec_from_file_location("op_floor", os.path.join(TOOLS, "op_floor.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    before = os.environ.get("INT4ONNX_MIN_TASK_MACS")
+    assert mod.main(["--threads", "1", "--sizes", "64", "--layers", "2", "--repeats", "1", "--burst", "1"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].strip("|").split("|")
+    assert [c.strip() for c in row[:2]] == ["64", "1"]
+    assert all(float(c) > 0 for c in row[2:]) and len(row) == 2 + 1 + len(mod.SPLITS)
+    assert os.environ.get("INT4ONNX_MIN_TASK_MACS") == before  # restored
