@@ -384,11 +384,17 @@ i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int
   const int64_t m_start = fp32 ? (M * K * 4 <= ((int64_t)16 << 20) ? 516 : 72) : 144;
   int64_t m_chunk = round_up(M < m_start ? M : m_start, m_tile);
   int64_t n_chunk = round_up(fp32 ? 512 : 256, n_tile);
+  /* The fp32 panel kernels dequantize a KC-deep panel once per task and sweep it over the task's rows, which
+   * stream the task's activations once per panel: a task of many rows keeps >= 64 columns (4 of AVX2's
+   * 16-column panels share each activation slice from L2) and >= 64 rows (a 36-row task spent 20 % of its
+   * time filling panels: perf, AVX-512, M = 128, 2 threads). Both floors give way to a smaller M or N. */
+  const int panels = fp32 && k->prepare_a; /* the x86 fp32 kernels (prepare_a packs A for the panels) */
+  const int64_t n_floor = panels && M >= 64 ? round_up(64, n_tile) : n_tile, m_floor = panels ? 64 : 16;
 #define TASKS(mc, nc) (((M + (mc) - 1) / (mc)) * ((N + (nc) - 1) / (nc)))
-  while (n_chunk > n_tile && TASKS(m_chunk, n_chunk) < 64) n_chunk = round_up(n_chunk / 2, n_tile);
-  while (m_chunk > 16 && TASKS(m_chunk, n_chunk) < 64) {
+  while (n_chunk > n_floor && TASKS(m_chunk, n_chunk) < 64) n_chunk = round_up(n_chunk / 2, n_tile);
+  while (m_chunk > m_floor && TASKS(m_chunk, n_chunk) < 64) {
     const int64_t half = round_up(m_chunk / 2, m_tile);
-    if (half >= m_chunk || 2 * half * K * n_chunk < ((int64_t)1 << 22)) break;
+    if (half >= m_chunk || (panels && half < m_floor) || 2 * half * K * n_chunk < ((int64_t)1 << 22)) break;
     m_chunk = half;
   }
   /* Waking a pool thread costs microseconds (ONNX Runtime's threads sleep when spinning is off), so

@@ -122,6 +122,10 @@ static void build(grid *g) {
   const int64_t c = i4o_partition_tasks(g->k, 4096, 64, N0, 0).m_chunk;
   const int64_t m_slabs[] = {2 * c + c / 4, 2 * c + 3 * c / 4};
   add(g, m_slabs, 2, 64, N0, 32, F_INT4_ASYM);
+  /* the fp32 panel kernels' task floors (i4o_partition_tasks): at K = 512, 2 * 64 + 5 rows split into two
+   * slabs of >= 64 rows and the columns into chunks of 64 plus a last one of a single column */
+  const int64_t m_floors = 2 * 64 + 5;
+  add(g, &m_floors, 1, 512, 4 * nr + 1, 32, F_INT4_ASYM);
 }
 
 int i4o_kernel_tile(const char *kernel, i4o_tile *out) {
