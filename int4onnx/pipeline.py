@@ -292,7 +292,6 @@ def quantize_file(input_path, output_path, config: QuantConfig,
     with io.temporaries_next_to(out):  # calibration's copy of the model too
         model, done = quantize_model(model, config, progress, None if in_memory else input_path)
         written = io.save_model_atomic(model, out)
-        done.quantizer.wait()  # the last weight's metrics read its Gram matrix
         _release_statistics(done.plan)  # the Gram matrices spilled next to the output
     output_bytes = sum(os.path.getsize(p) for p in written)
     if output_bytes > input_bytes:
@@ -317,7 +316,6 @@ def quantize_in_memory(model: ir.Model, config: QuantConfig,
             tensor = value.const_value
             if isinstance(tensor, ir.LazyTensor):
                 value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
-    done.quantizer.wait()
     _release_statistics(done.plan)
     ir.external_data.load_to_model(model)
     return model

@@ -11,14 +11,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import threading
 from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
 
 from int4onnx import methods
-from int4onnx._threads import cpu_threads
 from int4onnx.config import QuantConfig
 from int4onnx.errors import CalibrationError, UnsupportedModelError
 from int4onnx.passes.plan import LayerSpec, MatMulTarget, QuantPlan, release
@@ -186,15 +184,7 @@ class WeightQuantizer:
         self.input_name = {key: ts[0].node.inputs[0].name for key, ts in self.by_key.items()}
         self.cache: collections.OrderedDict[tuple, QuantizedWeight] = collections.OrderedDict()
         self.keep = keep
-        self._results = QuantResults()
-        self._recording: tuple[threading.Thread, list] | None = None  # the metrics in flight (record)
-        self._started = 0  # weights quantized by __call__
-
-    @property
-    def results(self) -> QuantResults:
-        """The LayerResults of the weights quantized so far (after the metrics in flight)."""
-        self.wait()
-        return self._results
+        self.results = QuantResults()
 
     def stats_for(self, key: tuple):
         return self.plan.stats.get(self.input_name[key])
@@ -212,8 +202,7 @@ class WeightQuantizer:
         targets = self.by_key[key]
         t, spec = targets[0], self.plan.specs[key]
         if self.progress:
-            self.progress(self._started, len(self.by_key), t.weight.name or "")
-        self._started += 1
+            self.progress(len(self.results.layers), len(self.by_key), t.weight.name or "")
         w = t.weight_kn()
         qw = self.quantize(key, spec, w)
         if not np.isfinite(qw.scales).all():  # e.g. float16 scales of a weight beyond float16's range
@@ -227,52 +216,22 @@ class WeightQuantizer:
                 f"weight '{t.weight.name}' [{t.K} x {t.N}]: a group far from 0 for its range gives a real zero "
                 f"point beyond {spec.scale_dtype}; use --scale-dtype float32, or leave it float with "
                 f"--exclude '{t.node.name}'")
-        self.wait()  # one weight's metrics in flight
-        if cpu_threads() > 1:
-            # the metrics (RTN and both output errors: numpy and BLAS, which release the GIL) in a thread
-            # while the caller packs and writes this weight and the method quantizes the next one
-            error: list = []
-            thread = threading.Thread(target=self._record_into, args=(error, key, spec, w, qw), daemon=True)
-            thread.start()
-            self._recording = (thread, error)
-        else:
-            self._record(key, spec, w, qw)
-        del w
-        if self.progress and self._started == len(self.by_key):
-            self.wait()
-            self.progress(len(self.by_key), len(self.by_key), "")
-        self.cache[key] = qw
-        while len(self.cache) > self.keep:
-            self.cache.popitem(last=False)
-        return qw
-
-    def wait(self) -> None:
-        """Finish the metrics in flight; their error, if any, is raised here."""
-        if self._recording is None:
-            return
-        (thread, error), self._recording = self._recording, None
-        thread.join()
-        if error:
-            raise error[0]
-
-    def _record_into(self, error: list, *args) -> None:
-        try:
-            self._record(*args)
-        except BaseException as exc:  # raised in the caller's thread by wait()
-            error.append(exc)
-
-    def _record(self, key: tuple, spec: LayerSpec, w: np.ndarray, qw: QuantizedWeight) -> None:
-        """Measure a quantized weight against round to nearest and record its LayerResult."""
-        t = self.by_key[key][0]
         metrics = self._metrics(key, spec, w, qw)
+        del w
         layer = self.plan.layer(key)
-        self._results.layers[key] = LayerResult(
-            weight=key[0], nodes=tuple(x.node.name or "" for x in self.by_key[key]), K=t.K, N=t.N, spec=spec,
+        self.results.layers[key] = LayerResult(
+            weight=key[0], nodes=tuple(x.node.name or "" for x in targets), K=t.K, N=t.N, spec=spec,
             method=self.config.method, error=ErrorStats.of(metrics),
             rtn_error=ErrorStats.of({k[4:]: v for k, v in metrics.items() if k.startswith("rtn_")}),
             dead_input_channels=metrics.get("dead_input_channels"), decision=layer.decision,
             sensitivity=layer.sensitivity, awq=layer.awq)
         logger.debug("quantized %s [%d x %d]: %s", t.weight.name, t.K, t.N, metrics)
+        if self.progress and len(self.results.layers) == len(self.by_key):
+            self.progress(len(self.by_key), len(self.by_key), "")
+        self.cache[key] = qw
+        while len(self.cache) > self.keep:
+            self.cache.popitem(last=False)
+        return qw
 
     def _metrics(self, key: tuple, spec: LayerSpec, w: np.ndarray, qw: QuantizedWeight) -> dict:
         stats = self.stats_for(key)
@@ -306,4 +265,3 @@ class WeightQuantizer:
         for key in self.by_key:
             if key not in self.results.layers:
                 self(key)
-        self.wait()

@@ -11,7 +11,7 @@ PKG = pathlib.Path(__file__).resolve().parents[2] / "int4onnx"
 # module (or package folder) -> the int4onnx modules it may import; third-party modules it must not
 ALLOWED = {
     "quant": {"_native", "_threads", "quant"},
-    "passes": {"_native", "_threads", "config", "errors", "io", "methods", "quant", "passes"},
+    "passes": {"_native", "config", "errors", "io", "methods", "quant", "passes"},
     "methods": set(),
     "config": {"errors", "methods"},
     "report": {"passes"},
