@@ -29,7 +29,6 @@ import logging
 import os
 import pathlib
 import shutil
-import threading
 import weakref
 import zipfile
 from typing import Callable, Iterable, Iterator
@@ -199,7 +198,6 @@ class GramStore:
         self.pending: dict[str, int] = {}
         self.folded: set[str] = set()
         self._last: tuple[str, np.ndarray] | None = None
-        self._lock = threading.Lock()
         self.reads = 0  # Grams read from disk (tests)
 
     def _path(self, name: str, kind: str) -> pathlib.Path:
@@ -242,16 +240,15 @@ class GramStore:
         self.pending[name] = 0
 
     def gram(self, name: str) -> np.ndarray:
-        with self._lock:  # the quantizer's metrics thread reads one beside the method's
-            if self._last is not None and self._last[0] == name:
-                return self._last[1]
-            self._last = None  # drop the previous one before reading the next
-            if self.pending[name] or name not in self.folded:
-                self._fold(name)
-            g = np.load(self._path(name, "npy"))
-            self.reads += 1
-            self._last = (name, g)
-            return g
+        if self._last is not None and self._last[0] == name:
+            return self._last[1]
+        self._last = None  # drop the previous one before reading the next
+        if self.pending[name] or name not in self.folded:
+            self._fold(name)
+        g = np.load(self._path(name, "npy"))
+        self.reads += 1
+        self._last = (name, g)
+        return g
 
     def close(self) -> None:
         self._last = None
