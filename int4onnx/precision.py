@@ -17,6 +17,7 @@ estimated error is at most the bound. Only one layer's weights are held at a tim
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import time
@@ -24,7 +25,7 @@ import time
 import numpy as np
 import onnx_ir as ir
 
-from int4onnx._threads import blas_threads_for
+from int4onnx._threads import blas_threads_for, cpu_threads
 from int4onnx.config import GROUP_SIZES, QuantConfig
 from int4onnx.errors import ConfigError
 from int4onnx.passes.plan import LayerChoices, LayerSpec, MatMulTarget, MixedPrecisionSummary, QuantPlan, Selection
@@ -207,13 +208,27 @@ def measure_sensitivity(model: ir.Model, plan: QuantPlan, config: QuantConfig, f
         sampled = set(keys[step // 2::step][:METHOD_SAMPLE_LAYERS])
     ratios: dict[tuple, float] = {}
     names = [by_key[k][0].weight.name for k in keys]
+    quantized = {k: [o for o in options[k] if o.spec is not None] for k in keys}
+
+    def layer_errors(key, w: np.ndarray, first: np.ndarray, gram: np.ndarray) -> tuple[list[float], float | None]:
+        """The options' layer output errors and the method's over RTN's at the first option (sampled keys)."""
+        deqs = [first] + [quantizer.quantize(key, o.spec, w).dequantize() for o in quantized[key][1:]]
+        layer = _output_errors(w, deqs, gram)
+        del deqs
+        if key not in sampled or layer[0] <= 0:
+            return layer, None
+        own = _output_errors(w, [method.quantize(key, quantized[key][0].spec, w).dequantize()], gram)[0]
+        return layer, own / layer[0]
+
+    # With more than one CPU, a worker thread computes a layer's Gram errors (numpy and BLAS release the GIL)
+    # while ONNX Runtime runs it end to end: one layer in flight, as in memory before
+    pool = concurrent.futures.ThreadPoolExecutor(1) if cpu_threads() > 1 else None
     runner = ModelRunner(model, overridable=names)
     outs = runner.model_outputs
     try:
         short = sensitivity_feeds(model, feeds, config.sensitivity_samples, runner.session, weights)
         base = [runner.run(f, outs) for f in short]
         norm2 = sum(float(np.sum(np.square(y, dtype=np.float64))) for b in base for y in b) or 1.0
-        quantized = {k: [o for o in options[k] if o.spec is not None] for k in keys}
         for done, key in enumerate(keys):
             if progress:
                 progress(done, len(keys), "measuring sensitivity")
@@ -221,20 +236,20 @@ def measure_sensitivity(model: ir.Model, plan: QuantPlan, config: QuantConfig, f
             w = t.weight_kn()
             stats = quantizer.stats_for(key)
             gram = stats.gram if stats is not None and stats.has_gram else None
-            deqs = [quantizer.quantize(key, o.spec, w).dequantize() for o in quantized[key]]
             if gram is None:
-                for o, deq in zip(quantized[key], deqs, strict=True):
+                for o in quantized[key]:
+                    deq = quantizer.quantize(key, o.spec, w).dequantize()
                     o.error2 = _relative_error2(runner, short, base, norm2, t.weight.name, _stored(t, deq))
                 continue
-            first = quantized[key][0]
-            e2e = _relative_error2(runner, short, base, norm2, t.weight.name, _stored(t, deqs[0]))
-            layer = _output_errors(w, deqs, gram)
+            first = quantizer.quantize(key, quantized[key][0].spec, w).dequantize()
+            job = pool.submit(layer_errors, key, w, first, gram) if pool is not None else None
+            e2e = _relative_error2(runner, short, base, norm2, t.weight.name, _stored(t, first))
+            layer, ratio = job.result() if job is not None else layer_errors(key, w, first, gram)
             for o, e in zip(quantized[key], layer, strict=True):
-                o.error2 = e2e if o is first else (e2e * e / layer[0] if layer[0] > 0 else e2e)
-            if key in sampled and layer[0] > 0:
-                own = _output_errors(w, [method.quantize(key, first.spec, w).dequantize()], gram)[0]
-                ratios[key] = own / layer[0]
-            del w, deqs, gram
+                o.error2 = e2e if o is quantized[key][0] else (e2e * e / layer[0] if layer[0] > 0 else e2e)
+            if ratio is not None:
+                ratios[key] = ratio
+            del w, first, gram, job
         if ratios:
             median = float(np.median(list(ratios.values())))
             for k in keys:
@@ -243,6 +258,8 @@ def measure_sensitivity(model: ir.Model, plan: QuantPlan, config: QuantConfig, f
         if progress:
             progress(len(keys), len(keys), "measuring sensitivity")
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         runner.close()
 
 

@@ -73,22 +73,52 @@ def test_awq_search_in_threads_equals_one_thread(monkeypatch):
     assert a1 > 0  # the outlier channel makes scaling pay: the search did pick a point
 
 
-def test_calibration_beside_onnx_runtime_equals_one_after_another(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fold_rows", [7, calibrate.GRAM_FOLD_ROWS])
+def test_calibration_beside_onnx_runtime_equals_one_after_another(tmp_path, monkeypatch, fold_rows):
+    """One CPU: statistics after each run; more: STATISTICS_WORKERS threads share the inputs out while
+    ONNX Runtime runs the next sample (Grams folded mid-way or once); BLAS keeps its threads afterwards."""
     weights = {"w0": RNG.standard_normal((64, 48)).astype(np.float32),
-               "w1": RNG.standard_normal((48, 24)).astype(np.float32)}
+               "w1": RNG.standard_normal((48, 24)).astype(np.float32),
+               "w2": RNG.standard_normal((24, 40)).astype(np.float32)}
     model = io.load_model(save(matmul_model(weights), tmp_path / "chain.onnx"))
     values = [t.node.inputs[0] for t in select_matmuls(model, QuantConfig()).targets]
     feeds = [{"x": RNG.standard_normal((5, 64)).astype(np.float32)} for _ in range(5)]
+    monkeypatch.setattr(calibrate, "GRAM_FOLD_ROWS", fold_rows)
+    blas = [i["num_threads"] for i in _threads._controller().info() if i["user_api"] == "blas"]
     got = {}
-    for cpus in (1, 2):
+    for cpus in (1, 2, 4):
         monkeypatch.setattr(calibrate, "cpu_threads", lambda c=cpus: c)
         stats = calibrate.collect_statistics(model, values, feeds, gram=True)
         got[cpus] = {n: (s.count, s.sum_sq.copy(), s.hist.copy(), s.gram.copy()) for n, s in stats.items()}
         calibrate.release(stats)
-    assert got[1].keys() == got[2].keys() == {"x", "h0"}
+        assert [i["num_threads"] for i in _threads._controller().info() if i["user_api"] == "blas"] == blas
+    assert got[1].keys() == got[2].keys() == got[4].keys() == {"x", "h0", "h1"}
     for name in got[1]:
-        for a, b in zip(got[1][name], got[2][name], strict=True):
-            np.testing.assert_array_equal(a, b)
+        for cpus in (2, 4):
+            for a, b in zip(got[1][name], got[cpus][name], strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_sensitivity_beside_onnx_runtime_equals_one_after_another(tmp_path, monkeypatch):
+    """The sensitivity pass's Gram errors in a worker thread beside ONNX Runtime's end-to-end run: the same
+    estimates, choices and output as computed one after another."""
+    import int4onnx
+    from int4onnx import precision
+
+    lm = save(tiny_lm(V=40), tmp_path / "lm.onnx")
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    for i in range(4):
+        np.savez(cal / f"{i}.npz", input_ids=RNG.integers(0, 40, (1, 24), dtype=np.int64))
+    reports = {}
+    for cpus in (1, 2):
+        monkeypatch.setattr(precision, "cpu_threads", lambda c=cpus: c)
+        out = tmp_path / f"mp{cpus}.onnx"
+        r = int4onnx.quantize(lm, out, lm_head="4", group_size=32, method="gptq", calibration=str(cal), target_bits=5.0)
+        reports[cpus] = ([(layer["bits"], layer["block_size"], layer["sensitivity"]) for layer in r.layers],
+                         out.read_bytes())
+    assert reports[1][0] and all(s for _, _, s in reports[1][0])
+    assert reports[1] == reports[2]
 
 
 def test_a_calibration_error_in_the_worker_reaches_the_caller(tmp_path, monkeypatch):
