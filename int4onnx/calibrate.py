@@ -50,6 +50,11 @@ HIST_BINS = 2048
 # disk, so folding the default calibration (32 x 512 tokens) once instead of every 4096 rows writes 2.4 GB
 # less on SmolLM2-135M (at 5 s per GB on the 2-core test machine) for 4.8 GB more of spilled rows on disk
 GRAM_FOLD_ROWS = 16384
+# ... but never more than GRAM_PENDING_BYTES of pending rows per input, nor folds of fewer than
+# GRAM_FOLD_MIN_ROWS rows: on a 7B model (K = 4096 / 11008) inputs fold every 4096 rows as before, so its
+# spilled rows stay ~12 GB on disk instead of ~49 GB; on SmolLM2 the K = 576 inputs fold once, K = 1536 twice
+GRAM_PENDING_BYTES = 64 << 20
+GRAM_FOLD_MIN_ROWS = 4096
 GRAM_PRODUCT_ROWS = 1024  # rows per product X^T X while folding
 # Worker threads updating the statistics beside ONNX Runtime's run of the next sample. SmolLM2-135M on 2
 # cores: one worker (1.8 s per sample: the Gram products and spilling the rows) left ONNX Runtime (0.8 s
@@ -184,7 +189,7 @@ class GramStore:
     GRAM_FOLD_ROWS rows, and when the Gram is asked for, the pending rows are folded into the input's
     Gram, stored as float64 .npy. gram() returns it and keeps only the most recently read one in
     memory. Memory: one Gram (8 K^2 bytes) plus GRAM_PRODUCT_ROWS x K rows while folding; disk:
-    every Gram plus up to GRAM_FOLD_ROWS x K float32 pending rows per input. The folder is removed by
+    every Gram plus up to fold_at(input) x K float32 pending rows per input. The folder is removed by
     close() or when the store is garbage-collected."""
 
     def __init__(self, fold_rows: int | None = None):
@@ -199,6 +204,12 @@ class GramStore:
         self.folded: set[str] = set()
         self._last: tuple[str, np.ndarray] | None = None
         self.reads = 0  # Grams read from disk (tests)
+
+    def fold_at(self, name: str) -> int:
+        """Pending rows of `name` that trigger a fold: fold_rows, capped by GRAM_PENDING_BYTES of float32 rows
+        (but at least GRAM_FOLD_MIN_ROWS)."""
+        cap = max(GRAM_FOLD_MIN_ROWS, GRAM_PENDING_BYTES // (4 * self.K[name]))
+        return min(self.fold_rows, cap)
 
     def _path(self, name: str, kind: str) -> pathlib.Path:
         return self.dir / f"{self.index[name]}.{kind}"
@@ -215,7 +226,7 @@ class GramStore:
             with open(self._path(name, "rows"), "ab") as f:
                 rows.tofile(f)
             self.pending[name] += rows.shape[0]
-            if self.pending[name] >= self.fold_rows:
+            if self.pending[name] >= self.fold_at(name):
                 self._fold(name)
         except OSError as exc:  # e.g. a full disk
             raise OutputError(f"cannot keep the calibration Gram matrices in {self.dir}: "

@@ -150,3 +150,15 @@ def test_calibration_session_without_the_model_outputs(tmp_path):
         np.testing.assert_array_equal(a, b)
     full.close()
     slim.close()
+
+
+def test_gram_folds_cap_the_pending_bytes_per_input():
+    store = calibrate.GramStore()
+    try:
+        for name, K in (("small", 576), ("mid", 1536), ("wide", 4096), ("widest", 11008)):
+            store.add(name, K)
+        assert store.fold_at("small") == calibrate.GRAM_FOLD_ROWS  # 38 MB of rows: under the cap
+        assert store.fold_at("mid") * 4 * 1536 <= calibrate.GRAM_PENDING_BYTES < (store.fold_at("mid") + 1) * 4 * 1536
+        assert store.fold_at("wide") == store.fold_at("widest") == calibrate.GRAM_FOLD_MIN_ROWS
+    finally:
+        store.close()
