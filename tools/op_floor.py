@@ -34,16 +34,6 @@ def _bench_matmul():
     return mod
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        vals = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return vals
-
-
 def measure(size: int, threads: int, layers: int, repeats: int, burst: int, bm=None) -> dict[str, float]:
     """Median microseconds per layer of each variant at M = 1 on a chain of `layers` size x size layers."""
     bm = bm or _bench_matmul()
@@ -69,16 +59,16 @@ def measure(size: int, threads: int, layers: int, repeats: int, burst: int, bm=N
 
 
 def main(argv=None) -> int:
+    bm = _bench_matmul()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=_ints, default=[1, 2])
-    ap.add_argument("--sizes", type=_ints, default=[256, 1024], help="K = N of the chain's layers")
+    ap.add_argument("--threads", type=bm._ints, default=[1, 2])
+    ap.add_argument("--sizes", type=bm._ints, default=[256, 1024], help="K = N of the chain's layers")
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--burst", type=int, default=20, help="back-to-back runs per sample")
     args = ap.parse_args(argv)
     if args.layers < 1 or args.repeats < 1 or args.burst < 1:
         ap.error("--layers, --repeats and --burst must be at least 1")
-    bm = _bench_matmul()
     print(f"us per layer at M = 1, {args.layers}-layer chains, spinning on, median of {args.repeats} samples of "
           f"{args.burst} runs")
     print("| K = N | threads | " + " | ".join(["acc4", *SPLITS]) + " |")
