@@ -186,7 +186,7 @@ class GramStore:
     """Gram matrices X^T X of many MatMul inputs, kept on disk so that memory holds one at a time.
 
     append() writes a feed's activation rows (float32) to the input's file in a spill folder; every
-    GRAM_FOLD_ROWS rows, and when the Gram is asked for, the pending rows are folded into the input's
+    fold_at(input) rows, and when the Gram is asked for, the pending rows are folded into the input's
     Gram, stored as float64 .npy. gram() returns it and keeps only the most recently read one in
     memory. Memory: one Gram (8 K^2 bytes) plus GRAM_PRODUCT_ROWS x K rows while folding; disk:
     every Gram plus up to fold_at(input) x K float32 pending rows per input. The folder is removed by
