@@ -204,6 +204,31 @@ int64_t i4o_kernel_grid(const char *kernel, i4o_test_case *cases, int64_t cap);
 int i4o_matmul_threads(const char *kernel, int compute, const float *A, int64_t M, const i4o_weights *w,
                        const float *bias, float *Y, int threads, char *err, size_t err_len);
 
+/* ---- timeline of the op's calls through ONNX Runtime (diagnostics: tools/op_timeline.py) ----
+ * While a trace is on, every MatMulInt4 call records one record for the whole call (task -1: from the
+ * kernel's compute entry to its exit, n_tasks = M), one per parallel section as its caller sees it
+ * (task -2, from before handing the tasks to the pool to its return) and one per task (task >= 0, on the
+ * thread that ran it). Times from timespec_get (TIME_UTC), in ns. */
+typedef struct i4o_trace_record {
+  int64_t t0_ns, t1_ns;
+  int32_t call;    /* the MatMulInt4 call's number since i4o_trace_start, from 0 */
+  int32_t node;    /* the node's number (kernels in creation order, from 0) */
+  int32_t section; /* the call's parallel sections in order, from 0 (today one per call); -1 for task -1 */
+  int32_t task;    /* >= 0: the task's index; -1: the whole call; -2: a section as its caller sees it */
+  int32_t n_tasks; /* tasks in the section; M for task -1 */
+  int32_t thread;  /* a number per thread, from 0 in the order threads first record */
+  int32_t cpu;     /* the CPU the record ended on (Linux: sched_getcpu), -1 where unknown */
+  int32_t pad;
+} i4o_trace_record;
+
+/* Starts a trace into a new buffer of `capacity` records (a previous trace's records are dropped):
+ * 0, or I4O_E_NOMEM / I4O_E_ARG. Start and stop it while no op runs. */
+int i4o_trace_start(int64_t capacity);
+/* Stops the trace and copies its first min(recorded, cap) records to `out` (NULL when cap is 0);
+ * returns how many records were made (more than cap, or than the capacity: the rest were lost), 0 when
+ * no trace was on. */
+int64_t i4o_trace_stop(i4o_trace_record *out, int64_t cap);
+
 #ifdef __cplusplus
 }
 #endif

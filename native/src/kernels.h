@@ -210,4 +210,10 @@ I4O_HIDDEN int i4o_matmul_pfor(const char *kernel, int compute, const float *A, 
 I4O_HIDDEN void i4o_half_to_float_n(const uint16_t *src, float *dst, int64_t n);
 I4O_HIDDEN void i4o_float_to_half_n(const float *src, uint16_t *dst, int64_t n);
 
+/* trace.c: the op's timeline while i4o_trace_start's trace is on */
+I4O_HIDDEN int32_t i4o_trace_call(void); /* the next call's number, -1 when no trace is on */
+I4O_HIDDEN int64_t i4o_trace_now(void);
+I4O_HIDDEN void i4o_trace_add(int32_t call, int32_t node, int32_t section, int32_t task, int32_t n_tasks, int64_t t0,
+                              int64_t t1);
+
 #endif /* I4O_KERNELS_H_ */

@@ -7,6 +7,7 @@
  */
 #include <limits.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +37,10 @@ typedef struct op_kernel {
   ONNXTensorElementDataType a_type;
   char name[160];
   i4o_prepared *prep; /* constant weights, prepared at session start; NULL = prepare per call */
+  int32_t trace_node;  /* the node's number in a trace (i4o_trace_record.node) */
 } op_kernel;
+
+static atomic_int g_kernels; /* kernels created: the next trace_node */
 
 /* ---- status helpers ---- */
 
@@ -365,6 +369,7 @@ static OrtStatus *ORT_API_CALL kernel_create(const OrtCustomOp *op, const OrtApi
   op_kernel *k = (op_kernel *)calloc(1, sizeof(*k));
   if (!k) return g_ort->CreateStatus(ORT_FAIL, "MatMulInt4: out of memory");
   k->a_type = v->a_type;
+  k->trace_node = atomic_fetch_add_explicit(&g_kernels, 1, memory_order_relaxed);
   size_t len = sizeof(k->name);
   OrtStatus *st = g_ort->KernelInfo_GetNodeName(info, k->name, &len);
   if (st) { /* longer than the buffer (len now holds the size needed), or no name */
@@ -437,22 +442,48 @@ error:
 
 typedef struct pfor_ctx {
   OrtKernelContext *ctx;
+  int32_t call, node, section; /* call < 0: no trace */
 } pfor_ctx;
 
+/* a task run under a trace (trace.c): its span on the thread that runs it */
+typedef struct traced_section {
+  void (*fn)(void *, size_t);
+  void *data;
+  const pfor_ctx *pc;
+  int32_t n;
+} traced_section;
+
+static void traced_task(void *p, size_t i) {
+  const traced_section *t = (const traced_section *)p;
+  const int64_t t0 = i4o_trace_now();
+  t->fn(t->data, i);
+  i4o_trace_add(t->pc->call, t->pc->node, t->pc->section, (int32_t)i, t->n, t0, i4o_trace_now());
+}
+
 static void ort_parallel_for(void *c, void (*fn)(void *, size_t), size_t n, void *data) {
+  pfor_ctx *pc = (pfor_ctx *)c;
+  traced_section t = {fn, data, pc, (int32_t)n};
+  const int64_t t0 = pc->call >= 0 ? i4o_trace_now() : 0;
+  if (pc->call >= 0) {
+    fn = traced_task;
+    data = &t;
+  }
   if (n <= 1) {
     if (n) fn(data, 0);
-    return;
+  } else {
+    OrtStatus *st = g_ort->KernelContext_ParallelFor(pc->ctx, fn, n, 0, data);
+    if (st) { /* no thread pool: run inline */
+      g_ort->ReleaseStatus(st);
+      i4o_serial_for(NULL, fn, n, data);
+    }
   }
-  OrtStatus *st = g_ort->KernelContext_ParallelFor(((pfor_ctx *)c)->ctx, fn, n, 0, data);
-  if (st) { /* no thread pool: run inline */
-    g_ort->ReleaseStatus(st);
-    i4o_serial_for(NULL, fn, n, data);
-  }
+  if (pc->call >= 0) i4o_trace_add(pc->call, pc->node, pc->section++, -2, (int32_t)n, t0, i4o_trace_now());
 }
 
 static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
   op_kernel *k = (op_kernel *)p;
+  const int32_t call = i4o_trace_call();
+  const int64_t t_entry = call >= 0 ? i4o_trace_now() : 0;
   const OrtValue *a_val = NULL, *bias_val = NULL;
   OrtStatus *st = NULL;
   tensor_info ti;
@@ -537,7 +568,7 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
     Y = y32;
     bias = b32;
   }
-  pfor_ctx pc = {ctx};
+  pfor_ctx pc = {ctx, call, k->trace_node, 0};
   if (i4o_run(prep, A, M, bias, Y, ort_parallel_for, &pc) != I4O_OK) {
     st = fail(ORT_FAIL, k->name, "out of memory for the activation workspace (M=%lld)", (long long)M);
     goto done;
@@ -549,6 +580,7 @@ done:
   free(y32);
   free(b32);
   i4o_prepared_free(owned);
+  if (call >= 0 && !st) i4o_trace_add(call, k->trace_node, -1, -1, (int32_t)(M < INT32_MAX ? M : INT32_MAX), t_entry, i4o_trace_now());
   return st;
 }
 
