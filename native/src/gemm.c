@@ -342,22 +342,49 @@ static void ws_give(void *p, size_t bytes) {
 
 /* ---- threaded driver ---- */
 
+/* a spinning wait's pause */
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 typedef struct run_state {
   const i4o_prepared *p;
   i4o_gemm_ctx ctx;
   void *a_ws;
   int64_t m_chunk, n_chunk, m_tasks, n_tasks;
   int64_t p_chunk, p_tasks; /* prepare_a's row chunks (multiples of m_tile) */
+  atomic_llong p_next;      /* prepare_a's next unclaimed chunk */
+  atomic_llong p_done;      /* prepare_a's chunks finished */
 } run_state;
 
-static void prepare_task(void *data, size_t i) {
-  run_state *s = (run_state *)data;
-  int64_t m0 = (int64_t)i * s->p_chunk, m1 = (int64_t)i == s->p_tasks - 1 ? s->ctx.M : m0 + s->p_chunk;
+static void prepare_chunk(run_state *s, int64_t i) {
+  int64_t m0 = i * s->p_chunk, m1 = i == s->p_tasks - 1 ? s->ctx.M : m0 + s->p_chunk;
   s->p->kernel->prepare_a(&s->p->w, s->ctx.A, s->ctx.lda, s->ctx.M, m0, m1, s->a_ws);
+}
+
+/* The activations are prepared (int8: quantized; fp32 panels: packed) inside the gemm's own parallel section:
+ * the first tasks to start claim prepare_a's row chunks, and every task goes on once all chunks are done. One
+ * section instead of two saves a pool hand-out and join per MatMul (microseconds on 8-16 threads), and at
+ * M = 1 the quantisation overlaps the pool bringing the other threads in. The wait ends: a chunk is only
+ * waited on once claimed, and its thread runs it without waiting on anything. */
+static void ensure_prepared(run_state *s) {
+  if (atomic_load_explicit(&s->p_done, memory_order_acquire) == s->p_tasks) return;
+  for (;;) {
+    const int64_t i = atomic_fetch_add_explicit(&s->p_next, 1, memory_order_relaxed);
+    if (i >= s->p_tasks) break;
+    prepare_chunk(s, i);
+    atomic_fetch_add_explicit(&s->p_done, 1, memory_order_release);
+  }
+  while (atomic_load_explicit(&s->p_done, memory_order_acquire) < s->p_tasks) cpu_relax();
 }
 
 static void gemm_task(void *data, size_t i) {
   run_state *s = (run_state *)data;
+  if (s->p_tasks) ensure_prepared(s);
   /* tasks run N-major so a contiguous batch of tasks shares weight columns */
   int64_t nt = (int64_t)i / s->m_tasks, mt = (int64_t)i % s->m_tasks;
   int64_t n0 = nt * s->n_chunk, n1 = n0 + s->n_chunk;
@@ -441,13 +468,14 @@ int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const float *bias,
     s.a_ws = ws_take(k->a_bytes(&p->w, M), &ws_cap);
     if (!s.a_ws) return I4O_E_NOMEM;
     s.ctx.a_ws = s.a_ws;
-    /* rows in up to 16 chunks of their own: one gemm row slab (the fp32 panel path's at M <= 516) would
-     * leave all of A to one thread while the others wait */
+    /* rows in up to 16 chunks of their own, claimed by the gemm tasks (ensure_prepared): one gemm row slab
+     * (the fp32 panel path's at M <= 516) would leave all of A to one thread while the others wait */
     const int64_t m_tile = k->m_tile > 0 ? k->m_tile : 1;
     s.p_chunk = round_up((M + 15) / 16, m_tile);
     s.p_tasks = (M + s.p_chunk - 1) / s.p_chunk;
-    pfor(pctx, prepare_task, (size_t)s.p_tasks, &s);
   }
+  atomic_init(&s.p_next, 0);
+  atomic_init(&s.p_done, 0);
   pfor(pctx, gemm_task, (size_t)(s.n_tasks * s.m_tasks), &s);
   ws_give(s.a_ws, ws_cap);
   return I4O_OK;
