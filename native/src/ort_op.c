@@ -91,13 +91,20 @@ typedef struct tensor_info {
   int64_t count; /* -1 if it overflows */
 } tensor_info;
 
-static OrtStatus *get_info(const OrtValue *v, tensor_info *ti) {
+/* the tensor's type, rank, element count and first 8 dimensions; all of them into `all_dims` (room for 64)
+ * where it is not NULL, and then a rank above 64 is left to the caller (count -1, dimensions unread) */
+static OrtStatus *get_info_dims(const OrtValue *v, tensor_info *ti, int64_t *all_dims) {
   OrtTensorTypeAndShapeInfo *info = NULL;
   TRY(g_ort->GetTensorTypeAndShape(v, &info));
   OrtStatus *st = g_ort->GetTensorElementType(info, &ti->type);
   if (!st) st = g_ort->GetDimensionsCount(info, &ti->rank);
-  int64_t dims[64];
-  if (!st && ti->rank > 64) st = g_ort->CreateStatus(ORT_INVALID_ARGUMENT, "tensor rank above 64");
+  int64_t local[64], *dims = all_dims ? all_dims : local;
+  if (!st && ti->rank > 64) {
+    g_ort->ReleaseTensorTypeAndShapeInfo(info);
+    if (!all_dims) return g_ort->CreateStatus(ORT_INVALID_ARGUMENT, "tensor rank above 64");
+    ti->count = -1; /* the caller names the tensor in its own message */
+    return NULL;
+  }
   if (!st) st = g_ort->GetDimensions(info, dims, ti->rank);
   g_ort->ReleaseTensorTypeAndShapeInfo(info);
   if (st) return st;
@@ -111,6 +118,8 @@ static OrtStatus *get_info(const OrtValue *v, tensor_info *ti) {
     if (dims[i] == 0) ti->count = 0; /* zero elements, whatever the other dimensions */
   return NULL;
 }
+
+static OrtStatus *get_info(const OrtValue *v, tensor_info *ti) { return get_info_dims(v, ti, NULL); }
 
 /* An optional input given as a zero-element tensor counts as absent. Converters use this instead of
  * an empty input name in the middle of the input list, which crashes shape inference in ONNX Runtime
@@ -492,16 +501,9 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
 
   TRY(g_ort->KernelContext_GetInput(ctx, I4O_IN_A, &a_val));
   if (!a_val) return fail(ORT_INVALID_ARGUMENT, k->name, "input A is missing");
-  TRY(get_info(a_val, &ti));
+  TRY(get_info_dims(a_val, &ti, dims));
   if (ti.type != k->a_type) return fail(ORT_INVALID_ARGUMENT, k->name, "A is %s, this kernel expects %s", type_name(ti.type), type_name(k->a_type));
   if (ti.rank < 1 || ti.rank > 64) return fail(ORT_INVALID_ARGUMENT, k->name, "A must have rank 1..64 (got %zu)", ti.rank);
-  {
-    OrtTensorTypeAndShapeInfo *info = NULL;
-    TRY(g_ort->GetTensorTypeAndShape(a_val, &info));
-    st = g_ort->GetDimensions(info, dims, ti.rank);
-    g_ort->ReleaseTensorTypeAndShapeInfo(info);
-    if (st) return st;
-  }
   if (dims[ti.rank - 1] != k->K) {
     shape_str(dims, ti.rank, s, sizeof(s));
     return fail(ORT_INVALID_ARGUMENT, k->name, "A has shape %s; its last dimension must be K=%lld", s, (long long)k->K);
