@@ -1,4 +1,5 @@
-"""Test set-up: models/ (exporters, shared-data paths) is importable; the shared data must exist."""
+"""Test set-up: models/ (exporters, shared-data paths) and tools/ (the benchmark scripts) are importable; the
+shared data must exist."""
 
 import pathlib
 import sys
@@ -7,6 +8,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
+sys.path.append(str(ROOT / "tools"))
 
 from paths import MISSING, SHARED  # noqa: E402
 

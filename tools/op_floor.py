@@ -15,28 +15,19 @@ untimed 50 ms wait (bench_matmul's --spin), as an application decodes token afte
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 
+import bench_matmul as bm  # tools/ (the script's folder; tests/conftest.py puts it on the path)
 import numpy as np
 
 from int4onnx.tools.bench import time_alternating
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
 SPLITS = {"1task": 1 << 40, "2^18": 1 << 18, "default": None, "fine": 0}
 
 
-def _bench_matmul():
-    spec = importlib.util.spec_from_file_location("bench_matmul", os.path.join(TOOLS, "bench_matmul.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def measure(size: int, threads: int, layers: int, repeats: int, burst: int, bm=None) -> dict[str, float]:
+def measure(size: int, threads: int, layers: int, repeats: int, burst: int) -> dict[str, float]:
     """Median microseconds per layer of each variant at M = 1 on a chain of `layers` size x size layers."""
-    bm = bm or _bench_matmul()
     weights = bm.make_weights(size, size, layers, seed=1)
     sessions = {"acc4": bm._session(bm.chain_model("nbits_acc4", weights, size, size), threads, True)}
     saved = os.environ.get("INT4ONNX_MIN_TASK_MACS")
@@ -59,7 +50,6 @@ def measure(size: int, threads: int, layers: int, repeats: int, burst: int, bm=N
 
 
 def main(argv=None) -> int:
-    bm = _bench_matmul()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=bm._ints, default=[1, 2])
     ap.add_argument("--sizes", type=bm._ints, default=[256, 1024], help="K = N of the chain's layers")
@@ -75,7 +65,7 @@ def main(argv=None) -> int:
     print("|---|---|" + "---|" * (len(SPLITS) + 1))
     for size in args.sizes:
         for threads in args.threads:
-            us = measure(size, threads, args.layers, args.repeats, args.burst, bm)
+            us = measure(size, threads, args.layers, args.repeats, args.burst)
             print(f"| {size} | {threads} | " + " | ".join(f"{us[v]:.1f}" for v in ["acc4", *SPLITS]) + " |", flush=True)
     return 0
 

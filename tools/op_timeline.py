@@ -25,24 +25,16 @@ medians over the traced calls, in microseconds:
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 
+import bench_matmul as bm  # tools/ (the script's folder; tests/conftest.py puts it on the path)
 import numpy as np
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
 RECORD = np.dtype([("t0", "<i8"), ("t1", "<i8"), ("call", "<i4"), ("node", "<i4"), ("section", "<i4"),
                    ("task", "<i4"), ("n_tasks", "<i4"), ("thread", "<i4"), ("cpu", "<i4"), ("pad", "<i4")])
 COLUMNS = ["period", "call", "pre", "first", "last", "task", "task max", "join", "gap", "threads", "busiest",
            "same"]
-
-
-def _bench_matmul():
-    spec = importlib.util.spec_from_file_location("bench_matmul", os.path.join(TOOLS, "bench_matmul.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def trace(run, n_runs: int, capacity: int) -> np.ndarray:
@@ -111,10 +103,9 @@ def summarize(rec: np.ndarray) -> dict[str, float]:
     return out
 
 
-def measure(size: int, threads: int, layers: int, runs: int, warmup: int, bm=None, save: str | None = None) -> dict[str, float]:
+def measure(size: int, threads: int, layers: int, runs: int, warmup: int, save: str | None = None) -> dict[str, float]:
     """Summary of `runs` traced runs of the chain on `threads` threads (the op's split: INT4ONNX_MIN_TASK_MACS
     as set in the environment, read when the session prepares its weights)."""
-    bm = bm or _bench_matmul()
     weights = bm.make_weights(size, size, layers, seed=1)
     session = bm._session(bm.chain_model("i4o_int8", weights, size, size), threads, True)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)}
@@ -128,7 +119,6 @@ def measure(size: int, threads: int, layers: int, runs: int, warmup: int, bm=Non
 
 
 def main(argv=None) -> int:
-    bm = _bench_matmul()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=bm._ints, default=[1, 2])
     ap.add_argument("--size", type=int, default=1024, help="K = N of the chain's layers")
@@ -147,7 +137,7 @@ def main(argv=None) -> int:
     print("|---|" + "---|" * len(COLUMNS))
     for threads in args.threads:
         save = os.path.join(args.save, f"threads{threads}.npy") if args.save else None
-        s = measure(args.size, threads, args.layers, args.runs, args.warmup, bm, save)
+        s = measure(args.size, threads, args.layers, args.runs, args.warmup, save)
         cells = [f"{s[c]:.2f}" if c == "same" else f"{s[c]:.1f}" for c in COLUMNS]
         print(f"| {threads} | " + " | ".join(cells) + " |", flush=True)
     return 0

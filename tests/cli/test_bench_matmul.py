@@ -1,7 +1,6 @@
 """tools/bench_matmul.py's machine sizing, self-timed rounds, and (where a ggml build is given in
 INT4ONNX_GGML, e.g. the path tools/build_ggml.sh prints) the ggml harness against its float64 reference."""
 
-import importlib.util
 import json
 import math
 import os
@@ -18,10 +17,9 @@ TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abs
 
 @pytest.fixture(scope="module")
 def bm():
-    spec = importlib.util.spec_from_file_location("bench_matmul", os.path.join(TOOLS, "bench_matmul.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    import bench_matmul  # tools/, on the path through conftest.py
+
+    return bench_matmul
 
 
 def test_self_timed_rounds_are_credited_with_their_own_seconds():
@@ -168,9 +166,7 @@ def test_cache_layers_set_the_chain_length(bm, tmp_path, capsys):
 
 
 def test_op_floor_times_every_split(capsys):
-    spec = importlib.util.spec_from_file_location("op_floor", os.path.join(TOOLS, "op_floor.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import op_floor as mod
     before = os.environ.get("INT4ONNX_MIN_TASK_MACS")
     assert mod.main(["--threads", "1", "--sizes", "64", "--layers", "2", "--repeats", "1", "--burst", "1"]) == 0
     row = capsys.readouterr().out.strip().splitlines()[-1].strip("|").split("|")

@@ -1,7 +1,6 @@
 """The op's timeline (i4o_trace_start / i4o_trace_stop): what a traced ONNX Runtime run records, and
 tools/op_timeline.py's summary of it."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -9,21 +8,18 @@ import pytest
 
 from int4onnx._native import ffi, lib
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools")
-
 
 @pytest.fixture(scope="module")
 def timeline():
-    spec = importlib.util.spec_from_file_location("op_timeline", os.path.join(TOOLS, "op_timeline.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    import op_timeline  # tools/, on the path through conftest.py
+
+    return op_timeline
 
 
 @pytest.fixture(scope="module")
 def chain(timeline):
     """A 3-layer 256 x 256 chain of MatMulInt4 (int8 path) on 2 threads, split into 16-column tasks."""
-    bm = timeline._bench_matmul()
+    bm = timeline.bm
     before = os.environ.get("INT4ONNX_MIN_TASK_MACS")
     os.environ["INT4ONNX_MIN_TASK_MACS"] = "0"  # read when the session prepares its weights
     try:
