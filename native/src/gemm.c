@@ -1,6 +1,7 @@
 /* Prepared weights, the threaded gemm driver, the int8 activation quantizer, and the test API. */
 #define _POSIX_C_SOURCE 200112L
 #include <math.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -379,7 +380,12 @@ static void ensure_prepared(run_state *s) {
     prepare_chunk(s, i);
     atomic_fetch_add_explicit(&s->p_done, 1, memory_order_release);
   }
-  while (atomic_load_explicit(&s->p_done, memory_order_acquire) < s->p_tasks) cpu_relax();
+  /* spin briefly (the chunks take microseconds), then yield: a claimer that the OS took off its core (more
+   * threads than cores) gets it back sooner */
+  for (unsigned spins = 0; atomic_load_explicit(&s->p_done, memory_order_acquire) < s->p_tasks; spins++) {
+    if (spins < 4096) cpu_relax();
+    else sched_yield();
+  }
 }
 
 static void gemm_task(void *data, size_t i) {
