@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -18,12 +19,30 @@ def ort_log_severity() -> int:
     return 0 if level <= logging.DEBUG else 2 if level <= logging.INFO else 4
 
 
+@contextlib.contextmanager
+def own_threads(threads: int):
+    """The op's kernels created inside the block run on `threads` threads of the library's own pool (0: ONNX
+    Runtime's); the setting before the block comes back after it."""
+    from int4onnx import _native
+
+    before = _native.lib.i4o_get_threads()
+    if _native.lib.i4o_set_threads(int(threads)) != 0:
+        raise ValueError(f"op threads must be 0..256 (got {threads})")
+    try:
+        yield
+    finally:
+        _native.lib.i4o_set_threads(before)
+
+
 def make_session(path, threads: int | None = None, optimization: str = "all", qdq_accuracy_level: int | None = None,
-                 config: dict[str, str] | None = None):
+                 config: dict[str, str] | None = None, op_threads: int | None = None):
     """An InferenceSession with int4onnx's custom op registered (harmless for models without it).
     `path` is a model file, or the serialised model as bytes.
 
-    config: extra session configuration entries (``SessionOptions.add_session_config_entry``)."""
+    config: extra session configuration entries (``SessionOptions.add_session_config_entry``).
+    op_threads: >= 2 runs the op on the library's own spinning threads (``i4o_set_threads``) and every other
+    node on one thread (intra_op_num_threads = 1, so the two pools do not spin on the same cores); it
+    overrides `threads`."""
     import onnxruntime as ort
 
     from int4onnx import library_path
@@ -31,6 +50,8 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     so = ort.SessionOptions()
     so.register_custom_ops_library(library_path())
     so.log_severity_level = ort_log_severity()
+    if op_threads is not None and op_threads >= 2:
+        threads = 1
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
@@ -52,7 +73,10 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     if not is_bytes and not os.path.isfile(path):
         raise ModelLoadError(f"{path}: no such file")
     try:
-        return ort.InferenceSession(path if is_bytes else str(path), so, providers=["CPUExecutionProvider"])
+        if op_threads is None:
+            return ort.InferenceSession(path if is_bytes else str(path), so, providers=["CPUExecutionProvider"])
+        with own_threads(op_threads):  # the kernels read it when the session creates them
+            return ort.InferenceSession(path if is_bytes else str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         first = first_line(exc)
         raise ModelLoadError(f"{'the model' if is_bytes else path}: ONNX Runtime cannot load it: {first}") from exc

@@ -62,6 +62,7 @@ def make_builder(sources) -> cffi.FFI:
         include_dirs=[str(HERE / "include"), str(HERE / "src"), find_ort_include()],
         extra_compile_args=CFLAGS,
         libraries=["m"],
+        extra_link_args=["-pthread"],  # src/pool.c, src/testgrid.c
     )
     return builder
 

@@ -229,6 +229,18 @@ int i4o_trace_start(int64_t capacity);
  * no trace was on. */
 int64_t i4o_trace_stop(i4o_trace_record *out, int64_t cap);
 
+/* ---- the op's own threads ------------------------------------------- */
+
+/* How many threads (the calling one included) the MatMulInt4 kernels created from now on run on, from
+ * a pool of the library's own that spins between calls (src/pool.c) instead of ONNX Runtime's
+ * intra-op pool: 0 (the default, or INT4ONNX_THREADS when set) uses ONNX Runtime's pool; 2..256 start
+ * the library's (give the session intra_op_num_threads = 1 then, or both pools' threads spin on the
+ * same cores). The pool lives while a kernel created with it lives; its size is fixed when it starts.
+ * 0, or I4O_E_ARG outside 0..256. */
+int i4o_set_threads(int threads);
+/* The count set by i4o_set_threads, else INT4ONNX_THREADS, else 0. */
+int i4o_get_threads(void);
+
 #ifdef __cplusplus
 }
 #endif

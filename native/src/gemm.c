@@ -197,16 +197,18 @@ int i4o_weight_scales(const i4o_weights *w, float *out) {
   return I4O_OK;
 }
 
-/* Least multiply-adds per task (2^17: ~64 KB of 4-bit weights at M = 1, a few microseconds on one
- * core); INT4ONNX_MIN_TASK_MACS overrides it (0: split as finely as the tiles allow). Read once per
- * prepared weight (session start), not per run. */
-static int64_t min_task_macs(void) {
+/* Least multiply-adds per task: 2^17 on ONNX Runtime's pool (~64 KB of 4-bit weights at M = 1, a few
+ * microseconds on one core, worth waking a thread for), 2^14 on the library's own spinning threads (a task
+ * starts there within a cache line's travel: at M = 1 a 1024 x 1024 layer becomes 64 tasks instead of 8, so
+ * 16 threads all get work). INT4ONNX_MIN_TASK_MACS overrides both (0: split as finely as the tiles allow).
+ * Read once per prepared weight (session start), not per run. */
+int64_t i4o_min_task_macs(int own_threads) {
   const char *env = getenv("INT4ONNX_MIN_TASK_MACS");
   if (env && *env) {
     const long long v = atoll(env);
     return v > 0 ? (int64_t)v : 0;
   }
-  return (int64_t)1 << 17;
+  return (int64_t)1 << (own_threads ? 14 : 17);
 }
 
 int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared **out) {
@@ -239,7 +241,7 @@ int i4o_prepare(const i4o_weights *src, const i4o_kernel *kernel, i4o_prepared *
     w->zpf = p->zpf;
   }
   p->kernel = kernel;
-  p->min_task_macs = min_task_macs();
+  p->min_task_macs = i4o_min_task_macs(0);
   if (kernel->compute == I4O_COMPUTE_INT8) round_scales_int8(w, p->scales);
   if (!i4o_kernel_supports(kernel, w)) {
     i4o_prepared_free(p);
@@ -431,7 +433,7 @@ i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int
     m_chunk = half;
   }
   /* Waking a pool thread costs microseconds (ONNX Runtime's threads sleep when spinning is off), so
-   * a task gets at least min_macs multiply-adds (min_task_macs()): small products (M = 1 on a 576 x 576 layer of
+   * a task gets at least min_macs multiply-adds (i4o_min_task_macs()): small products (M = 1 on a 576 x 576 layer of
    * a 135M-parameter LLM is 2-3 tasks, a 576 x 192 one a single task that the pool runs inline) no
    * longer wake every thread for microseconds of work each. */
   while (TASKS(m_chunk, n_chunk) > 1 && (m_chunk < M ? m_chunk : M) * (n_chunk < N ? n_chunk : N) * K < min_macs) {

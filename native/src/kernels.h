@@ -181,7 +181,7 @@ typedef struct i4o_prepared {
   float *scales;         /* owned; freed (NULL) once packed: packed holds the scales */
   uint8_t *zp;           /* owned or NULL */
   float *zpf;            /* owned or NULL: real zero points (float16 values for int8 kernels) */
-  int64_t min_task_macs; /* least multiply-adds per i4o_run task (INT4ONNX_MIN_TASK_MACS, read at prepare) */
+  int64_t min_task_macs; /* least multiply-adds per i4o_run task (i4o_min_task_macs(0) at prepare) */
 } i4o_prepared;
 
 /* parallel_for(ctx, fn, n, data) must call fn(data, i) once for every i in [0, n). */
@@ -197,6 +197,8 @@ I4O_HIDDEN int i4o_run(const i4o_prepared *p, const float *A, int64_t M, const f
 typedef struct i4o_partition {
   int64_t m_chunk, n_chunk, m_tasks, n_tasks;
 } i4o_partition;
+/* least multiply-adds per task on ONNX Runtime's pool (0) or the library's own threads (1) */
+I4O_HIDDEN int64_t i4o_min_task_macs(int own_threads);
 /* min_macs: least multiply-adds per task (the prepared weight's min_task_macs; 0: the finest split) */
 I4O_HIDDEN i4o_partition i4o_partition_tasks(const i4o_kernel *k, int64_t M, int64_t K, int64_t N, int64_t min_macs);
 I4O_HIDDEN void *i4o_aligned_alloc(size_t bytes);
@@ -209,6 +211,13 @@ I4O_HIDDEN int i4o_matmul_pfor(const char *kernel, int compute, const float *A, 
 /* float16 <-> float32 arrays, round to nearest even (F16C where the CPU has it) */
 I4O_HIDDEN void i4o_half_to_float_n(const uint16_t *src, float *dst, int64_t n);
 I4O_HIDDEN void i4o_float_to_half_n(const float *src, uint16_t *dst, int64_t n);
+
+/* pool.c: the library's own threads (i4o_set_threads). acquire: a handle on the running pool (started on
+ * first use), NULL when none is configured or it cannot start; run: fn(data, i) for i in [0, n) on the
+ * pool's threads and the caller's, nonzero (nothing run) when the pool is busy with another caller. */
+I4O_HIDDEN void *i4o_pool_acquire(void);
+I4O_HIDDEN void i4o_pool_release(void *pool);
+I4O_HIDDEN int i4o_pool_run(void *pool, void (*fn)(void *, size_t), size_t n, void *data);
 
 /* trace.c: the op's timeline while i4o_trace_start's trace is on */
 I4O_HIDDEN int32_t i4o_trace_call(void); /* the next call's number, -1 when no trace is on */

@@ -37,6 +37,7 @@ typedef struct op_kernel {
   ONNXTensorElementDataType a_type;
   char name[160];
   i4o_prepared *prep; /* constant weights, prepared at session start; NULL = prepare per call */
+  void *pool;         /* the library's own threads (i4o_set_threads), or NULL: ONNX Runtime's pool */
   int32_t trace_node;  /* the node's number in a trace (i4o_trace_record.node) */
 } op_kernel;
 
@@ -296,6 +297,7 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
   free(fs);
   free(zpf);
   if (rc) return fail(ORT_FAIL, k->name, "preparing weights failed (%s)", rc == I4O_E_NOMEM ? "out of memory" : "invalid weights");
+  (*out)->min_task_macs = i4o_min_task_macs(k->pool != NULL);
   return NULL;
 }
 
@@ -367,6 +369,7 @@ static void ORT_API_CALL kernel_destroy(void *p) {
   op_kernel *k = (op_kernel *)p;
   if (!k) return;
   i4o_prepared_free(k->prep);
+  i4o_pool_release(k->pool);
   free(k);
 }
 
@@ -438,6 +441,7 @@ static OrtStatus *ORT_API_CALL kernel_create(const OrtCustomOp *op, const OrtApi
     CHECK(g_ort->KernelInfoGetConstantInput_tensor(info, idx[i], &is_const, dst[i]));
     if (!is_const) all_const = 0;
   }
+  k->pool = i4o_pool_acquire(); /* before build_prepared: the task size depends on the pool */
   if (all_const) CHECK(build_prepared(k, &in, &k->prep));
   *out = k;
   return NULL;
@@ -451,6 +455,7 @@ error:
 
 typedef struct pfor_ctx {
   OrtKernelContext *ctx;
+  void *pool; /* the library's own threads, or NULL */
   int32_t call, node, section; /* call < 0: no trace */
 } pfor_ctx;
 
@@ -479,7 +484,7 @@ static void ort_parallel_for(void *c, void (*fn)(void *, size_t), size_t n, void
   }
   if (n <= 1) {
     if (n) fn(data, 0);
-  } else {
+  } else if (!pc->pool || i4o_pool_run(pc->pool, fn, n, data)) {
     OrtStatus *st = g_ort->KernelContext_ParallelFor(pc->ctx, fn, n, 0, data);
     if (st) { /* no thread pool: run inline */
       g_ort->ReleaseStatus(st);
@@ -570,7 +575,7 @@ static OrtStatus *ORT_API_CALL kernel_compute(void *p, OrtKernelContext *ctx) {
     Y = y32;
     bias = b32;
   }
-  pfor_ctx pc = {ctx, call, k->trace_node, 0};
+  pfor_ctx pc = {ctx, k->pool, call, k->trace_node, 0};
   if (i4o_run(prep, A, M, bias, Y, ort_parallel_for, &pc) != I4O_OK) {
     st = fail(ORT_FAIL, k->name, "out of memory for the activation workspace (M=%lld)", (long long)M);
     goto done;
