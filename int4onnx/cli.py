@@ -483,8 +483,11 @@ def _int_list(ctx, param, value):
 @click.option("--spin", is_flag=True,
               help="Keep ONNX Runtime's thread spinning on (off by default: idle sessions' spinning threads compete "
                    "with the one being timed).")
+@click.option("--op-threads", type=int, default=None,
+              help="Run MODEL's MatMulInt4 nodes on this many threads of int4onnx's own pool (spinning between "
+                   "calls) and its other nodes on one; the --vs models keep --threads. 0: ONNX Runtime's pool.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, as_json):
+def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, op_threads, as_json):
     """Time MODEL (and --vs models) in one process, alternating, with random inputs.
 
     Prints the median and 90th-percentile latency per model and shape; on each --vs model's row,
@@ -505,7 +508,7 @@ def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, as_jso
     if repeats < 1:
         raise ConfigError(f"--repeats must be at least 1, got {repeats}")
     result = bench_models([model, *others], threads=threads, shapes=[(batch, s) for s in seq], repeats=repeats,
-                          vocab=vocab, spin=spin, past=past)
+                          vocab=vocab, spin=spin, past=past, op_threads=op_threads)
     if as_json:
         click.echo(json.dumps({"threads": result.threads, "repeats": result.repeats, "rows": result.rows}, indent=2))
         return

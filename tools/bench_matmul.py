@@ -78,6 +78,8 @@ GGML_VARIANTS = {"ggml_q4_0": ("q4_0", "repack", {}), "ggml_q4_0_amx": ("q4_0", 
                  "ggml_f32": ("f32", "cpu", {}), "ggml_q4_0_passive": ("q4_0", "repack", PASSIVE)}
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 SCALE_VARIANTS = ("i4o_fp32_f16", "i4o_int8_f16", "i4o_fp32_dq", "i4o_int8_dq")  # scales stored as float16 / int8
+OWN_VARIANTS = ("i4o_fp32_own", "i4o_int8_own")  # the op on the library's own threads (make_session's op_threads)
+NAMED_VARIANTS = SCALE_VARIANTS + OWN_VARIANTS  # ONNX Runtime variants run only when named
 BLOCK = 32
 OPSET = 17
 
@@ -220,7 +222,7 @@ def regime(nbytes: int, llc: int) -> str:
 # resident bytes per byte of stored weights while a variant's session lives (ONNX Runtime keeps the
 # initializers and a prepacked copy; tools/session_memory.py), plus the model being built
 MEM_FACTOR = {"fp32": 2.5, "nbits_acc0": 3.0, "nbits_acc4": 3.0, "i4o_fp32": 3.0, "i4o_int8": 3.0,
-              **{v: 3.0 for v in SCALE_VARIANTS}, **{v: 1.2 for v in GGML_VARIANTS}}
+              **{v: 3.0 for v in NAMED_VARIANTS}, **{v: 1.2 for v in GGML_VARIANTS}}
 
 
 def dram_layers(llc: int, variants, available: int, log=print) -> int:
@@ -369,7 +371,7 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
     ggml variants in `optional` are left out (with a message) when ggml cannot run them."""
     K, N, L = CASES[case]
     L = layers or L
-    ort_variants = [v for v in variants if v in VARIANTS or v in SCALE_VARIANTS]
+    ort_variants = [v for v in variants if v in VARIANTS or v in NAMED_VARIANTS]
     runners_ggml = {}
     try:
         for v in list(variants):
@@ -395,7 +397,7 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
         weights = make_weights(K, N, L, seed=1) if ort_variants else None
         sessions = {}
         for v in ort_variants:
-            sessions[v] = _session(chain_model(v, weights, K, N), threads, spin)
+            sessions[v] = _session(chain_model(v, weights, K, N), threads, spin, own=v in OWN_VARIANTS)
         del weights
         rows = []
         rng = np.random.default_rng(2)
@@ -448,15 +450,18 @@ def _settled(fn, burst: int = 1):
     return run
 
 
-def _session(model: onnx.ModelProto, threads: int, spin: bool):
-    """A session of `model`; models past protobuf's 2 GB limit go through a temporary file with external data."""
+def _session(model: onnx.ModelProto, threads: int, spin: bool, own: bool = False):
+    """A session of `model`; models past protobuf's 2 GB limit go through a temporary file with external data.
+    own: the op on `threads` of the library's own threads, the rest of the graph on one (1 thread: ONNX
+    Runtime's pool, there is nothing to share)."""
     config = SPIN if spin else NO_SPIN
+    kw = {"op_threads": threads} if own and threads > 1 else {"threads": threads}
     if sum(t.ByteSize() for t in model.graph.initializer) < 1_800_000_000:
-        return make_session(model.SerializeToString(), threads=threads, config=config)
+        return make_session(model.SerializeToString(), config=config, **kw)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "chain.onnx")
         onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="chain.bin")
-        return make_session(path, threads=threads, config=config)
+        return make_session(path, config=config, **kw)
 
 
 def _get(rows, v):
@@ -473,7 +478,10 @@ RATIOS = {"int8/acc4": ("i4o_int8", "nbits_acc4"), "fp32/acc0": ("i4o_fp32", "nb
           "ggml_f32/fp32MM": ("ggml_f32", "fp32"),
           # the same kernels with scales stored as float16 or int8, against float32 scales
           "int8_f16/int8": ("i4o_int8_f16", "i4o_int8"), "int8_dq/int8": ("i4o_int8_dq", "i4o_int8"),
-          "fp32_f16/fp32": ("i4o_fp32_f16", "i4o_fp32"), "fp32_dq/fp32": ("i4o_fp32_dq", "i4o_fp32")}
+          "fp32_f16/fp32": ("i4o_fp32_f16", "i4o_fp32"), "fp32_dq/fp32": ("i4o_fp32_dq", "i4o_fp32"),
+          # the op on its own threads
+          "int8own/ggml": ("i4o_int8_own", "ggml_q4_0"), "int8own/int8": ("i4o_int8_own", "i4o_int8"),
+          "fp32own/fp32": ("i4o_fp32_own", "i4o_fp32")}
 
 
 def ratios(rows_m: list[dict]) -> dict[str, float]:
@@ -512,7 +520,7 @@ def markdown(rows: list[dict], stream: dict | None = None) -> str:
     for case, threads in keys:
         sel = [r for r in rows if r["case"] == case and r["threads"] == threads]
         K, N, L = sel[0]["K"], sel[0]["N"], sel[0]["layers"]
-        variants = [v for v in (*VARIANTS, *SCALE_VARIANTS, *GGML_VARIANTS) if any(r["variant"] == v for r in sel)]
+        variants = [v for v in (*VARIANTS, *NAMED_VARIANTS, *GGML_VARIANTS) if any(r["variant"] == v for r in sel)]
         where = {v: r["regime"] for v in variants for r in [_get(sel, v)] if r.get("regime")}
         regimes = next(iter(where.values())) if len(set(where.values())) == 1 else \
             ", ".join(f"{v} {g}" for v, g in where.items())
@@ -579,7 +587,7 @@ def main(argv=None) -> int:
                     help="comma-separated thread counts (intra_op_num_threads), e.g. 1,2,4,8,16")
     ap.add_argument("--m", type=_ints, default=[1, 4, 16, 128, 512], help="rows of activations (tokens)")
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
-    ap.add_argument("--variants", help=f"subset of {','.join(VARIANTS)} (default: all of them), of {','.join(SCALE_VARIANTS)} (float16 / int8 scales; only when named) and, with --ggml, "
+    ap.add_argument("--variants", help=f"subset of {','.join(VARIANTS)} (default: all of them), of {','.join(SCALE_VARIANTS)} (float16 / int8 scales), of {','.join(OWN_VARIANTS)} (the op on its own threads; these only when named) and, with --ggml, "
                     f"of {','.join(GGML_VARIANTS)} (default: the q4_0 ones this ggml build has)")
     ap.add_argument("--repeats", type=int, default=15, help="rounds (at least; short runs get more)")
     ap.add_argument("--spin", action="store_true",
@@ -630,7 +638,7 @@ def main(argv=None) -> int:
                     variants.append("ggml_q4_0_amx")
         else:
             variants = [v for v in args.variants.split(",") if v]
-        bad = set(variants) - set(VARIANTS) - set(SCALE_VARIANTS) - set(GGML_VARIANTS)
+        bad = set(variants) - set(VARIANTS) - set(NAMED_VARIANTS) - set(GGML_VARIANTS)
         if bad:
             ap.error(f"unknown variants {sorted(bad)}")
         if not variants:

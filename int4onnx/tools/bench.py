@@ -164,13 +164,16 @@ SPIN = {"session.intra_op.allow_spinning": "1"}
 
 
 def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Sequence[tuple[int, int]] = ((1, 1),),
-                 repeats: int = 20, warmup: int = 2, vocab: int = 32, spin: bool = False, past: int = 0) -> ModelBench:
+                 repeats: int = 20, warmup: int = 2, vocab: int = 32, spin: bool = False, past: int = 0,
+                 op_threads: int | None = None) -> ModelBench:
     """Time the models at `paths` alternating in one process, for each (batch, seq) in `shapes`.
 
     The first model is the one under test: every other row gets the first model's speed-up over it
     (its median / the first model's median; above 1 = the first model is faster) and a comparison of
     its first output (causal LMs: the logits) with the first model's. When every model is a causal LM,
     each is fed the same token ids through its own interface (KV-cache and no-cache exports compare).
+    op_threads: the first model's MatMulInt4 nodes run on that many threads of int4onnx's own pool and its
+    other nodes on one (``make_session``'s op_threads); the other models keep `threads`.
     """
     from int4onnx.lm import LMInterface
     from int4onnx.runtime import make_session
@@ -178,7 +181,12 @@ def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Seque
     if repeats < 1:
         raise ConfigError(f"repeats must be at least 1, got {repeats}")
     threads = threads or os.cpu_count() or 1
-    sessions = {str(p): make_session(str(p), threads=threads, config=SPIN if spin else NO_SPIN) for p in paths}
+    if op_threads is not None and not 0 <= op_threads <= 256:
+        raise ConfigError(f"--op-threads must be 0..256, got {op_threads}")
+    sessions = {}
+    for i, p in enumerate(paths):
+        own = {"op_threads": op_threads} if i == 0 and op_threads else {}
+        sessions.setdefault(str(p), make_session(str(p), threads=threads, config=SPIN if spin else NO_SPIN, **own))
     lms = {name: LMInterface.from_session(sess, name) for name, sess in sessions.items()}
     all_lm = all(lm.is_lm for lm in lms.values())
     if past < 0:

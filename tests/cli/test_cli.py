@@ -106,6 +106,14 @@ def test_bench_compares_models(tmp_path, model):
     assert "cosine 0.9" in rows[1]["check"]  # int4 weights stay close to the float model
     r = invoke("bench", out, "--repeats", 2, "--threads", 1)
     assert r.exit_code == 0 and "median" in r.output
+    # MODEL's op on its own 2 threads against the same file on ONNX Runtime's: identical outputs
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in tmp_path.glob("m.int4.onnx*"):
+        (copy / f.name).write_bytes(f.read_bytes())
+    r = invoke("bench", out, "--vs", copy / "m.int4.onnx", "--op-threads", 2, "--repeats", 2, "--threads", 1, "--json")
+    assert r.exit_code == 0, r.output
+    assert "rel. L2 diff 0.00e+00" in json.loads(r.output)["rows"][1]["check"]
 
 
 def test_bench_user_errors(tmp_path, model):
@@ -116,3 +124,5 @@ def test_bench_user_errors(tmp_path, model):
     assert r.exit_code == 2 and "int4onnx: error:" in r.output and "Traceback" not in r.output
     r = invoke("bench", model, "--seq", "0")
     assert r.exit_code == 2
+    r = invoke("bench", model, "--op-threads", 300)
+    assert r.exit_code == 2 and "--op-threads must be 0..256" in r.output
