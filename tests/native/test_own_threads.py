@@ -42,23 +42,16 @@ def test_own_threads_give_one_threads_results(bm, variant, K):
     expected = [ref.run(None, {"x": x})[0] for x in xs]
     for T in (2, 3, 5):
         own = make_session(model, op_threads=T)
-        for x, want in zip(xs, expected):
+        for x, want in zip(xs, expected, strict=True):
             for _ in range(3):  # the workers spin between calls, then sleep: both ways in
                 assert np.array_equal(own.run(None, {"x": x})[0], want), (T, x.shape)
 
 
-def test_every_task_runs_once_on_own_threads(bm):
+def test_every_task_runs_once_on_own_threads(bm, monkeypatch):
     import op_timeline  # tools/
 
-    before = os.environ.get("INT4ONNX_MIN_TASK_MACS")
-    os.environ["INT4ONNX_MIN_TASK_MACS"] = "0"  # 16-column tasks: many per thread
-    try:
-        session = make_session(_chain(bm, "i4o_int8", 256, layers=3, seed=3), op_threads=3)
-    finally:
-        if before is None:
-            os.environ.pop("INT4ONNX_MIN_TASK_MACS")
-        else:
-            os.environ["INT4ONNX_MIN_TASK_MACS"] = before
+    monkeypatch.setenv("INT4ONNX_MIN_TASK_MACS", "0")  # 16-column tasks, many per thread; read at session start
+    session = make_session(_chain(bm, "i4o_int8", 256, layers=3, seed=3), op_threads=3)
     feeds = {"x": np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)}
     expected = session.run(None, feeds)[0]
     rec = op_timeline.trace(lambda: session.run(None, feeds), 5, 10_000)
