@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -43,7 +44,9 @@ def test_own_threads_give_one_threads_results(bm, variant, K):
     for T in (2, 3, 5):
         own = make_session(model, op_threads=T)
         for x, want in zip(xs, expected, strict=True):
-            for _ in range(3):  # the workers spin between calls, then sleep: both ways in
+            for i in range(3):  # back to back (workers spinning), then after they went to sleep (1 ms)
+                if i == 2:
+                    time.sleep(0.005)
                 assert np.array_equal(own.run(None, {"x": x})[0], want), (T, x.shape)
 
 
