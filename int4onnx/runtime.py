@@ -73,9 +73,8 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     if not is_bytes and not os.path.isfile(path):
         raise ModelLoadError(f"{path}: no such file")
     try:
-        if op_threads is None:
-            return ort.InferenceSession(path if is_bytes else str(path), so, providers=["CPUExecutionProvider"])
-        with own_threads(op_threads):  # the kernels read it when the session creates them
+        # the kernels read the op's thread count when the session creates them
+        with contextlib.nullcontext() if op_threads is None else own_threads(op_threads):
             return ort.InferenceSession(path if is_bytes else str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         first = first_line(exc)
