@@ -8,6 +8,13 @@
  * runs a fixed, contiguous range of the tasks (the same columns every call, so a layer's weights stay in
  * the same cores' private caches), then takes what is left of the others' ranges.
  *
+ * The caller waits for the section's tasks, not for the workers: a worker the kernel has taken off its core
+ * while it spun (16 threads on 16 cores, and anything else wants a core) does not hold the section up.
+ * The generation counter is odd while a section is open and even once it is closed; a worker joins an open
+ * section by counting itself in `inside` and then seeing the counter unchanged (both seq_cst; the caller
+ * closes, then waits for `inside` to drop to 0 before it writes the next section's state), so a worker
+ * that wakes late never touches a section that has ended.
+ *
  * Workers spin INT4ONNX_SPIN_US microseconds (default 1000) after a section, then sleep on a condition
  * variable. The pool lives while a kernel that uses it lives (i4o_pool_acquire / i4o_pool_release). One
  * section runs at a time: a caller that finds the pool busy (another session's Run on another thread) gets
@@ -42,8 +49,9 @@ typedef struct {
 } pool_range;
 
 typedef struct {
-  _Alignas(64) atomic_uint gen; /* bumped to start a section, or to stop */
-  _Alignas(64) atomic_int done; /* workers finished with the current section */
+  _Alignas(64) atomic_uint gen;     /* odd: a section is open; bumped to open, to close, and to stop */
+  _Alignas(64) atomic_size_t done;  /* tasks of the open section that have finished */
+  _Alignas(64) atomic_int inside;   /* workers that joined the open section and have not left it */
   _Alignas(64) void (*fn)(void *, size_t);
   void *data;
   int threads; /* including the caller */
@@ -68,9 +76,10 @@ static int64_t now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* thread t's tasks first, then the rest of the others' ranges */
-static void run_tasks(pool *p, int t) {
+/* thread t's tasks first, then the rest of the others' ranges; returns how many it ran */
+static size_t run_tasks(pool *p, int t) {
   const int T = p->threads;
+  size_t ran = 0;
   for (int j = 0; j < T; j++) {
     pool_range *r = &p->range[(t + j) % T];
     for (;;) {
@@ -78,8 +87,10 @@ static void run_tasks(pool *p, int t) {
       const size_t i = atomic_fetch_add_explicit(&r->next, 1, memory_order_relaxed);
       if (i >= r->end) break;
       p->fn(p->data, i);
+      ran++;
     }
   }
+  return ran;
 }
 
 typedef struct {
@@ -87,17 +98,21 @@ typedef struct {
   int t;
 } worker_arg;
 
+/* a section this worker has not seen yet is open (or the pool stops) */
+static int section_ready(pool *p, unsigned seen, unsigned *g) {
+  *g = atomic_load_explicit(&p->gen, memory_order_acquire);
+  return (*g & 1u) && *g != seen;
+}
+
 static void *worker(void *arg) {
   pool *p = ((worker_arg *)arg)->p;
   const int t = ((worker_arg *)arg)->t;
   free(arg);
-  unsigned seen = 0; /* the generation the pool started with: a section may begin before this thread runs */
+  unsigned seen = 0; /* the last section joined (0: none; sections are odd) */
   for (;;) {
     unsigned g;
     int64_t t_end = 0;
-    for (unsigned spins = 0;; spins++) {
-      g = atomic_load_explicit(&p->gen, memory_order_acquire);
-      if (g != seen) break;
+    for (unsigned spins = 0; !section_ready(p, seen, &g); spins++) {
       POOL_RELAX();
       if ((spins & 255) == 255) {
         const int64_t t_now = now_ns();
@@ -105,7 +120,7 @@ static void *worker(void *arg) {
         else if (t_now >= t_end) {
           pthread_mutex_lock(&p->mu);
           atomic_fetch_add(&p->sleepers, 1);
-          while ((g = atomic_load(&p->gen)) == seen) pthread_cond_wait(&p->cv, &p->mu);
+          while (!section_ready(p, seen, &g)) pthread_cond_wait(&p->cv, &p->mu);
           atomic_fetch_sub(&p->sleepers, 1);
           pthread_mutex_unlock(&p->mu);
           break;
@@ -113,12 +128,20 @@ static void *worker(void *arg) {
       }
     }
     seen = g;
-    if (p->stop) return NULL;
-    run_tasks(p, t);
-    atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+    atomic_fetch_add(&p->inside, 1); /* seq_cst, then the load below: see the comment at the top */
+    if (atomic_load(&p->gen) == g) {
+      if (p->stop) {
+        atomic_fetch_sub(&p->inside, 1);
+        return NULL;
+      }
+      const size_t ran = run_tasks(p, t);
+      if (ran) atomic_fetch_add_explicit(&p->done, ran, memory_order_release);
+    }
+    atomic_fetch_sub_explicit(&p->inside, 1, memory_order_release);
   }
 }
 
+/* open a section (gen becomes odd) and wake the sleepers */
 static void publish(pool *p) {
   atomic_fetch_add(&p->gen, 1); /* seq_cst: a worker about to sleep either sees it or is counted below */
   if (atomic_load(&p->sleepers)) {
@@ -128,9 +151,18 @@ static void publish(pool *p) {
   }
 }
 
-static void pool_stop(pool *p) {
+/* close the open section (gen becomes even) and wait for the workers inside it to leave */
+static void close_section(pool *p) {
+  atomic_fetch_add(&p->gen, 1);
+  for (unsigned spins = 0; atomic_load(&p->inside) > 0; spins++) {
+    if (spins < 4096) POOL_RELAX();
+    else sched_yield();
+  }
+}
+
+static void pool_stop(pool *p) { /* no section is open */
   p->stop = 1;
-  publish(p);
+  publish(p); /* the stop "section": every worker sees it, since each waits for any open one it has not seen */
   for (int t = 1; t < p->threads; t++) pthread_join(p->tid[t], NULL);
   pthread_mutex_destroy(&p->mu);
   pthread_cond_destroy(&p->cv);
@@ -143,6 +175,7 @@ static pool *pool_start(int threads) {
   memset(p, 0, sizeof(*p));
   atomic_init(&p->gen, 0);
   atomic_init(&p->done, 0);
+  atomic_init(&p->inside, 0);
   atomic_init(&p->sleepers, 0);
   const char *env = getenv("INT4ONNX_SPIN_US");
   p->spin_ns = (env && *env ? atoll(env) : 1000) * 1000;
@@ -231,12 +264,14 @@ int i4o_pool_run(void *handle, void (*fn)(void *, size_t), size_t n, void *data)
   }
   atomic_store_explicit(&p->done, 0, memory_order_relaxed);
   publish(p);
-  run_tasks(p, 0);
-  /* spin, then yield: with more threads than free cores a worker may be waiting for this core */
-  for (unsigned spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < T - 1; spins++) {
+  const size_t ran = run_tasks(p, 0);
+  /* wait for the tasks (spin, then yield: with more threads than free cores a worker running one may be
+   * waiting for this core), then close */
+  for (unsigned spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) + ran < n; spins++) {
     if (spins < 4096) POOL_RELAX();
     else sched_yield();
   }
+  close_section(p);
   atomic_flag_clear_explicit(&g_busy, memory_order_release);
   return I4O_OK;
 }
