@@ -527,13 +527,16 @@ def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, op_thr
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Sample among the most likely tokens up to this probability.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the chat template of the tokenizer's tokenizer_config.json.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
-def generate(model, prompt, tokenizer, max_new_tokens, temperature, top_k, top_p, seed, chat, threads):
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--op-threads", type=int, default=None,
+              help="Run the MatMulInt4 nodes on this many threads of int4onnx's own pool and the other nodes on one: "
+                   "faster decoding, slower prefill (docs/performance.md). 0 or unset: ONNX Runtime's pool.")
+def generate(model, prompt, tokenizer, max_new_tokens, temperature, top_k, top_p, seed, chat, threads, op_threads):
     """Continue --prompt with the causal LM MODEL (KV cache when it has one); print the text, then the speed."""
     from int4onnx.tools.generate import generate as run
 
     result = run(model, prompt, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
-                 top_k=top_k, top_p=top_p, chat=chat, threads=threads, seed=seed)
+                 top_k=top_k, top_p=top_p, chat=chat, threads=threads, seed=seed, op_threads=op_threads)
     click.echo(result.text)
     click.echo(result.speed_line(), err=True)
 

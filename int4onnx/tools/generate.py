@@ -120,9 +120,15 @@ def pick_token(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
 
 
 def generate(model, prompt: str, tokenizer=None, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, chat: bool = False, threads: int | None = None, seed: int = 0) -> Generation:
+             top_p: float = 1.0, chat: bool = False, threads: int | None = None, seed: int = 0,
+             op_threads: int | None = None) -> Generation:
     """Continue `prompt` with the causal LM at `model`, an .onnx file or a model folder (see the module
-    docstring). `tokenizer`: a tokenizer.json or sentencepiece .model (default: found beside the model)."""
+    docstring). `tokenizer`: a tokenizer.json or sentencepiece .model (default: found beside the model).
+
+    The session is the only work of the process, so ONNX Runtime's threads spin between nodes (its own
+    default; ``make_session`` turns spinning off for side-by-side sessions). op_threads >= 2: the MatMulInt4
+    nodes on that many threads of int4onnx's own pool and the other nodes on one (``make_session``), faster
+    decoding and slower prefill (docs/performance.md, "Which pools, end to end")."""
     from int4onnx.folder import model_path
     from int4onnx.lm import LMInterface
     from int4onnx.runtime import Tokenizer, make_session
@@ -132,8 +138,13 @@ def generate(model, prompt: str, tokenizer=None, max_new_tokens: int = 64, tempe
         raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
         raise ConfigError("--temperature and --top-k must be at least 0, --top-p in (0, 1]")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    if op_threads is not None and not 0 <= op_threads <= 256:
+        raise ConfigError(f"--op-threads must be 0..256, got {op_threads}")
     tok = Tokenizer(tokenizer or find_tokenizer(model))
-    session = make_session(model, threads=threads)
+    session = make_session(model, threads=threads, config={"session.intra_op.allow_spinning": "1"},
+                           op_threads=op_threads)
     lm = LMInterface.from_session(session, model).require("generate needs a causal LM whose first output is logits "
                                                            "[batch, seq, vocab]")
     ids = tok.encode(chat_prompt(tok, prompt)) if chat else tok.encode_prompt(prompt)

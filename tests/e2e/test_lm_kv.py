@@ -250,6 +250,15 @@ def test_kv_and_no_cache_exports_convert_generate_and_bench_alike(optimum, tmp_p
     a = gen.generate(kv, "the quick", tokenizer=tok, max_new_tokens=12)
     b = gen.generate(nocache, "the quick", tokenizer=tok, max_new_tokens=12)
     assert a.kv_cache and not b.kv_cache and a.tokens == b.tokens and a.text == b.text
+    # the converted model's MatMulInt4 nodes on the op's own threads: the same tokens, the speed on stderr
+    cmd = ["generate", outs["kv"], "--prompt", "the quick", "--tokenizer", tok, "--max-new-tokens", 12]
+    pooled, plain = invoke(*cmd, "--op-threads", 3), invoke(*cmd, "--threads", 1)
+    assert pooled.exit_code == 0 and plain.exit_code == 0, pooled.output + plain.output
+    assert pooled.stdout == plain.stdout and "decode" in pooled.stderr
+    for bad, needle in ((["--op-threads", 257], "--op-threads must be 0..256, got 257"),
+                        (["--threads", 0], "--threads must be at least 1, got 0")):
+        r = invoke(*cmd, *bad)
+        assert r.exit_code == 2 and r.stderr == f"int4onnx: error: {needle}\n", r.output
     r = invoke("bench", kv, "--vs", nocache, "--seq", "1,16", "--repeats", 2, "--json")
     assert r.exit_code == 0, r.output
     for row in json.loads(r.stdout)["rows"][1::2]:
