@@ -42,15 +42,16 @@ def make_session(path, threads: int | None = None, optimization: str = "all", qd
     config: extra session configuration entries (``SessionOptions.add_session_config_entry``).
     op_threads: >= 2 runs the op on the library's own spinning threads (``i4o_set_threads``) and every other
     node on one thread (intra_op_num_threads = 1, so the two pools do not spin on the same cores); it
-    overrides `threads`."""
+    overrides `threads`. None: the library's setting (``i4o_set_threads`` before, or INT4ONNX_THREADS),
+    with the same effect on `threads` when that is >= 2."""
     import onnxruntime as ort
 
-    from int4onnx import library_path
+    from int4onnx import _native, library_path
 
     so = ort.SessionOptions()
     so.register_custom_ops_library(library_path())
     so.log_severity_level = ort_log_severity()
-    if op_threads is not None and op_threads >= 2:
+    if (op_threads if op_threads is not None else _native.lib.i4o_get_threads()) >= 2:
         threads = 1
     if threads:
         so.intra_op_num_threads = int(threads)

@@ -142,7 +142,8 @@ def test_thread_counts_out_of_range_are_refused_and_nothing_changes():
 
 
 def test_environment_sets_the_default(bm, tmp_path):
-    """INT4ONNX_THREADS, read when no count was set: a plain session's op then runs on the pool."""
+    """INT4ONNX_THREADS, read when no count was set: a plain session's op then runs on the pool, and
+    make_session puts its other nodes on one thread."""
     code = (
         "import os, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
@@ -156,11 +157,12 @@ def test_environment_sets_the_default(bm, tmp_path):
         "n0 = len(os.listdir('/proc/self/task'))\n"
         "s = make_session(m, threads=1)\n"
         "print(len(os.listdir('/proc/self/task')) - n0)\n"
+        "print(make_session(m).get_session_options().intra_op_num_threads)  # the other nodes: one thread\n"
     )
     tools = os.path.join(os.path.dirname(__file__), "..", "..", "tools")
     env = {**os.environ, "INT4ONNX_THREADS": "3"}
     out = subprocess.run([sys.executable, "-c", code, tools], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["3", "2"]
+    assert out.stdout.split() == ["3", "2", "1"]
     env["INT4ONNX_THREADS"] = "0"
     out = subprocess.run([sys.executable, "-c", code, tools], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["0", "0"]
+    assert out.stdout.split() == ["0", "0", "0"]
