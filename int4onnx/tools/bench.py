@@ -185,7 +185,8 @@ def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Seque
         raise ConfigError(f"--op-threads must be 0..256, got {op_threads}")
     sessions = {}
     for i, p in enumerate(paths):
-        own = {"op_threads": op_threads} if i == 0 and op_threads else {}
+        # --op-threads: the first model on the own pool, the others on ONNX Runtime's (even with INT4ONNX_THREADS set)
+        own = {"op_threads": op_threads if i == 0 else 0} if op_threads else {}
         sessions.setdefault(str(p), make_session(str(p), threads=threads, config=SPIN if spin else NO_SPIN, **own))
     lms = {name: LMInterface.from_session(sess, name) for name, sess in sessions.items()}
     all_lm = all(lm.is_lm for lm in lms.values())

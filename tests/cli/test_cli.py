@@ -94,7 +94,7 @@ def test_debug_shows_traceback(tmp_path):
     assert r.exit_code != 0 and r.exception is not None
 
 
-def test_bench_compares_models(tmp_path, model):
+def test_bench_compares_models(tmp_path, model, monkeypatch):
     out = tmp_path / "m.int4.onnx"
     assert invoke("convert", model, "-o", out, "-q").exit_code == 0
     r = invoke("bench", out, "--vs", model, "--seq", "1,3", "--repeats", 3, "--threads", 1, "--json")
@@ -114,6 +114,15 @@ def test_bench_compares_models(tmp_path, model):
     r = invoke("bench", out, "--vs", copy / "m.int4.onnx", "--op-threads", 2, "--repeats", 2, "--threads", 1, "--json")
     assert r.exit_code == 0, r.output
     assert "rel. L2 diff 0.00e+00" in json.loads(r.output)["rows"][1]["check"]
+    # the --vs models keep ONNX Runtime's pool even when the library's default is its own (INT4ONNX_THREADS)
+    import int4onnx.runtime
+
+    made = []
+    real = int4onnx.runtime.make_session
+    monkeypatch.setattr(int4onnx.runtime, "make_session", lambda *a, **k: made.append(k.get("op_threads")) or real(*a, **k))
+    with int4onnx.runtime.own_threads(3):
+        assert invoke("bench", out, "--vs", copy / "m.int4.onnx", "--op-threads", 2, "--repeats", 1).exit_code == 0
+    assert made == [2, 0]
 
 
 def test_bench_user_errors(tmp_path, model):
