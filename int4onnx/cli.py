@@ -512,7 +512,9 @@ def bench(model, others, threads, seq, batch, repeats, vocab, past, spin, op_thr
     if as_json:
         click.echo(json.dumps({"threads": result.threads, "repeats": result.repeats, "rows": result.rows}, indent=2))
         return
-    click.echo(f"{result.threads} thread(s), median of {result.repeats} alternating rounds")
+    own = (f"; {model.name}'s MatMulInt4 on {op_threads} threads of int4onnx's own pool, its other nodes on one"
+           if op_threads and op_threads >= 2 else "")
+    click.echo(f"{result.threads} thread(s){own}, median of {result.repeats} alternating rounds")
     click.echo(result.table())
 
 

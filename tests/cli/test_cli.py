@@ -121,7 +121,8 @@ def test_bench_compares_models(tmp_path, model, monkeypatch):
     real = int4onnx.runtime.make_session
     monkeypatch.setattr(int4onnx.runtime, "make_session", lambda *a, **k: made.append(k.get("op_threads")) or real(*a, **k))
     with int4onnx.runtime.own_threads(3):
-        assert invoke("bench", out, "--vs", copy / "m.int4.onnx", "--op-threads", 2, "--repeats", 1).exit_code == 0
+        r = invoke("bench", out, "--vs", copy / "m.int4.onnx", "--op-threads", 2, "--repeats", 1)
+    assert r.exit_code == 0 and "m.int4.onnx's MatMulInt4 on 2 threads of int4onnx's own pool" in r.output
     assert made == [2, 0]
 
 
