@@ -19,6 +19,12 @@ def ort_log_severity() -> int:
     return 0 if level <= logging.DEBUG else 2 if level <= logging.INFO else 4
 
 
+def check_op_threads(op_threads: int | None) -> None:
+    """The --op-threads range (what ``i4o_set_threads`` takes), as a user error."""
+    if op_threads is not None and not 0 <= op_threads <= 256:
+        raise ConfigError(f"--op-threads must be 0..256, got {op_threads}")
+
+
 @contextlib.contextmanager
 def own_threads(threads: int):
     """The op's kernels created inside the block run on `threads` threads of the library's own pool (0: ONNX

@@ -176,13 +176,12 @@ def bench_models(paths: Sequence[str], threads: int | None = None, shapes: Seque
     other nodes on one (``make_session``'s op_threads); the other models keep `threads`.
     """
     from int4onnx.lm import LMInterface
-    from int4onnx.runtime import make_session
+    from int4onnx.runtime import check_op_threads, make_session
 
     if repeats < 1:
         raise ConfigError(f"repeats must be at least 1, got {repeats}")
     threads = threads or os.cpu_count() or 1
-    if op_threads is not None and not 0 <= op_threads <= 256:
-        raise ConfigError(f"--op-threads must be 0..256, got {op_threads}")
+    check_op_threads(op_threads)
     sessions = {}
     for i, p in enumerate(paths):
         # --op-threads: the first model on the own pool, the others on ONNX Runtime's (even with INT4ONNX_THREADS set)

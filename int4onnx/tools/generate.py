@@ -131,7 +131,7 @@ def generate(model, prompt: str, tokenizer=None, max_new_tokens: int = 64, tempe
     decoding and slower prefill (docs/performance.md, "Which pools, end to end")."""
     from int4onnx.folder import model_path
     from int4onnx.lm import LMInterface
-    from int4onnx.runtime import Tokenizer, make_session
+    from int4onnx.runtime import Tokenizer, check_op_threads, make_session
 
     model = model_path(model)  # a model folder: the model inside
     if max_new_tokens < 1:
@@ -140,8 +140,7 @@ def generate(model, prompt: str, tokenizer=None, max_new_tokens: int = 64, tempe
         raise ConfigError("--temperature and --top-k must be at least 0, --top-p in (0, 1]")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
-    if op_threads is not None and not 0 <= op_threads <= 256:
-        raise ConfigError(f"--op-threads must be 0..256, got {op_threads}")
+    check_op_threads(op_threads)
     tok = Tokenizer(tokenizer or find_tokenizer(model))
     session = make_session(model, threads=threads, config={"session.intra_op.allow_spinning": "1"},
                            op_threads=op_threads)

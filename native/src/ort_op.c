@@ -297,7 +297,7 @@ static OrtStatus *build_prepared(const op_kernel *k, const weight_inputs *in, i4
   free(fs);
   free(zpf);
   if (rc) return fail(ORT_FAIL, k->name, "preparing weights failed (%s)", rc == I4O_E_NOMEM ? "out of memory" : "invalid weights");
-  (*out)->min_task_macs = i4o_min_task_macs(k->pool != NULL);
+  if (k->pool) (*out)->min_task_macs = i4o_min_task_macs(1); /* i4o_prepare set ONNX Runtime's pool's */
   return NULL;
 }
 
