@@ -19,6 +19,7 @@
 #define PANEL_MIN_ROWS 6
 #define KC 256 /* panel depth: 256 x 16 floats = 16 KiB */
 #define MR 6   /* micro-kernel rows */
+#define PREFETCH_BLOCKS 4 /* fill_panel: records pulled in ahead */
 
 /* NF4 levels 0-7 (hi = 0) or 8-15 (hi = 1), the tables of nf4_lookup */
 AI __m256 nf4_levels(int hi) { return _mm256_loadu_ps(i4o_nf4_codebook() + 8 * hi); }
@@ -136,6 +137,33 @@ typedef void (*small_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t,
 
 /* ---- many rows: dequantized panel + 6 x 16 micro-kernel ---- */
 
+/* Scale factors of the int4 fill without shifts (fill_int4): code i of a 32-bit lane is taken in place,
+ * (raw & 0xF << 8i) for the low nibbles and ((raw >> 4) & 0xF << 8(i - 4)) for the high ones, so it
+ * converts to q * 2^(8p) with p = i % 4, and the scale and zero point are scaled by 2^-8p and 2^8p.
+ * Powers of two change no rounding, so w = (q - z) * s keeps every bit while s * 2^-24 stays a normal
+ * float and -8 s cannot overflow: 2^-102 <= |s| <= 2^120, or s = 0 (other blocks, NaN and infinities
+ * included, take the shifting fill). */
+AI int plain_scales(__m256 s) {
+  const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), s);
+  const __m256 in = _mm256_and_ps(_mm256_cmp_ps(a, _mm256_set1_ps(0x1p-102f), _CMP_GE_OQ),
+                                  _mm256_cmp_ps(a, _mm256_set1_ps(0x1p120f), _CMP_LE_OQ));
+  return _mm256_movemask_ps(_mm256_or_ps(in, _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_EQ_OQ))) == 0xFF;
+}
+
+/* 8 consecutive k of one half-chunk (8 columns) into dst[i * 16], int4 codes with integer zero points
+ * (zp[p] = z * 2^8p) or none (zp[0] = -8 s) */
+AI void fill_int4(__m256i raw, float *dst, const __m256 sp[4], const __m256 zp[4], const int asym) {
+  const __m256i hi = _mm256_srli_epi32(raw, 4);
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i++) {
+    const int p = i & 3;
+    const __m256 q = _mm256_cvtepi32_ps(_mm256_and_si256(i < 4 ? raw : hi, _mm256_set1_epi32(0xF << (8 * p))));
+    /* no zero points: (q - 8) * s = q * s + (-8 s) rounded once (8 s is exact), one FMA */
+    const __m256 v = asym ? _mm256_mul_ps(_mm256_sub_ps(q, zp[p]), sp[p]) : _mm256_fmadd_ps(q, sp[p], zp[0]);
+    _mm256_store_ps(dst + i * 16, v);
+  }
+}
+
 /* panel[k][16] = dequantized weights of group g for k in [k0, k0 + kc), block by block (k0 and the block
  * starts are multiples of 16; kc may end inside a block): no division and record lookup per chunk */
 AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g, int64_t k0, int64_t kc, float *panel,
@@ -147,12 +175,30 @@ AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g, int64_t k0
   for (int64_t b = k0 / bs, kb = b * bs; kb < k1; b++, kb += bs) {
     const uint8_t *rec = x86_record(c->packed, L, g, b);
     const uint8_t *pc = x86_rec_codes(&rl, rec, j);
+    if (b + PREFETCH_BLOCKS < L->nb) x86_prefetch_rec(&rl, rec, j, 1, PREFETCH_BLOCKS);
     const int64_t ks = kb > k0 ? kb : k0, ke = kb + bs < k1 ? kb + bs : k1;
     __m256 s[2], zf[2];
 #pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
       s[h] = _mm256_load_ps(x86_rec_scales_f32(&rl, rec, j) + 8 * h);
       zf[h] = zero_point(&rl, rec, j, h, kind, asym);
+    }
+    if (kind == KIND_INT4 && asym < 2 && plain_scales(s[0]) && plain_scales(s[1])) {
+      __m256 sp[2][4], zp[2][4];
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+          sp[h][p] = _mm256_mul_ps(s[h], _mm256_set1_ps(1.0f / (float)(1 << (8 * p))));
+          zp[h][p] = _mm256_mul_ps(asym ? zf[h] : s[h], _mm256_set1_ps(asym ? (float)(1 << (8 * p)) : -8.0f));
+        }
+      for (int64_t k = ks; k < ke; k += 8) {
+        const uint8_t *chunk = pc + (k - kb) / 8 * X86_CHUNK;
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++)
+          fill_int4(_mm256_load_si256((const __m256i *)(chunk + 32 * h)), panel + (k - k0) * 16 + 8 * h, sp[h], zp[h], asym);
+      }
+      continue;
     }
     for (int64_t k = ks; k < ke; k += per_chunk) {
       const uint8_t *chunk = pc + (k - kb) / per_chunk * X86_CHUNK;

@@ -26,6 +26,7 @@
 #define PF_DIST 4096 /* bytes ahead of the one-row stream */
 #define KC 256 /* panel depth: 256 x 32 floats = 32 KiB (measured: 64 and 128 slower, 512 and 1024 no faster) */
 #define MR 12  /* micro-kernel rows */
+#define PREFETCH_BLOCKS 4 /* fill_panel: records pulled in ahead */
 
 AI __m512 make_lut(int kind, int asym) {
   if (kind == KIND_NF4) return _mm512_loadu_ps(i4o_nf4_codebook());
@@ -162,6 +163,7 @@ AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k
   /* block by block (k0 and the block starts are multiples of 16; kc may end inside a block) */
   for (int64_t b = k0 / bs, kb = b * bs; kb < k1; b++, kb += bs) {
     const uint8_t *rec = x86_record(c->packed, L, g0, b);
+    if (b + PREFETCH_BLOCKS < L->nb) x86_prefetch_rec(&rl, rec, j0, G, PREFETCH_BLOCKS);
     const int64_t ks = kb > k0 ? kb : k0, ke = kb + bs < k1 ? kb + bs : k1;
 #pragma GCC unroll 2
     for (int g = 0; g < G; g++) {

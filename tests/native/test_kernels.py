@@ -277,3 +277,32 @@ def test_int8_kernels_are_exact_when_the_float_epilogue_is(bits, sym):
         for kernel in INT8_KERNELS:
             y = _native.matmul(A, packed, scales, zpp, K, N, bits, block, kernel=kernel, compute="int8")
             np.testing.assert_array_equal(y, ref, err_msg=f"{kernel} M={M}")
+
+
+@pytest.mark.parametrize("bits,sym", [(4, True), (4, False), (8, True), (8, False)])
+def test_fp32_kernels_dequantize_exactly(bits, sym):
+    """Rows of the identity as activations make each output one weight, w = (q - z) * s rounded once to
+    float32 (every other product is an exact 0): every fp32 kernel, on its few-row and panel paths and
+    through the threaded driver, must return exactly that, also for scales at the edges of the fast
+    int4 fill's range (2^-102, 2^120, 0) and beyond it (subnormal-making 2^-103, 1e-33), where
+    kernel_avx2.c's fill_panel falls back to shifting each code down."""
+    K, N, block = 128, 40, 32
+    rng = np.random.default_rng(5)
+    nb = K // block
+    codes = rng.integers(0, 1 << bits, size=(N, K)).astype(np.uint8)
+    scales = rng.uniform(-0.1, 0.1, size=(N, nb)).astype(np.float32)
+    scales[0, :] = [0.0, 2.0**-102, 2.0**120, -(2.0**-103)]
+    scales[1, 1] = 1e-33
+    scales[17, 2] = -(2.0**119)
+    zp = None if sym else rng.integers(0, 1 << bits, size=(N, nb)).astype(np.uint8)
+    packed = _native.pack_weights(codes, bits, block, zero_points=zp)
+    zpp = None if zp is None else _native.pack_zero_points(zp, bits)
+    z = np.full((N, nb), 1 << (bits - 1), np.float32) if zp is None else zp.astype(np.float32)
+    w = ((codes.astype(np.float32) - np.repeat(z, block, axis=1)) * np.repeat(scales, block, axis=1)).T  # [K, N]
+    eye = np.eye(K, dtype=np.float32)
+    for rows in (slice(0, 1), slice(40, 45), slice(0, K)):
+        for kernel in FP32_KERNELS:
+            for threads in (None, TEST_THREADS):
+                y = _native.matmul(eye[rows], packed, scales, zpp, K, N, bits, block, kernel=kernel, compute="fp32",
+                                   threads=threads)
+                np.testing.assert_array_equal(y, w[rows], err_msg=f"{kernel} rows {rows} threads {threads}")
