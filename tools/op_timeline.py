@@ -1,6 +1,7 @@
-"""Per-thread timeline of M = 1 MatMulInt4 calls through ONNX Runtime's thread pool: where a layer's time goes
-between ONNX Runtime's executor, our op's entry, the pool's hand-out of the tasks, the tasks themselves and the
-join, for several thread counts (the op's trace: i4o_trace_start / i4o_trace_stop in native/include/int4onnx.h).
+"""Per-thread timeline of M = 1 MatMulInt4 calls through ONNX Runtime's thread pool (or, with --own, the op's own
+threads: make_session's op_threads): where a layer's time goes between ONNX Runtime's executor, our op's entry,
+the pool's hand-out of the tasks, the tasks themselves and the join, for several thread counts (the op's trace:
+i4o_trace_start / i4o_trace_stop in native/include/int4onnx.h).
 
 A chain of --layers square layers (K = N = --size, the int8 path, block 32) runs --runs times back to back with
 ONNX Runtime's spinning on (as an application decodes), after --warmup untraced runs. Per thread count, the
@@ -21,7 +22,7 @@ medians over the traced calls, in microseconds:
   same      the fraction of tasks that ran on the same thread as the same node's same task one run before
             (the weights' slice then stays in that core's caches)
 
-  python tools/op_timeline.py --threads 1,2,4,8,16 --size 1024 --layers 16
+  python tools/op_timeline.py --threads 1,2,4,8,16 --size 1024 --layers 16 [--own]
 """
 
 import argparse
@@ -103,11 +104,13 @@ def summarize(rec: np.ndarray) -> dict[str, float]:
     return out
 
 
-def measure(size: int, threads: int, layers: int, runs: int, warmup: int, save: str | None = None) -> dict[str, float]:
-    """Summary of `runs` traced runs of the chain on `threads` threads (the op's split: INT4ONNX_MIN_TASK_MACS
-    as set in the environment, read when the session prepares its weights)."""
+def measure(size: int, threads: int, layers: int, runs: int, warmup: int, save: str | None = None,
+            own: bool = False) -> dict[str, float]:
+    """Summary of `runs` traced runs of the chain on `threads` threads, of ONNX Runtime's pool or (own) of the
+    op's own pool (the op's split: INT4ONNX_MIN_TASK_MACS as set in the environment, else the pool's default,
+    read when the session prepares its weights)."""
     weights = bm.make_weights(size, size, layers, seed=1)
-    session = bm._session(bm.chain_model("i4o_int8", weights, size, size), threads, True)
+    session = bm._session(bm.chain_model("i4o_int8", weights, size, size), threads, True, own=own)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)}
     for _ in range(warmup):
         session.run(None, feeds)
@@ -125,19 +128,22 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--runs", type=int, default=200, help="traced runs of the chain, back to back")
     ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--own", action="store_true", help="run the op on its own threads (make_session's op_threads; "
+                    "ONNX Runtime's other nodes on one thread) instead of ONNX Runtime's pool")
     ap.add_argument("--save", metavar="DIR", help="also write each thread count's records to DIR/threads<T>.npy")
     args = ap.parse_args(argv)
     if min(args.size, args.layers, args.runs) < 1 or args.warmup < 0:
         ap.error("--size, --layers and --runs must be at least 1, --warmup at least 0")
     if args.save:
         os.makedirs(args.save, exist_ok=True)
-    print(f"M = 1, {args.layers} x {args.size}^2 (int8 path), spinning on, {args.runs} runs back to back; "
+    pool = "the op's own pool" if args.own else "ONNX Runtime's pool"
+    print(f"M = 1, {args.layers} x {args.size}^2 (int8 path), {pool}, spinning on, {args.runs} runs back to back; "
           "medians in us (threads and same: count and fraction)")
     print("| threads | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
     for threads in args.threads:
         save = os.path.join(args.save, f"threads{threads}.npy") if args.save else None
-        s = measure(args.size, threads, args.layers, args.runs, args.warmup, save)
+        s = measure(args.size, threads, args.layers, args.runs, args.warmup, save, own=args.own)
         cells = [f"{s[c]:.2f}" if c == "same" else f"{s[c]:.1f}" for c in COLUMNS]
         print(f"| {threads} | " + " | ".join(cells) + " |", flush=True)
     return 0

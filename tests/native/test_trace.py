@@ -108,3 +108,21 @@ def test_op_timeline_cli_prints_a_row_per_thread_count(timeline, capsys, tmp_pat
     assert len(cells) == 1 + len(timeline.COLUMNS) and float(cells[1]) > 0
     assert sorted(os.listdir(tmp_path)) == ["threads1.npy", "threads2.npy"]
     assert len(np.load(tmp_path / "threads1.npy")) >= 6
+
+
+def test_op_timeline_own_pool_runs_tasks_on_the_ops_threads(timeline, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("INT4ONNX_MIN_TASK_MACS", "0")  # one task per kernel column tile (16-64 columns)
+    assert timeline.main(["--own", "--threads", "2", "--size", "256", "--layers", "2", "--runs", "20", "--warmup",
+                          "2", "--save", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "own pool" in out
+    rec = np.load(tmp_path / "threads2.npy")
+    tasks = rec[rec["task"] >= 0]
+    calls = rec[rec["task"] == -1]
+    assert len(calls) == 20 * 2
+    for c in calls["call"]:  # each call ran each of its >= 4 tasks once
+        mine = rec[rec["call"] == c]
+        n = int(mine[mine["task"] == -2]["n_tasks"][0])
+        assert n >= 4 and sorted(mine[mine["task"] >= 0]["task"].tolist()) == list(range(n))
+    # the caller and the pool's one worker, nothing else (which of them runs what depends on timing)
+    assert len(set(tasks["thread"].tolist())) <= 2
