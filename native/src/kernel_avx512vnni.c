@@ -19,7 +19,79 @@
 #define T512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define AI static inline __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
-/* ---- activations: per-block int8 quantization, vectorised; bit-identical to i4o_qa_prepare ---- */
+/* ---- activations: per-block int8 quantization, vectorised; bit-identical to i4o_qa_prepare
+ * on blocks of finite values with a finite 127 / amax (with a NaN or an infinity, or only subnormals, the
+ * conversion gives -127 for a NaN or infinite product where the reference gives 0 or +-127; the block's
+ * scale is then NaN, infinite or subnormal: tests/native/test_int8_extremes.py) ---- */
+
+/* max of floats, or (add) the sum of int32 lanes carried in float vectors */
+AI __m512 qa_combine(__m512 a, __m512 b, const int add) {
+  if (add) return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+  return _mm512_max_ps(a, b);
+}
+
+/* Lane j of the result: the 16 lanes of x[j] combined (a 4-level transpose-reduce: 15 combines and 30
+ * shuffles for 16 blocks instead of a 4-step reduction each) */
+AI __m512 qa_tree(const __m512 x[16], const int add) {
+  __m512 w[8], y[4], z[2];
+  for (int p = 0; p < 8; p++) /* quarters 0-1: x[2p] halved, 2-3: x[2p + 1] halved */
+    w[p] = qa_combine(_mm512_shuffle_f32x4(x[2 * p], x[2 * p + 1], 0x44),
+                      _mm512_shuffle_f32x4(x[2 * p], x[2 * p + 1], 0xEE), add);
+  for (int p = 0; p < 4; p++) /* quarter i: x[4p + i] in 4 lanes */
+    y[p] = qa_combine(_mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], 0x88),
+                      _mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], 0xDD), add);
+  for (int p = 0; p < 2; p++) /* quarter i: x[8p + i] in lanes 0-1, x[8p + 4 + i] in lanes 2-3 */
+    z[p] = qa_combine(_mm512_shuffle_ps(y[2 * p], y[2 * p + 1], 0x44),
+                      _mm512_shuffle_ps(y[2 * p], y[2 * p + 1], 0xEE), add);
+  /* quarter i, lane e: x[4e + i]; then back to lane j = x[j] */
+  const __m512 t = qa_combine(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD), add);
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), t);
+}
+
+/* 16 whole blocks of 16 * V activations (row a, codes q, block scales and sums at sc / sm): the same
+ * values as the block-at-a-time loop below, with the 16 blocks' reductions done together */
+AI void qa_group16(const float *a, int8_t *q, float *sc, int32_t *sm, int32_t zmul, const int V) { /* V = 1, 2, 4 */
+  const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+  __m512 mx[16];
+  uint32_t nan = 0; /* vmaxps drops NaNs: a block with one gets a NaN scale */
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; j++) {
+    __mmask16 un = 0;
+    mx[j] = _mm512_setzero_ps();
+    for (int i = 0; i < V; i++) {
+      const __m512 x = _mm512_loadu_ps(a + (j * V + i) * 16);
+      un |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+      mx[j] = _mm512_max_ps(mx[j], _mm512_abs_ps(x));
+    }
+    nan |= (uint32_t)(un != 0) << j;
+  }
+  const __m512 amax = _mm512_mask_mov_ps(qa_tree(mx, 0), (__mmask16)nan, _mm512_set1_ps(NAN));
+  const __mmask16 pos = _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ);
+  float inv[16];
+  _mm512_storeu_ps(inv, _mm512_maskz_div_ps(pos, _mm512_set1_ps(127.0f), amax));
+  _mm512_storeu_ps(sc, _mm512_div_ps(amax, _mm512_set1_ps(127.0f)));
+  __m512 sum[16]; /* int32 lanes */
+  __m512i r[4];    /* 64 codes, packed to bytes together */
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; j++) {
+    const __m512 vinv = _mm512_set1_ps(inv[j]);
+    __m512i sj = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int i = 0; i < V; i++) {
+      const int c = (j * V + i) & 3;
+      r[c] = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(a + (j * V + i) * 16), vinv)); /* RNE */
+      r[c] = _mm512_min_epi32(_mm512_max_epi32(r[c], nlim), lim);
+      sj = _mm512_add_epi32(sj, r[c]);
+      if (c == 3) { /* in range already: the saturating packs are exact; they interleave 128-bit lanes */
+        const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]));
+        _mm512_storeu_si512(q + (j * V + i - 3) * 16, _mm512_permutexvar_epi32(order, b));
+      }
+    }
+    sum[j] = _mm512_castsi512_ps(sj);
+  }
+  _mm512_storeu_si512(sm, _mm512_mullo_epi32(_mm512_castps_si512(qa_tree(sum, 1)), _mm512_set1_epi32(zmul)));
+}
 
 T512 static void qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int64_t M, int64_t m0, int64_t m1,
                             void *ws) {
@@ -27,10 +99,18 @@ T512 static void qa_prepare(const i4o_wdesc *w, const float *A, int64_t lda, int
   const int64_t K = w->K, bs = w->block_size;
   const int32_t zmul = w->zp || w->zpf ? 1 : x86_sym_zp(w);
   const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+  /* blocks of 16, 32 or 64 go 16 at a time while 16 whole blocks are left */
+  const int64_t full = K / bs, groups = bs == 16 || bs == 32 || bs == 64 ? full / 16 : 0;
   for (int64_t m = m0; m < m1; m++) {
     const float *a = A + m * lda;
     int8_t *q = v.q + m * v.ldq;
-    for (int64_t b = 0; b < w->n_blocks; b++) {
+    for (int64_t g = 0; g < groups; g++) {
+      const int64_t k0 = g * 16 * bs, b0 = m * v.nb + g * 16;
+      if (bs == 16) qa_group16(a + k0, q + k0, v.scale + b0, v.sum + b0, zmul, 1);
+      else if (bs == 32) qa_group16(a + k0, q + k0, v.scale + b0, v.sum + b0, zmul, 2);
+      else qa_group16(a + k0, q + k0, v.scale + b0, v.sum + b0, zmul, 4);
+    }
+    for (int64_t b = groups * 16; b < w->n_blocks; b++) {
       const int64_t k0 = b * bs, kn = k0 + bs <= K ? bs : K - k0;
       __m512 mx = _mm512_setzero_ps();
       __mmask16 nan = 0; /* vmaxps drops NaNs: track them, a NaN makes the block's scale NaN */

@@ -12,6 +12,8 @@
  *   panels   (kc > 0) K in {kc - 16, kc + 16, 2 kc + 16, kc + 16 + tail}, block 32 and per-channel,
  *            M in {mr + 1, 2 mr + 1}, N = N0
  *   long K   K = 4096, block 32 and per-channel, M in {1, mr + 1}, N = N0 (4-bit sym/asym, 8-bit asym)
+ *   groups   block B in {16, 32, 64}: K = 33 B + B / 2 (the x86 int8 kernels quantise activations 16 or
+ *            8 whole blocks at a time: groups, then a whole block and a part of one), M in M_edge, N = N0
  *   threads  cubes M = N = K = 1 .. 15 (block 16); 43 x 500 x 401 and, with c the driver's row slab at
  *            K = 64, N = N0: M in {2c + c/4, 2c + 3c/4} (the remainder joins the last slab, or makes
  *            its own) x 64 x N0 (block 32; 4-bit asym)
@@ -112,6 +114,9 @@ static void build(grid *g) {
       add(g, m_rows + 1, 2, Ks[j], N0, 0, F_ALL);
     }
   }
+  static const int64_t kGroupBlocks[] = {16, 32, 64};
+  for (size_t i = 0; i < sizeof(kGroupBlocks) / sizeof(kGroupBlocks[0]); i++)
+    add(g, m_edge, 4, 33 * kGroupBlocks[i] + kGroupBlocks[i] / 2, N0, kGroupBlocks[i], F_ALL);
   add(g, m_rows, 2, 4096, N0, 32, F_LONG);
   add(g, m_rows, 2, 4096, N0, 0, F_LONG);
   for (int64_t s = 1; s <= 15; s++) add(g, &s, 1, s, s, 16, F_ALL);
