@@ -30,7 +30,9 @@ Every round runs each variant once, in turn (int4onnx.tools.bench.time_alternati
 ONNX Runtime's thread spinning is off for every variant (--spin keeps it on; see int4onnx/tools/bench.py); ggml
 keeps its OpenMP threads' default spinning, and the benchmark waits 50 ms (untimed) after each ggml round so
 they are asleep before the next variant runs; with --spin every sample is the median of 10 calls back to back (as
-an application decodes), followed by that wait, for every variant. Spinning matters for
+an application decodes; --burst sets the count), followed by that wait, for every variant. A burst of 10 after
+the wait is decode right after a pause (the threads have fallen asleep); a burst of a few hundred is steady
+decode, which can rank the variants differently (docs/performance.md, "How a chain is timed"). Spinning matters for
 short ops: per-op thread wake-up then dominates (cache case on the 16-core Xeon, 4 threads: i4o_int8 80 us per
 1024x1024 layer without spinning, 14.5 us with it).
 Reported per variant: median ms per chain, effective weight GB/s (bytes of the weights as stored --
@@ -365,7 +367,7 @@ class GgmlChain:
 
 def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log=print, spin: bool = False,
              layers: int | None = None, ggml_exe: str | None = None, llc: int | None = None,
-             optional=()) -> list[dict]:
+             optional=(), burst: int = SPIN_BURST) -> list[dict]:
     """Time `variants` on one case (ONNX Runtime sessions and, with `ggml_exe`, ggml_chain processes) for every M,
     alternating per round. `layers` overrides the case's chain length; `llc` (bytes) labels each row's regime;
     ggml variants in `optional` are left out (with a message) when ggml cannot run them."""
@@ -406,7 +408,7 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
             feeds = {"x": x}
             outs = {v: s.run(None, feeds)[0] for v, s in sessions.items()}
             ref = outs.get("fp32")
-            burst = SPIN_BURST if spin else 1
+            burst = burst if spin else 1
             runners = {v: (_settled(lambda s=s, f=feeds: s.run(None, f), burst) if spin else (lambda s=s, f=feeds: s.run(None, f)))
                        for v, s in sessions.items()}
             runners.update({v: (lambda g=g, m=M, b=burst: g.run(m, b)) for v, g in runners_ggml.items()})
@@ -424,7 +426,7 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
                 rows.append({"case": case, "K": K, "N": N, "layers": L, "threads": threads, "M": M, "variant": v,
                              "median_ms": t * 1e3, "best_ms": timings[v].best * 1e3, "rounds": len(timings[v].seconds),
                              "us_per_layer": t * 1e6 / L, "weight_bytes": nbytes, "weight_GBps": nbytes / t / 1e9,
-                             "GFLOPs": flops / t / 1e9, "rel_err_vs_fp32": err,
+                             "GFLOPs": flops / t / 1e9, "rel_err_vs_fp32": err, "burst": burst,
                              "regime": regime(nbytes, llc) if llc else None})
             log(format_block([r for r in rows if r["M"] == M]))
         return rows
@@ -593,6 +595,9 @@ def main(argv=None) -> int:
     ap.add_argument("--spin", action="store_true",
                     help="keep ONNX Runtime's thread spinning on (off by default: idle sessions' spinning threads "
                          "would compete with the session being timed)")
+    ap.add_argument("--burst", type=int, default=SPIN_BURST,
+                    help=f"with --spin: calls per sample, back to back, after each variant's settle wait (default "
+                         f"{SPIN_BURST}: decode after a pause; a few hundred: steady decode)")
     ap.add_argument("--ggml", metavar="PREFIX",
                     help="also time ggml's CPU backend (llama.cpp's kernels): an install prefix or build folder of "
                          "ggml, as printed by tools/build_ggml.sh")
@@ -614,6 +619,8 @@ def main(argv=None) -> int:
         ap.error("--dram-layers must be at least 1")
     if args.cache_layers is not None and args.cache_layers < 1:
         ap.error("--cache-layers must be at least 1")
+    if args.burst < 1:
+        ap.error("--burst must be at least 1")
     if args.avx2_only and not os.environ.get(AVX2_ONLY_ENV):
         print(f"error: {avx2_only_exec(sys.argv[1:] if argv is None else list(argv))}", file=sys.stderr)
         return 2
@@ -677,7 +684,8 @@ def main(argv=None) -> int:
             for case in cases:
                 try:
                     rows += run_case(case, threads, args.m, args.repeats, variants, spin=args.spin,
-                                     layers=layers[case], ggml_exe=ggml_exe, llc=llc, optional=optional)
+                                     layers=layers[case], ggml_exe=ggml_exe, llc=llc, optional=optional,
+                                     burst=args.burst)
                 except GgmlError as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     return 2

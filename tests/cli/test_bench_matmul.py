@@ -154,6 +154,28 @@ def test_spin_samples_are_bursts_with_one_settle_wait(bm, monkeypatch):
     assert isinstance(sample, SelfTimed) and 0 <= sample.seconds < 0.1
 
 
+def test_burst_sets_the_calls_per_spin_sample(bm, tmp_path, monkeypatch, capsys):
+    bursts, settled = [], bm._settled
+
+    def record(fn, burst=1):
+        bursts.append(burst)
+        return settled(fn, burst)
+
+    monkeypatch.setattr(bm, "_settled", record)
+    monkeypatch.setattr(bm, "SETTLE_S", 0.0)
+    out = tmp_path / "rows.json"
+    args = ["--case", "cache", "--cache-layers", "1", "--m", "1", "--threads", "1", "--variants", "i4o_int8",
+            "--repeats", "1", "--no-stream", "--json", str(out)]
+    assert bm.main([*args, "--spin", "--burst", "3"]) == 0
+    assert bursts == [3]
+    assert [r["burst"] for r in json.loads(out.read_text())["rows"]] == [3]
+    assert bm.main(args) == 0  # without --spin every sample is one call
+    assert bursts == [3] and [r["burst"] for r in json.loads(out.read_text())["rows"]] == [1]
+    with pytest.raises(SystemExit):
+        bm.main([*args, "--spin", "--burst", "0"])
+    assert "--burst must be at least 1" in capsys.readouterr().err
+
+
 def test_cache_layers_set_the_chain_length(bm, tmp_path, capsys):
     out = tmp_path / "rows.json"
     assert bm.main(["--case", "cache", "--cache-layers", "2", "--m", "1", "--threads", "1", "--variants", "i4o_int8",
