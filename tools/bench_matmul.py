@@ -402,16 +402,16 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
             sessions[v] = _session(chain_model(v, weights, K, N), threads, spin, own=v in OWN_VARIANTS)
         del weights
         rows = []
+        calls = burst if spin else 1  # calls per sample
         rng = np.random.default_rng(2)
         for M in ms:
             x = rng.standard_normal((M, K)).astype(np.float32)
             feeds = {"x": x}
             outs = {v: s.run(None, feeds)[0] for v, s in sessions.items()}
             ref = outs.get("fp32")
-            burst = burst if spin else 1
-            runners = {v: (_settled(lambda s=s, f=feeds: s.run(None, f), burst) if spin else (lambda s=s, f=feeds: s.run(None, f)))
+            runners = {v: (_settled(lambda s=s, f=feeds: s.run(None, f), calls) if spin else (lambda s=s, f=feeds: s.run(None, f)))
                        for v, s in sessions.items()}
-            runners.update({v: (lambda g=g, m=M, b=burst: g.run(m, b)) for v, g in runners_ggml.items()})
+            runners.update({v: (lambda g=g, m=M, b=calls: g.run(m, b)) for v, g in runners_ggml.items()})
             runners = {v: runners[v] for v in variants}
             # short chains get more rounds so that every variant runs at least ~0.5 s in total (not with --spin:
             # there every round sleeps SETTLE_S per variant, and a burst already gives each sample its length)
@@ -426,7 +426,7 @@ def run_case(case: str, threads: int, ms: list[int], repeats: int, variants, log
                 rows.append({"case": case, "K": K, "N": N, "layers": L, "threads": threads, "M": M, "variant": v,
                              "median_ms": t * 1e3, "best_ms": timings[v].best * 1e3, "rounds": len(timings[v].seconds),
                              "us_per_layer": t * 1e6 / L, "weight_bytes": nbytes, "weight_GBps": nbytes / t / 1e9,
-                             "GFLOPs": flops / t / 1e9, "rel_err_vs_fp32": err, "burst": burst,
+                             "GFLOPs": flops / t / 1e9, "rel_err_vs_fp32": err, "burst": calls,
                              "regime": regime(nbytes, llc) if llc else None})
             log(format_block([r for r in rows if r["M"] == M]))
         return rows
