@@ -208,7 +208,8 @@ T512 static void panel_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda
   }
 }
 
-/* C[m .. m+R, cols] (+)= packed A @ panel; first = overwrite (plus bias), else accumulate */
+/* C[m .. m+R, cols] (+)= packed A @ panel; first = overwrite (plus bias), else accumulate (the earlier panels'
+ * sum in C added after the k loop, as in kernel_avx2.c's micro) */
 AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_t m, int64_t n, int64_t ncols,
               int64_t kc, int first, const int R, const int G) {
   __m512 acc[MR][2];
@@ -219,8 +220,8 @@ AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 2
     for (int g = 0; g < G; g++) {
-      if (first) acc[r][g] = c->bias ? _mm512_maskz_loadu_ps(mk[g], c->bias + n + 16 * g) : _mm512_setzero_ps();
-      else acc[r][g] = _mm512_maskz_loadu_ps(mk[g], c->C + (m + r) * c->ldc + n + 16 * g);
+      if (first && c->bias) acc[r][g] = _mm512_maskz_loadu_ps(mk[g], c->bias + n + 16 * g);
+      else acc[r][g] = _mm512_setzero_ps(); /* C of an earlier panel is added at the end (its load off the FMA chain) */
     }
   for (int64_t k = 0; k < kc; k++) {
     __m512 wv[2];
@@ -236,7 +237,10 @@ AI void micro(const i4o_gemm_ctx *c, const float *ap, const float *panel, int64_
 #pragma GCC unroll 12
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 2
-    for (int g = 0; g < G; g++) _mm512_mask_storeu_ps(c->C + (m + r) * c->ldc + n + 16 * g, mk[g], acc[r][g]);
+    for (int g = 0; g < G; g++) {
+      float *cp = c->C + (m + r) * c->ldc + n + 16 * g;
+      _mm512_mask_storeu_ps(cp, mk[g], first ? acc[r][g] : _mm512_add_ps(_mm512_maskz_loadu_ps(mk[g], cp), acc[r][g]));
+    }
 }
 
 #define MICRO_FN(R, G)                                                                                    \
