@@ -231,26 +231,20 @@ static size_t panel_a_bytes(const i4o_wdesc *w, int64_t M) {
   return M < PANEL_MIN_ROWS ? 64 : x86_panel_a_bytes(M, w->K, MR);
 }
 
-/* 8 k of a full 6-row tile: rows 0-3 through a 4 x 8 transpose (16-byte stores), rows 4-5 as pairs
- * (8-byte stores); 16 stores instead of 48 */
+/* 8 k of a full 6-row tile: rows 0-3 through a 4 x 8 transpose, rows 4-5 as pairs (8-byte stores);
+ * 16 stores instead of 48 */
 AI void panel_a_fill8(float *ap, const float *a, int64_t lda) {
-  const __m256 r0 = _mm256_loadu_ps(a), r1 = _mm256_loadu_ps(a + lda), r2 = _mm256_loadu_ps(a + 2 * lda);
-  const __m256 r3 = _mm256_loadu_ps(a + 3 * lda), r4 = _mm256_loadu_ps(a + 4 * lda), r5 = _mm256_loadu_ps(a + 5 * lda);
-  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1); /* k 0,1 | 4,5 ; k 2,3 | 6,7 */
-  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-  const __m256 q[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE), /* rows 0-3 of k 0 | 4, 1 | 5 */
-                       _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)}; /* 2 | 6, 3 | 7 */
-  const __m256 p[2] = {t4, t5}; /* rows 4-5 of k 0, 1 | 4, 5 ; 2, 3 | 6, 7 */
+  x86_panel_a_4x8(ap, a, lda, MR);
+  const __m256 r4 = _mm256_loadu_ps(a + 4 * lda), r5 = _mm256_loadu_ps(a + 5 * lda);
+  const __m256 p[2] = {_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5)}; /* k 0, 1 | 4, 5 ; 2, 3 | 6, 7 */
 #pragma GCC unroll 2
   for (int h = 0; h < 2; h++) /* k 0-3, then 4-7 */
 #pragma GCC unroll 4
     for (int j = 0; j < 4; j++) {
-      const int k = 4 * h + j;
-      _mm_storeu_ps(ap + k * MR, h ? _mm256_extractf128_ps(q[j], 1) : _mm256_castps256_ps128(q[j]));
       const __m128 pr = h ? _mm256_extractf128_ps(p[j / 2], 1) : _mm256_castps256_ps128(p[j / 2]);
-      if (j % 2) _mm_storeh_pi((__m64 *)(void *)(ap + k * MR + 4), pr);
-      else _mm_storel_pi((__m64 *)(void *)(ap + k * MR + 4), pr);
+      float *dst = ap + (4 * h + j) * MR + 4;
+      if (j % 2) _mm_storeh_pi((__m64 *)(void *)dst, pr);
+      else _mm_storel_pi((__m64 *)(void *)dst, pr);
     }
 }
 

@@ -23,6 +23,22 @@ X86_AI512 __mmask16 x86_mask16(int64_t left) {
   return left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
 }
 
+/* Activation packing of the fp32 panel kernels (x86_panel_a_fill's layout): k = 0..7 of rows 0..3 at a
+ * (rows lda apart) into ap[k * mr + 0..3], through a 4 x 8 transpose (8 16-byte stores for 32 values) */
+X86_AI256 void x86_panel_a_4x8(float *ap, const float *a, int64_t lda, const int mr) {
+  const __m256 r0 = _mm256_loadu_ps(a), r1 = _mm256_loadu_ps(a + lda);
+  const __m256 r2 = _mm256_loadu_ps(a + 2 * lda), r3 = _mm256_loadu_ps(a + 3 * lda);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1); /* k 0,1 | 4,5 ; k 2,3 | 6,7 */
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 q[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE), /* k 0 | 4, 1 | 5 */
+                       _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)}; /* k 2 | 6, 3 | 7 */
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; j++) {
+    _mm_storeu_ps(ap + j * mr, _mm256_castps256_ps128(q[j]));
+    _mm_storeu_ps(ap + (4 + j) * mr, _mm256_extractf128_ps(q[j], 1));
+  }
+}
+
 /* The store of a tile's accumulators: C[m + r][n .. n + min(left, 8)) = acc[r * stride] (+ bias), for
  * r < R. scaled: multiply by cs first (the int8 kernels' column exponents, x86_colscale), as one fused
  * multiply-add with the bias; else add the bias. */
