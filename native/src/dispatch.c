@@ -7,6 +7,14 @@
 
 #include "kernels.h"
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#endif
+
 #if defined(__aarch64__) || defined(__arm__)
 #include <sys/auxv.h>
 /* Linux's hwcap bits (arch/arm64/include/uapi/asm/hwcap.h, arch/arm/include/uapi/asm/hwcap.h), spelled
@@ -30,7 +38,7 @@
 
 /* ISA ladder, weakest first. A kernel's isa must be one of these names. */
 #if defined(__x86_64__) || defined(_M_X64)
-static const char *const kLadder[] = {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni"};
+static const char *const kLadder[] = {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "amx"};
 #elif defined(__aarch64__)
 static const char *const kLadder[] = {"scalar", "neon", "neondot", "i8mm"};
 #elif defined(__arm__)
@@ -49,6 +57,7 @@ static const i4o_kernel *const kKernels[] = {
     &i4o_kernel_avxvnni_int8,
     &i4o_kernel_avx512_fp32,
     &i4o_kernel_avx512vnni_int8,
+    &i4o_kernel_amx_fp32,
 #endif
 #if defined(I4O_ARM_NEON_KERNELS)
     &i4o_kernel_neon_fp32,
@@ -71,6 +80,27 @@ static int isa_rank(const char *isa) {
   return -1;
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+/* AMX-TILE and AMX-BF16 (CPUID leaf 7: EDX bits 24 and 22), tile state enabled by the OS (XCR0 bits 17
+ * and 18), and this process allowed to use it: Linux hands out the 8 KiB of tile state per thread only
+ * after ARCH_REQ_XCOMP_PERM (arch_prctl 0x1023, feature 18 = XTILEDATA; Linux 5.16 and later). */
+static int amx_bf16_usable(void) {
+#if defined(I4O_AMX_EMULATE)
+  return 1;
+#elif defined(__linux__)
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d >> 24 & 1) || !(d >> 22 & 1)) return 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c >> 27 & 1)) return 0; /* OSXSAVE: xgetbv is there */
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo >> 17 & 3) != 3) return 0;
+  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+  return 0;
+#endif
+}
+#endif
+
 static int probe_isa(const char *isa) {
   if (strcmp(isa, "scalar") == 0) return 1;
 #if defined(__x86_64__) || defined(_M_X64)
@@ -81,7 +111,9 @@ static int probe_isa(const char *isa) {
   const int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vl");
   if (strcmp(isa, "avx512") == 0) return avx512;
-  if (strcmp(isa, "avx512vnni") == 0) return avx512 && __builtin_cpu_supports("avx512vnni");
+  const int vnni = avx512 && __builtin_cpu_supports("avx512vnni");
+  if (strcmp(isa, "avx512vnni") == 0) return vnni;
+  if (strcmp(isa, "amx") == 0) return vnni && amx_bf16_usable();
 #elif defined(__aarch64__)
   /* each rung needs the ones below it: the kernels of a rung may use the instructions of lower rungs */
   const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);

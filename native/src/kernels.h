@@ -146,6 +146,7 @@ extern const i4o_kernel i4o_kernel_avx2_int8;
 extern const i4o_kernel i4o_kernel_avxvnni_int8;
 extern const i4o_kernel i4o_kernel_avx512_fp32;
 extern const i4o_kernel i4o_kernel_avx512vnni_int8;
+extern const i4o_kernel i4o_kernel_amx_fp32;
 #endif
 /* ARM: the NEON files enable NEON themselves (armhf's default -mfpu has none), so the kernels exist
  * whenever the compiler can target NEON; dispatch.c runs them only where getauxval reports it. */

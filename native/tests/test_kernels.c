@@ -33,7 +33,7 @@
 
 #include "kernels.h"
 
-static const char *const kIsas[] = {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "neon", "neondot", "i8mm"};
+static const char *const kIsas[] = {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "amx", "neon", "neondot", "i8mm"};
 
 typedef struct kstat {
   const i4o_kernel *k;

@@ -22,7 +22,7 @@ GRIDS = {k: _native.kernel_grid(k) for k in KERNELS}
 TEST_THREADS = 3  # the threaded schedule's threads (the C test's default too)
 # The kernels that compute real zero points (i4o_kernel.real_zero_points); the others are left out of the
 # real-zero-point cases of their grid, and dispatch gives such weights to the next kernel down the ladder.
-REAL_ZP_KERNELS = {"scalar_fp32", "scalar_int8", "avx512_fp32", "avx512vnni_int8", "avx2_fp32", "avx2_int8", "avxvnni_int8",
+REAL_ZP_KERNELS = {"scalar_fp32", "scalar_int8", "avx512_fp32", "amx_fp32", "avx512vnni_int8", "avx2_fp32", "avx2_int8", "avxvnni_int8",
                    "neon_fp32", "neon_int8", "neondot_int8", "i8mm_int8"}
 
 
@@ -188,6 +188,7 @@ X86_KERNEL_FLAGS = {
     "avxvnni_int8": {"avx2", "fma", "avx_vnni"},
     "avx512_fp32": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl"},
     "avx512vnni_int8": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
+    "amx_fp32": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "amx_tile", "amx_bf16"},
 }
 
 
