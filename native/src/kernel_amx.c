@@ -49,7 +49,7 @@
 #define TZERO(t) __asm__ volatile("tilezero %%tmm" #t ::: "memory")
 #define TDP(d, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #d ::: "memory")
 #define TCFG(p) __asm__ volatile("ldtilecfg %0" ::"m"(*(p)) : "memory")
-#define TREL() __asm__ volatile("tilerelease" ::: "memory")
+#define TSAVECFG(p) __asm__ volatile("sttilecfg %0" : "=m"(*(p))::"memory")
 #else /* development only: the tile instructions in C, to check the layouts on a CPU without AMX */
 static _Thread_local uint32_t emu[8][256];
 static float emu_f(uint32_t bits) {
@@ -62,7 +62,7 @@ static float emu_f(uint32_t bits) {
 #define TZERO(t) memset(emu[t], 0, 1024)
 #define TDP(d, a, b) emu_dp(d, a, b)
 #define TCFG(p) (void)(p)
-#define TREL() (void)0
+#define TSAVECFG(p) memset((p), 0, sizeof(*(p)))
 static void emu_dp(int d, int a, int b) {
   for (int m = 0; m < 16; m++)
     for (int n = 0; n < 16; n++) {
@@ -82,7 +82,11 @@ typedef struct amx_cfg {
   uint8_t rows[16];
 } amx_cfg;
 
-static void tiles_begin(void) {
+/* The thread's tile configuration is shared with whatever else runs AMX code on it, and ONNX Runtime's own
+ * AMX kernels (MLAS's int8 gemm) load theirs once per thread and then rely on it: so a task saves the
+ * configuration it finds, loads its own, and restores the saved one when it is done (a saved palette of 0,
+ * nothing configured, restores as released tiles). */
+static void tiles_begin(amx_cfg *saved) {
   amx_cfg cfg;
   memset(&cfg, 0, sizeof(cfg));
   cfg.palette = 1;
@@ -90,9 +94,10 @@ static void tiles_begin(void) {
     cfg.colsb[t] = 64;
     cfg.rows[t] = 16;
   }
+  TSAVECFG(saved);
   TCFG(&cfg);
 }
-static void tiles_end(void) { TREL(); }
+static void tiles_end(const amx_cfg *saved) { TCFG(saved); }
 
 static int use_amx(const i4o_wdesc *w, int64_t M) {
   return M >= AMX_MIN_ROWS && w->bits == 4 && w->quant_type == I4O_QUANT_INT && !w->zpf && w->block_size % SUB == 0;
@@ -312,7 +317,8 @@ static void amx_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, 
   const x86_pk L = x86_pk_layout(w, 0);
   const int asym = x86_asym(w);
   const int64_t ns = n_sub(w), g_begin = n0 / 16, g_end = (n1 + 15) / 16;
-  tiles_begin();
+  amx_cfg saved;
+  tiles_begin(&saved);
   for (int64_t s0 = 0; s0 < ns; s0 += KC / SUB) {
     const int64_t s1 = s0 + KC / SUB < ns ? s0 + KC / SUB : ns;
     for (int64_t g = g_begin; g < g_end; g += 2) {
@@ -321,7 +327,7 @@ static void amx_gemm(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, 
       for (int64_t m = m0; m < m1; m += 32) kOut[m1 - m > 16][G - 1](c, &L, bp, m, m1, g, n1, s0, s1);
     }
   }
-  tiles_end();
+  tiles_end(&saved);
 }
 
 const i4o_kernel i4o_kernel_amx_fp32 = {

@@ -327,6 +327,44 @@ static int check_expectations(const char *spec) {
   return bad;
 }
 
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+/* amx_fp32 leaves the calling thread's tile configuration as it found it, a foreign one or none (ONNX
+ * Runtime's own AMX kernels load theirs once per thread and rely on it): returns the failures */
+static int check_amx_tile_state(void) {
+  const i4o_kernel *k = i4o_find_kernel("amx_fp32");
+  if (!k || !i4o_cpu_has_isa("amx")) return 0;
+  uint8_t foreign[64] = {1}, zeros[64] = {0}, after[64];
+  for (int t = 0; t < 8; t++) { /* 8 rows of 32 bytes in every tile, unlike the kernel's 16 x 64 */
+    foreign[16 + 2 * t] = 32;
+    foreign[48 + t] = 8;
+  }
+  const i4o_test_case c = {48, 256, 64, 32, 4, I4O_QUANT_INT, 1, 0, 0}; /* M >= 16: the tile path */
+  weights t;
+  make_weights(&t, &c);
+  float *A = (float *)xmalloc((size_t)(c.M * c.K) * sizeof(float)), *Y = (float *)xmalloc((size_t)(c.M * c.N) * sizeof(float));
+  for (int64_t i = 0; i < c.M * c.K; i++) A[i] = rnd_normalish();
+  int failures = 0;
+  for (int released = 0; released < 2; released++) {
+    if (released) __asm__ volatile("tilerelease" ::: "memory");
+    else __asm__ volatile("ldtilecfg %0" ::"m"(foreign) : "memory");
+    failures += run_kernel(k, 0, 1, A, c.M, &t, NULL, Y) != 0;
+    __asm__ volatile("sttilecfg %0" : "=m"(after)::"memory");
+    if (memcmp(after, released ? zeros : foreign, sizeof(after)) != 0) {
+      printf("FAIL: amx_fp32 changed the thread's tile configuration (%s before)\n", released ? "none" : "a foreign one");
+      failures++;
+    }
+  }
+  __asm__ volatile("tilerelease" ::: "memory");
+  if (!failures) printf("amx_fp32: the thread's tile configuration kept (a foreign one, and none)\n");
+  free(A);
+  free(Y);
+  free_weights(&t);
+  return failures;
+}
+#else
+static int check_amx_tile_state(void) { return 0; }
+#endif
+
 int main(int argc, char **argv) {
   const char *expect = NULL, *only = NULL;
   int64_t max_k = INT64_MAX;
@@ -353,6 +391,7 @@ int main(int argc, char **argv) {
   printf("\nkernels available: %s\n", i4o_kernels_available());
   printf("selected: fp32=%s int8=%s\n", i4o_kernel_selected(I4O_COMPUTE_FP32), i4o_kernel_selected(I4O_COMPUTE_INT8));
   int failures = expect ? check_expectations(expect) : 0;
+  failures += check_amx_tile_state();
   for (int i = 0; i < 16; i++)
     if (i4o_nf4_i8()[i] != (int8_t)lrintf(127.0f * i4o_nf4_codebook()[i])) {
       printf("FAIL: NF4 int8 level %d is %d, not lrintf(127 * %g)\n", i, i4o_nf4_i8()[i], i4o_nf4_codebook()[i]);
