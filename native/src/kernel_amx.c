@@ -8,7 +8,8 @@
  * is a float32 sum of exact products, like the FMA kernels' (a different order; the tests hold every fp32
  * kernel to the same bound against the float64 product). The three parts cost three tile products per
  * tile, which AMX does in 48 cycles for 16 x 16 x 32 multiply-adds (the FMA kernels: 256 cycles at two
- * 16-wide FMAs per cycle). Each block's tile sum is scaled and added into C with AVX-512.
+ * 16-wide FMAs per cycle). Each block's tile sums are scaled with AVX-512 into a float32 tile in L1, which
+ * is added into C once per panel.
  * Exceptions to the split's exactness: activations below ~2^-110 in magnitude (parts in bfloat16's subnormal
  * range, which AMX reads as zero) and float32 subnormals.
  *
@@ -50,7 +51,7 @@
 #define TDP(d, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #d ::: "memory")
 #define TCFG(p) __asm__ volatile("ldtilecfg %0" ::"m"(*(p)) : "memory")
 #define TSAVECFG(p) __asm__ volatile("sttilecfg %0" : "=m"(*(p))::"memory")
-#else /* development only: the tile instructions in C, to check the layouts on a CPU without AMX */
+#else /* the tile instructions in C, to check the kernel on a CPU without AMX (tests/native/test_amx_emulated.py) */
 static _Thread_local uint32_t emu[8][256];
 static float emu_f(uint32_t bits) {
   float f;
