@@ -165,8 +165,7 @@ TAMX static void amx_prepare_a(const i4o_wdesc *w, const float *A, int64_t lda, 
  * q - z in bfloat16; row i of a tile holds k = 2i, 2i + 1 of each column as one 32-bit lane. */
 AI void fill_b(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, const int G, int64_t s0, int64_t s1,
                uint16_t *bp, const int asym) {
-  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512 lut = asym ? codes : _mm512_sub_ps(codes, _mm512_set1_ps(8.0f));
+  const __m512 lut = x86_lut512(KIND_INT4, asym);
   const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
   const x86_rec rl = x86_sg_rec(L, g0);
   const int64_t j0 = g0 % X86_SG;
@@ -176,20 +175,15 @@ AI void fill_b(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, const int G, 
 #pragma GCC unroll 2
     for (int g = 0; g < G; g++) {
       const uint8_t *pc = x86_rec_codes(&rl, rec, j0 + g) + t0 * X86_CHUNK;
-      const __m512 zf = asym ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_rec_zp(&rl, rec, j0 + g))))
-                             : _mm512_setzero_ps();
+      const __m512 zf = x86_zero_points512(&rl, rec, j0 + g, KIND_INT4, asym);
       uint16_t *dst = bp + ((s - s0) * 2 + g) * TILE_ELEMS;
 #pragma GCC unroll 4
       for (int t = 0; t < SUB / 8; t++) {
         const __m512i raw = _mm512_load_si512((const void *)(pc + t * X86_CHUNK));
         __m512i v[8]; /* element i of the chunk: k = 8t + i (low nibbles 0-3, high nibbles 4-7) */
 #pragma GCC unroll 8
-        for (int i = 0; i < 8; i++) {
-          const int sh = i < 4 ? 8 * i : 8 * (i - 4) + 4;
-          __m512 f = _mm512_permutexvar_ps(sh ? _mm512_srli_epi32(raw, sh) : raw, lut);
-          if (asym) f = _mm512_sub_ps(f, zf);
-          v[i] = _mm512_castps_si512(f); /* a small integer: its float32's top half is its bfloat16 */
-        }
+        for (int i = 0; i < 8; i++) /* a small integer: its float32's top half is its bfloat16 */
+          v[i] = _mm512_castps_si512(x86_dequant512(raw, i, KIND_INT4, asym, lut, zf));
 #pragma GCC unroll 4
         for (int u = 0; u < 4; u++)
           _mm512_store_si512((void *)(dst + (4 * t + u) * 32),
@@ -225,10 +219,14 @@ AI void block_epilogue(const x86_pk *L, const void *packed, const float (*acc)[2
  * written once per panel. */
 AI void out_tile(const i4o_gemm_ctx *c, const x86_pk *L, const uint16_t *bp, int64_t m, int64_t m1, int64_t g0,
                  int64_t n1, int64_t s0, int64_t s1, const int R, const int G) {
-  const i4o_wdesc *w = c->w;
   float acc[2][4][256] __attribute__((aligned(64)));
   float out[4][256] __attribute__((aligned(64)));
   const int64_t per_block = L->bs / SUB;
+  /* addresses in locals: the tile instructions' memory clobbers would make the compiler reload w->K and
+   * a_ws and redo a_tile's arithmetic before every tile load */
+  const uint16_t *a0 = a_tile(c->a_ws, c->w, m / 16, s0, 0), *wt = bp;
+  const int64_t a_row_tile = n_sub(c->w) * PARTS * TILE_ELEMS; /* from row tile m / 16 to the next */
+  int64_t left = per_block - s0 % per_block;                    /* k tiles to the end of the block */
   int cur = 0;
   int64_t pend_b = -1;
   memset(out, 0, sizeof(out));
@@ -236,19 +234,20 @@ AI void out_tile(const i4o_gemm_ctx *c, const x86_pk *L, const uint16_t *bp, int
   TZERO(1);
   TZERO(2);
   TZERO(3);
-  for (int64_t s = s0; s < s1; s++) {
-    TLOAD(6, bp + (s - s0) * 2 * TILE_ELEMS);
-    if (G == 2) TLOAD(7, bp + ((s - s0) * 2 + 1) * TILE_ELEMS);
+  for (int64_t s = s0; s < s1; s++, a0 += PARTS * TILE_ELEMS, wt += 2 * TILE_ELEMS) {
+    TLOAD(6, wt);
+    if (G == 2) TLOAD(7, wt + TILE_ELEMS);
 #pragma GCC unroll 3
     for (int p = 0; p < PARTS; p++) {
-      TLOAD(4, a_tile(c->a_ws, w, m / 16, s, p));
-      if (R == 2) TLOAD(5, a_tile(c->a_ws, w, m / 16 + 1, s, p));
+      TLOAD(4, a0 + p * TILE_ELEMS);
+      if (R == 2) TLOAD(5, a0 + a_row_tile + p * TILE_ELEMS);
       TDP(0, 4, 6);
       if (G == 2) TDP(1, 4, 7);
       if (R == 2) TDP(2, 5, 6);
       if (R == 2 && G == 2) TDP(3, 5, 7);
     }
-    if (s + 1 < s1 && (s + 1) % per_block) continue; /* the block goes on in this panel */
+    if (--left && s + 1 < s1) continue; /* the block goes on in this panel */
+    left = per_block;
     TSTORE(0, acc[cur][0]);
     TZERO(0);
     if (G == 2) {

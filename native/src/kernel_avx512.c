@@ -28,32 +28,6 @@
 #define MR 12  /* micro-kernel rows */
 #define PREFETCH_BLOCKS 4 /* fill_panel: records pulled in ahead */
 
-AI __m512 make_lut(int kind, int asym) {
-  if (kind == KIND_NF4) return _mm512_loadu_ps(i4o_nf4_codebook());
-  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  return asym ? codes : _mm512_sub_ps(codes, _mm512_set1_ps(8.0f));
-}
-
-/* The 16 columns' codes of element i of a chunk (4-bit: i = 0..7, 8-bit: i = 0..3) as floats,
- * minus zf for weights with zero points, or the symmetric zero point folded into the table. */
-AI __m512 dequant(__m512i raw, int i, int kind, int asym, __m512 lut, __m512 zf) {
-  if (kind == KIND_INT8) {
-    const __m512i v = _mm512_and_si512(_mm512_srli_epi32(raw, 8 * i), _mm512_set1_epi32(0xFF));
-    return _mm512_sub_ps(_mm512_cvtepi32_ps(v), zf);
-  }
-  const int sh = i < 4 ? 8 * i : 8 * (i - 4) + 4;
-  const __m512 v = _mm512_permutexvar_ps(sh ? _mm512_srli_epi32(raw, sh) : raw, lut);
-  return asym ? _mm512_sub_ps(v, zf) : v;
-}
-
-/* what dequant subtracts from the codes of group j in a record: its zero points (integer, or real: asym
- * 2), 128 for 8-bit symmetric weights, 0 where the table holds the values */
-AI __m512 zero_points(const x86_rec *rl, const uint8_t *rec, int64_t j, int kind, int asym) {
-  if (asym == 2) return _mm512_load_ps(x86_rec_zpf_f32(rl, rec, j));
-  if (asym) return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_rec_zp(rl, rec, j))));
-  return kind == KIND_INT8 ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
-}
-
 /* ---- few rows: dequantize in registers ----
  * C[m .. m+R, 16*g0 .. 16*(g0+G)) for G groups of one supergroup, walking each block's record in
  * address order (group by group: one sequential stream). Per block, products of the unscaled codes
@@ -66,7 +40,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
   const int per_chunk = kind == KIND_INT8 ? 4 : 8;
   enum { CH = 4 }; /* accumulator chains per row: R * CH accumulators per group */
   const int chains = R == 1 ? 4 : 2;
-  const __m512 lut = make_lut(kind, asym);
+  const __m512 lut = x86_lut512(kind, asym);
   const int64_t j0 = g0 % X86_SG;
   const x86_rec rl = x86_sg_rec(L, g0);
   const uint8_t *rec = x86_record(c->packed, L, g0, 0);
@@ -84,7 +58,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
 #pragma GCC unroll 4
     for (int g = 0; g < G; g++) {
       const uint8_t *pc = x86_rec_codes(&rl, rec, j0 + g);
-      const __m512 zf = zero_points(&rl, rec, j0 + g, kind, asym);
+      const __m512 zf = x86_zero_points512(&rl, rec, j0 + g, kind, asym);
       __m512 p[4][CH];
 #pragma GCC unroll 4
       for (int r = 0; r < R; r++)
@@ -96,7 +70,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
         const float *ak = a0 + kb + t * per_chunk;
 #pragma GCC unroll 8
         for (int i = 0; i < per_chunk; i++) {
-          const __m512 wv = dequant(raw, i, kind, asym, lut, zf);
+          const __m512 wv = x86_dequant512(raw, i, kind, asym, lut, zf);
 #pragma GCC unroll 4
           for (int r = 0; r < R; r++)
             p[r][i % chains] = _mm512_fmadd_ps(_mm512_set1_ps(ak[r * lda + i]), wv, p[r][i % chains]);
@@ -109,7 +83,7 @@ AI void small_tile(const i4o_gemm_ctx *c, const x86_pk *L, int64_t m, int64_t g0
           for (int i = 0; i < per_chunk; i++) {
             const int64_t k = kb + t * per_chunk + i;
             if (k >= K) break;
-            const __m512 wv = dequant(raw, i, kind, asym, lut, zf);
+            const __m512 wv = x86_dequant512(raw, i, kind, asym, lut, zf);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) p[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(a0[r * lda + k]), wv, p[r][0]);
           }
@@ -157,7 +131,7 @@ typedef void (*small_fn)(const i4o_gemm_ctx *, const x86_pk *, int64_t, int64_t,
 AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k0, int64_t kc, float *panel,
                    const int G, const int kind, const int asym) {
   const int per_chunk = kind == KIND_INT8 ? 4 : 8;
-  const __m512 lut = make_lut(kind, asym);
+  const __m512 lut = x86_lut512(kind, asym);
   const int64_t bs = L->bs, j0 = g0 % X86_SG, k1 = k0 + kc;
   const x86_rec rl = x86_sg_rec(L, g0);
   /* block by block (k0 and the block starts are multiples of 16; kc may end inside a block) */
@@ -169,13 +143,13 @@ AI void fill_panel(const i4o_gemm_ctx *c, const x86_pk *L, int64_t g0, int64_t k
     for (int g = 0; g < G; g++) {
       const uint8_t *pc = x86_rec_codes(&rl, rec, j0 + g);
       const __m512 s = _mm512_load_ps(x86_rec_scales_f32(&rl, rec, j0 + g));
-      const __m512 zf = zero_points(&rl, rec, j0 + g, kind, asym);
+      const __m512 zf = x86_zero_points512(&rl, rec, j0 + g, kind, asym);
       for (int64_t k = ks; k < ke; k += per_chunk) {
         const __m512i raw = _mm512_load_si512((const void *)(pc + (k - kb) / per_chunk * X86_CHUNK));
         float *dst = panel + (k - k0) * 16 * G + 16 * g;
 #pragma GCC unroll 8
         for (int i = 0; i < per_chunk; i++)
-          _mm512_store_ps(dst + i * 16 * G, _mm512_mul_ps(dequant(raw, i, kind, asym, lut, zf), s));
+          _mm512_store_ps(dst + i * 16 * G, _mm512_mul_ps(x86_dequant512(raw, i, kind, asym, lut, zf), s));
       }
     }
   }

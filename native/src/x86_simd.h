@@ -23,6 +23,35 @@ X86_AI512 __mmask16 x86_mask16(int64_t left) {
   return left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
 }
 
+/* ---- the fp32 kernels' dequantization of a 64-byte chunk, 16 columns at a time (AVX-512) ---- */
+
+/* the 16-entry table that vpermps maps 4-bit codes through: NF4 levels, codes - 8 (symmetric), or codes */
+X86_AI512 __m512 x86_lut512(int kind, int asym) {
+  if (kind == KIND_NF4) return _mm512_loadu_ps(i4o_nf4_codebook());
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return asym ? codes : _mm512_sub_ps(codes, _mm512_set1_ps(8.0f));
+}
+
+/* The 16 columns' codes of element i of a chunk (4-bit: i = 0..7, 8-bit: i = 0..3) as floats,
+ * minus zf for weights with zero points, or the symmetric zero point folded into the table. */
+X86_AI512 __m512 x86_dequant512(__m512i raw, int i, int kind, int asym, __m512 lut, __m512 zf) {
+  if (kind == KIND_INT8) {
+    const __m512i v = _mm512_and_si512(_mm512_srli_epi32(raw, 8 * i), _mm512_set1_epi32(0xFF));
+    return _mm512_sub_ps(_mm512_cvtepi32_ps(v), zf);
+  }
+  const int sh = i < 4 ? 8 * i : 8 * (i - 4) + 4;
+  const __m512 v = _mm512_permutexvar_ps(sh ? _mm512_srli_epi32(raw, sh) : raw, lut);
+  return asym ? _mm512_sub_ps(v, zf) : v;
+}
+
+/* what x86_dequant512 subtracts from the codes of group j in a record: its zero points (integer, or real: asym
+ * 2), 128 for 8-bit symmetric weights, 0 where the table holds the values */
+X86_AI512 __m512 x86_zero_points512(const x86_rec *rl, const uint8_t *rec, int64_t j, int kind, int asym) {
+  if (asym == 2) return _mm512_load_ps(x86_rec_zpf_f32(rl, rec, j));
+  if (asym) return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)x86_rec_zp(rl, rec, j))));
+  return kind == KIND_INT8 ? _mm512_set1_ps(128.0f) : _mm512_setzero_ps();
+}
+
 /* Activation packing of the fp32 panel kernels (x86_panel_a_fill's layout): k = 0..7 of rows 0..3 at a
  * (rows lda apart) into ap[k * mr + 0..3], through a 4 x 8 transpose (8 16-byte stores for 32 values) */
 X86_AI256 void x86_panel_a_4x8(float *ap, const float *a, int64_t lda, const int mr) {
