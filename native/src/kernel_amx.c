@@ -335,7 +335,7 @@ const i4o_kernel i4o_kernel_amx_fp32 = {
     .packed_bytes = i4o_x86_packed_bytes_fp32, .pack = i4o_x86_pack_fp32, /* avx512_fp32's layout */
     .a_bytes = amx_a_bytes, .prepare_a = amx_prepare_a,
     /* tasks: whole supergroups; rows in multiples of 48, of both AMX's row tiles and avx512_fp32's (12) */
-    .gemm = amx_gemm, .real_zero_points = 1, .n_tile = 64, .m_tile = 48,
+    .gemm = amx_gemm, .real_zero_points = 1, .n_tile = 64, .m_tile = 48, .a_elem_bytes = PARTS * 2,
     .tile = {16, 32, SUB, KC}, /* 16-row tiles, 32-column panels of KC k */
 };
 #endif

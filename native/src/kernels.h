@@ -89,6 +89,10 @@ typedef struct i4o_kernel {
   void (*gemm)(const i4o_gemm_ctx *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
   int64_t n_tile;        /* task boundaries in N are multiples of this */
   int64_t m_tile;        /* task boundaries in M are multiples of this */
+  /* Optional (0: none): bytes of prepared activations per element (amx_fp32's three bfloat16 parts: 6). The
+   * driver then keeps a row slab's prepared activations within I4O_SLAB_BYTES, so that they stay in a
+   * core's L2 while its tasks walk the slab's columns (i4o_partition_tasks). */
+  int64_t a_elem_bytes;
   i4o_tile tile;         /* register tile (int4onnx.h): the kernel tests' shape grid derives from it */
 } i4o_kernel;
 

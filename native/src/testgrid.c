@@ -131,6 +131,13 @@ static void build(grid *g) {
    * slabs of >= 64 rows and the columns into chunks of 64 plus a last one of a single column */
   const int64_t m_floors = 2 * 64 + 5;
   add(g, &m_floors, 1, 512, 4 * nr + 1, 32, F_INT4_ASYM);
+  /* kernels whose slabs the driver caps by their prepared activations' bytes (a_elem_bytes): at K = 2048,
+   * two capped slabs and a remainder that joins the last, two and one of its own */
+  if (g->k->a_elem_bytes > 0) {
+    const int64_t cb = i4o_partition_tasks(g->k, 4096, 2048, N0, 0).m_chunk;
+    const int64_t m_capped[] = {2 * cb + cb / 4, 2 * cb + 3 * cb / 4};
+    add(g, m_capped, 2, 2048, N0, 32, F_INT4_ASYM);
+  }
 }
 
 int i4o_kernel_tile(const char *kernel, i4o_tile *out) {
