@@ -19,6 +19,20 @@
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 static uint16_t buf[8][512] __attribute__((aligned(64)));
 static uint16_t big[3 << 20] __attribute__((aligned(64)));
+/* TSC cycles per step of the kernel's pattern over `steps` steps of activation tiles from big, reps times */
+static double pattern(long steps, int reps) {
+  const uint64_t c0 = __rdtsc();
+  for (int rep = 0; rep < reps; rep++)
+    for (long s = 0; s < steps; s++) {
+      const uint16_t *a = big + s * 6 * 512;
+      __asm__ volatile("tileloadd (%0,%1,1), %%tmm6\n tileloadd (%2,%1,1), %%tmm7\n" ::"r"(buf[0]), "r"(64L), "r"(buf[1]) : "memory");
+      for (int p = 0; p < 3; p++)
+        __asm__ volatile("tileloadd (%0,%1,1), %%tmm4\n tileloadd (%2,%1,1), %%tmm5\n"
+                         "tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n tdpbf16ps %%tmm7, %%tmm4, %%tmm1\n tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n tdpbf16ps %%tmm7, %%tmm5, %%tmm3"
+                         ::"r"(a + p * 1024), "r"(64L), "r"(a + p * 1024 + 512) : "memory");
+    }
+  return (double)(__rdtsc() - c0) / ((double)reps * steps);
+}
 int main(void) {
   if (syscall(SYS_arch_prctl, 0x1023, 18)) { puts("no perm"); return 1; }
   uint8_t cfg[64] = {1};
@@ -41,32 +55,11 @@ int main(void) {
   }
   t1 = now(); c1 = __rdtsc();
   printf("4 loads (L1) + 4 TDPs: %.1f tsc cycles per step\n", (double)(c1 - c0) / N);
-  /* the kernel's pattern: per step 2 B loads, then 3 parts of (2 A loads + 4 TDPs), A streaming through 6 MiB */
+  /* the kernel's pattern: per step 2 B loads, then 3 parts of (2 A loads + 4 TDPs), A streaming through
+   * 6 MiB, then through 96 KiB (in L2) */
   const long steps = (3L << 20) / (6 * 512);
-  t0 = now(); c0 = __rdtsc();
-  for (int rep = 0; rep < 20; rep++)
-    for (long s = 0; s < steps; s++) {
-      const uint16_t *a = big + s * 6 * 512;
-      __asm__ volatile("tileloadd (%0,%1,1), %%tmm6\n tileloadd (%2,%1,1), %%tmm7\n" ::"r"(buf[0]), "r"(64L), "r"(buf[1]) : "memory");
-      for (int p = 0; p < 3; p++)
-        __asm__ volatile("tileloadd (%0,%1,1), %%tmm4\n tileloadd (%2,%1,1), %%tmm5\n"
-                         "tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n tdpbf16ps %%tmm7, %%tmm4, %%tmm1\n tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n tdpbf16ps %%tmm7, %%tmm5, %%tmm3"
-                         ::"r"(a + p * 1024), "r"(64L), "r"(a + p * 1024 + 512) : "memory");
-    }
-  t1 = now(); c1 = __rdtsc();
-  printf("kernel pattern, A streamed from 6 MiB: %.1f tsc cycles per 32x32x32 step (12 TDPs)\n", (double)(c1 - c0) / (20.0 * steps));
-  t0 = now(); c0 = __rdtsc();
-  for (int rep = 0; rep < 20 * 64; rep++)
-    for (long s = 0; s < steps / 64; s++) {
-      const uint16_t *a = big + s * 6 * 512;
-      __asm__ volatile("tileloadd (%0,%1,1), %%tmm6\n tileloadd (%2,%1,1), %%tmm7\n" ::"r"(buf[0]), "r"(64L), "r"(buf[1]) : "memory");
-      for (int p = 0; p < 3; p++)
-        __asm__ volatile("tileloadd (%0,%1,1), %%tmm4\n tileloadd (%2,%1,1), %%tmm5\n"
-                         "tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n tdpbf16ps %%tmm7, %%tmm4, %%tmm1\n tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n tdpbf16ps %%tmm7, %%tmm5, %%tmm3"
-                         ::"r"(a + p * 1024), "r"(64L), "r"(a + p * 1024 + 512) : "memory");
-    }
-  t1 = now(); c1 = __rdtsc();
-  printf("kernel pattern, A from 96 KiB (L2): %.1f tsc cycles per step\n", (double)(c1 - c0) / (20.0 * 64 * (steps / 64)));
+  printf("kernel pattern, A streamed from 6 MiB: %.1f tsc cycles per 32x32x32 step (12 TDPs)\n", pattern(steps, 20));
+  printf("kernel pattern, A from 96 KiB (L2): %.1f tsc cycles per step\n", pattern(steps / 64, 20 * 64));
   __asm__ volatile("tilerelease");
   return 0;
 }
